@@ -1,0 +1,32 @@
+# The two commands of README.md; each sets itself up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: lab test lint bench render clean
+
+lab: $(STAMP)            ## the local lab: the default scenario, on this machine
+	$(PY) -m lab scenario burst --plot lab-burst.png --json lab-burst.json
+
+test: $(STAMP) lint      ## every test: unit, infra, integration, lab
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+render: $(STAMP)         ## what the dev stack would deploy, without a cloud
+	$(PY) -m infra render --stack dev --out build/dev
+
+$(STAMP): pyproject.toml setup/system-packages.sh
+	sh setup/system-packages.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/pip.log 2>&1 \
+		|| { tail -n 40 $(VENV)/pip.log; exit 1; }
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis

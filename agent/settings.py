@@ -1,0 +1,188 @@
+"""The one document every node reads: `AgentSettings`, written as JSON by the infra.
+
+The agent never sees Pulumi or the stack file. `infra.settings.agent_settings()` is
+the only function that builds this document; the lab calls the same function.
+Nothing here imports from `infra` or Pulumi.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    field_serializer,
+    model_validator,
+)
+
+Comparator = Literal["<", ">", "==", "<=", ">="]
+Scheme = Literal["http", "https"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+NETDATA_NAME_PATTERN = r"^NETDATA_[A-Z0-9_]+$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsFiles(_Strict):
+    """Where the node keeps its CA and its own certificate (issued at boot for its IP)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+class EtcdSettings(_Strict):
+    client_port: Port = 12379
+    peer_port: Port = 12380
+    client_scheme: Scheme = "http"
+    peer_scheme: Scheme = "http"
+    data_dir: str = "/var/lib/etcd-autoscale"
+    binary: str = "etcd"
+    cluster_token: str = "autoscale-etcd"
+    tls: TlsFiles | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EtcdSettings:
+        if self.client_port == self.peer_port:
+            raise ValueError(
+                f"client_port and peer_port are both {self.client_port}; they must differ"
+            )
+        if "https" in (self.client_scheme, self.peer_scheme) and self.tls is None:
+            raise ValueError("https needs tls files (ca_file, cert_file, key_file)")
+        return self
+
+
+class MetricSettings(_Strict):
+    """The scale-down metric: netdata's allmetrics name, compared as a number."""
+
+    name: Annotated[str, Field(pattern=NETDATA_NAME_PATTERN)] = "NETDATA_SYSTEM_CPU_IDLE"
+    threshold: float = 90.0
+    comparator: Comparator = ">"
+    window: Annotated[int, Field(ge=0)] = 60
+    netdata_url: str = "http://127.0.0.1:19999"
+    timeout: PositiveSeconds = 5.0
+
+
+class ScalingSettings(_Strict):
+    capacity: Annotated[int, Field(ge=1)] = 3
+    min_cluster: Annotated[int, Field(ge=1)] = 3
+    max_cluster: Annotated[int, Field(ge=1)] = 5
+    scaledownperiod: PositiveSeconds = 200
+    lockattemptperiod: PositiveSeconds = 10
+    scaleupcooldown: PositiveSeconds = 240
+    retries: Annotated[int, Field(ge=1)] = 10
+    failtolerance: Annotated[int, Field(ge=5)] = 20
+    dead_member_periods: Annotated[int, Field(ge=1)] = 3
+
+    @model_validator(mode="after")
+    def _check(self) -> ScalingSettings:
+        if not self.min_cluster <= self.capacity <= self.max_cluster:
+            raise ValueError(
+                f"need min_cluster ({self.min_cluster}) <= capacity ({self.capacity})"
+                f" <= max_cluster ({self.max_cluster})"
+            )
+        if self.scaledownperiod < self.lockattemptperiod:
+            raise ValueError("scaledownperiod must be >= lockattemptperiod")
+        return self
+
+
+class HookSettings(_Strict):
+    """Paths on the node of the user's scripts (installed there by cloud-init)."""
+
+    configscript: str | None = None
+    cleanupscript: str | None = None
+    timeout: PositiveSeconds = 600
+
+
+class OpenStackCloud(_Strict):
+    """Where the agent finds its own server and the Heat group it belongs to.
+
+    Authentication is a Keystone v3 application credential made by the program
+    for the agents alone; no user password reaches a node.
+    """
+
+    kind: Literal["openstack"] = "openstack"
+    auth_url: str
+    region: str = "RegionOne"
+    interface: Literal["public", "internal", "admin"] = "public"
+    application_credential_id: str
+    application_credential_secret: SecretStr
+    stack_id: str
+    """Heat stack (name/id) that owns the autoscaling group."""
+    group_resource: str = "etcd_group"
+    scale_down_policy: str = "scale_down"
+    scale_up_url: str | None = None
+    metadata_url: str = "http://169.254.169.254"
+    verify_tls: bool = True
+
+    @field_serializer("application_credential_secret")
+    def _reveal_on_request(self, value: SecretStr, info: SerializationInfo) -> str:
+        context = info.context or {}
+        if context.get("reveal_secrets"):
+            return value.get_secret_value()
+        return str(value)
+
+
+class LocalCloud(_Strict):
+    """The lab's stand-in for Nova and Heat, reached over HTTP on loopback."""
+
+    kind: Literal["local"] = "local"
+    url: str
+    node_id: str | None = None
+    """This node's id; on a real cloud the metadata service says it."""
+
+
+CloudSettings = Annotated[OpenStackCloud | LocalCloud, Field(discriminator="kind")]
+
+
+class AgentSettings(_Strict):
+    """Everything one node's agent needs, and nothing it doesn't."""
+
+    schema_version: Literal[1] = 1
+    cluster_name: str
+    role: Literal["member", "proxy"] = "member"
+    etcd: EtcdSettings = EtcdSettings()
+    metric: MetricSettings = MetricSettings()
+    scaling: ScalingSettings = ScalingSettings()
+    hooks: HookSettings = HookSettings()
+    cloud: CloudSettings
+    state_dir: str = "/var/lib/autoscale-etcd"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def to_json(self, *, reveal_secrets: bool = False) -> str:
+        """The file's text; secrets are masked unless `reveal_secrets` (the node file)."""
+        data = self.model_dump(mode="json", context={"reveal_secrets": reveal_secrets})
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> AgentSettings:
+        return cls.model_validate_json(text)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AgentSettings:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write the node file (mode 0600: it holds the cloud credential)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json(reveal_secrets=True))
+
+    def with_changes(self, **changes: Any) -> AgentSettings:
+        """A copy with some top-level parts replaced, validated again."""
+        data = self.model_dump(context={"reveal_secrets": True})
+        data.update(changes)
+        return AgentSettings.model_validate(data)
