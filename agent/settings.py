@@ -51,6 +51,10 @@ class EtcdSettings(_Strict):
     binary: str = "etcd"
     cluster_token: str = "autoscale-etcd"
     tls: TlsFiles | None = None
+    service: Literal["systemd", "subprocess"] = "systemd"
+    """How the agent runs etcd: the node's systemd unit, or a child process (tests, lab)."""
+    heartbeat_ms: Annotated[int, Field(ge=10)] = 100
+    election_ms: Annotated[int, Field(ge=50)] = 1000
 
     @model_validator(mode="after")
     def _check(self) -> EtcdSettings:

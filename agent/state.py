@@ -1,0 +1,49 @@
+"""What an agent keeps between cycles and restarts: one small JSON file in its state dir.
+
+The lab and `status` read it; nothing else writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Phase = Literal["starting", "joining", "member", "leaving", "left", "failed"]
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class AgentState:
+    phase: Phase = "starting"
+    member_id: int | None = None
+    failmarker: int = 0
+    configured: bool = False
+    last_scale_up: float | None = None
+    """Wall-clock time of this agent's last scale-up call."""
+    unhealthy_since: dict[str, float] = field(default_factory=dict)
+    """member id (hex) -> wall-clock time it was first seen unhealthy, in a row."""
+    last_cycle: str = ""
+    """The sentence the last cycle logged."""
+    updated: float = 0.0
+
+    @classmethod
+    def load(cls, state_dir: str | os.PathLike[str]) -> AgentState:
+        path = Path(state_dir) / STATE_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        known = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        return cls(**known)
+
+    def save(self, state_dir: str | os.PathLike[str]) -> None:
+        """Atomic replace, so a reader never sees half a file."""
+        directory = Path(state_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{STATE_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(asdict(self), sort_keys=True), encoding="utf-8")
+        os.replace(tmp, directory / STATE_FILE)
