@@ -1,0 +1,296 @@
+"""All of the agent's policy: `decide(snapshot, settings) -> Action`, a pure function.
+
+Each rule is a small function returning an Action or None; `decide` tries them in
+order of safety. Nothing here does I/O, reads a clock or keeps state: the loop
+passes everything in a `Snapshot`, so every rule is a table test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.settings import AgentSettings, MetricSettings
+from agent.snapshot import Member, MetricReading, Snapshot
+
+ActionKind = Literal["wait", "leave", "remove_dead", "scale_up", "configure", "stop"]
+
+FAILMARKER_UP = 5
+FAILMARKER_DOWN = 1
+
+KILL_LOCK = "kill"
+MAKE_LOCK = "make"
+JOIN_LOCK = "join"
+
+
+@dataclass(frozen=True)
+class Action:
+    """What one cycle does, and the sentence saying why."""
+
+    kind: ActionKind
+    reason: str
+    member: Member | None = None
+    lock: str | None = None
+    """The lock to win first (its TTL spaces these actions cluster-wide)."""
+
+    @property
+    def removes(self) -> bool:
+        return self.kind in ("leave", "remove_dead")
+
+
+def quorum(voters: int) -> int:
+    return voters // 2 + 1
+
+
+def next_failmarker(previous: int, etcd_call_ok: bool) -> int:
+    """+5 per failed etcd call, -1 per success, never below 0 (the original's rule)."""
+    if etcd_call_ok:
+        return max(0, previous - FAILMARKER_DOWN)
+    return previous + FAILMARKER_UP
+
+
+def track_unhealthy(
+    previous: Mapping[int, float], members: tuple[Member, ...] | None, now: float
+) -> dict[int, float]:
+    """Member id -> when it was first seen unhealthy (or unstarted), in a row.
+
+    Unknown (etcd unreachable this cycle) keeps the record as it was: a blind
+    cycle neither convicts nor clears anyone.
+    """
+    if members is None:
+        return dict(previous)
+    tracked: dict[int, float] = {}
+    for member in members:
+        if member.healthy is False or not member.started:
+            tracked[member.id] = previous.get(member.id, now)
+    return tracked
+
+
+def compare(value: float, comparator: str, threshold: float) -> bool:
+    """The comparator as a table of functions on numbers; nothing is eval'd."""
+    table: dict[str, Callable[[float, float], bool]] = {
+        "<": lambda a, b: a < b,
+        ">": lambda a, b: a > b,
+        "==": lambda a, b: a == b,
+        "<=": lambda a, b: a <= b,
+        ">=": lambda a, b: a >= b,
+    }
+    return table[comparator](value, threshold)
+
+
+def metric_crosses(reading: MetricReading, metric: MetricSettings) -> bool | None:
+    """True/False, or None when there is no number to compare (no decision)."""
+    if not reading.ok or reading.value is None:
+        return None
+    return compare(reading.value, metric.comparator, metric.threshold)
+
+
+def decide(snapshot: Snapshot, settings: AgentSettings) -> Action:
+    for rule in RULES:
+        action = rule(snapshot, settings)
+        if action is not None:
+            return action
+    return Action("wait", _steady_reason(snapshot, settings))
+
+
+# --- the rules, in order ---------------------------------------------------------
+
+
+def _unreachable(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    if snapshot.members is not None:
+        return None
+    return Action(
+        "wait",
+        f"no etcd member answered; failmarker {snapshot.failmarker}"
+        f" (tolerance {settings.scaling.failtolerance}) but nobody is seen healthy, so stay",
+    )
+
+
+def _removed_by_cluster(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    if snapshot.my_member is not None:
+        return None
+    return Action(
+        "stop",
+        "this node is no longer a member of the cluster (removed by another agent); stop etcd"
+        " for good: a removed member must not restart on its old data dir",
+    )
+
+
+def _failmarker(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    tolerance = settings.scaling.failtolerance
+    if snapshot.failmarker <= tolerance:
+        return None
+    me = snapshot.my_member
+    others = [m for m in snapshot.voters if me is None or m.id != me.id]
+    healthy = [m for m in others if m.healthy]
+    leader_elsewhere = any(m.is_leader and m.healthy for m in others)
+    if others and len(healthy) >= quorum(len(others)) and leader_elsewhere:
+        if snapshot.kill_lock_holder not in (None, snapshot.me.name):
+            return Action(
+                "wait",
+                f"failmarker {snapshot.failmarker} > {tolerance}, but {snapshot.kill_lock_holder}"
+                " holds the kill lock; leave after it expires",
+            )
+        return Action(
+            "leave",
+            f"failmarker {snapshot.failmarker} > {tolerance} and the rest of the cluster is"
+            f" healthy without this node ({len(healthy)}/{len(others)} healthy, leader elsewhere)",
+            member=me,
+            lock=KILL_LOCK,
+        )
+    return Action(
+        "wait",
+        f"failmarker {snapshot.failmarker} > {tolerance}, but the rest of the cluster is not seen"
+        f" healthy without this node ({len(healthy)}/{len(others)} healthy): an outage or a"
+        " partition must not make nodes delete themselves",
+    )
+
+
+def _dead_members(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    me = snapshot.my_member
+    if me is None or not me.is_leader or not me.healthy:
+        return None  # one decider: the agent beside the current leader
+    window = settings.scaling.dead_member_periods * settings.scaling.lockattemptperiod
+    members = snapshot.members or ()
+    for member in members:
+        since = snapshot.unhealthy_since.get(member.id)
+        if member.id == me.id or since is None or snapshot.now - since < window:
+            continue
+        remaining = [m for m in snapshot.voters if m.id != member.id]
+        healthy = [m for m in remaining if m.healthy]
+        if not remaining or len(healthy) < quorum(len(remaining)):
+            return Action(
+                "wait",
+                f"{_label(member)} has failed for {snapshot.now - since:.0f}s but removing it"
+                f" would leave {len(healthy)}/{len(remaining)} healthy, short of quorum",
+            )
+        return Action(
+            "remove_dead",
+            f"{_label(member)} failed its health check for {snapshot.now - since:.0f}s"
+            f" (window {window:.0f}s); {len(healthy)}/{len(remaining)} remain healthy",
+            member=member,
+        )
+    return None
+
+
+def _joins_in_progress(snapshot: Snapshot) -> list[Member]:
+    return [m for m in snapshot.members or () if m.is_learner or not m.started]
+
+
+def _pending_servers(snapshot: Snapshot) -> int:
+    """Group servers alive in the cloud that are not (yet) etcd members: joins to come."""
+    if snapshot.cloud_nodes is None:
+        return 0
+    member_ips = {m.ip for m in snapshot.members or ()}
+    member_names = {m.name for m in snapshot.members or ()}
+    return sum(
+        1
+        for node in snapshot.cloud_nodes
+        if node.status in ("BUILD", "ACTIVE")
+        and node.ip not in member_ips
+        and node.name not in member_names
+    )
+
+
+def _scale_up(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    scaling = settings.scaling
+    healthy_voters = [m for m in snapshot.voters if m.healthy]
+    if len(healthy_voters) >= scaling.capacity:
+        return None
+    me = snapshot.my_member
+    if me is None or not me.is_leader:
+        return None
+    coming = len(_joins_in_progress(snapshot)) + _pending_servers(snapshot)
+    if len(healthy_voters) + coming >= scaling.capacity:
+        return Action(
+            "wait",
+            f"{len(healthy_voters)} healthy voters < capacity {scaling.capacity},"
+            f" {coming} joining already",
+        )
+    if snapshot.last_scale_up is not None and (
+        snapshot.now - snapshot.last_scale_up < scaling.scaleupcooldown
+    ):
+        return None
+    return Action(
+        "scale_up",
+        f"{len(healthy_voters)} healthy voters < capacity {scaling.capacity} and nothing joining:"
+        " ask the group for one more",
+        lock=MAKE_LOCK,
+    )
+
+
+def _configure(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    if snapshot.configured or settings.hooks.configscript is None:
+        return None
+    me = snapshot.my_member
+    if me is None or me.is_learner:
+        return None
+    return Action("configure", "joined as a voter; run the configscript once")
+
+
+def _scale_down(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    scaling = settings.scaling
+    me = snapshot.my_member
+    voters = snapshot.voters
+    if me is None or me.is_learner or len(voters) <= scaling.capacity:
+        return None
+    crosses = metric_crosses(snapshot.metric, settings.metric)
+    if crosses is None:
+        return Action(
+            "wait",
+            f"{len(voters)} members > capacity {scaling.capacity} but no metric"
+            f" ({snapshot.metric.error}): no decision",
+        )
+    if not crosses:
+        return None
+    if _joins_in_progress(snapshot):
+        return Action("wait", "a member is joining; scale down after it has")
+    unhealthy = [m for m in voters if not m.healthy]
+    if unhealthy:
+        return Action(
+            "wait",
+            f"{len(unhealthy)} member(s) unhealthy ({', '.join(_label(m) for m in unhealthy)});"
+            " no scale-down until the cluster is whole",
+        )
+    if snapshot.kill_lock_holder is not None:
+        return Action(
+            "wait",
+            f"metric crosses but {snapshot.kill_lock_holder} holds the kill lock"
+            f" (one removal per {scaling.scaledownperiod:.0f}s)",
+        )
+    return Action(
+        "leave",
+        f"{len(voters)} members > capacity {scaling.capacity} and {settings.metric.name}"
+        f" {snapshot.metric.value:g} {settings.metric.comparator} {settings.metric.threshold:g}",
+        member=me,
+        lock=KILL_LOCK,
+    )
+
+
+RULES: tuple[Callable[[Snapshot, AgentSettings], Action | None], ...] = (
+    _unreachable,
+    _removed_by_cluster,
+    _failmarker,
+    _dead_members,
+    _scale_up,
+    _configure,
+    _scale_down,
+)
+
+
+def _label(member: Member) -> str:
+    return member.name or f"unstarted member {member.id:x}"
+
+
+def _steady_reason(snapshot: Snapshot, settings: AgentSettings) -> str:
+    voters = snapshot.voters
+    crosses = metric_crosses(snapshot.metric, settings.metric)
+    metric = (
+        f"{settings.metric.name} {snapshot.metric.value:g}"
+        if snapshot.metric.value is not None
+        else f"no metric ({snapshot.metric.error})"
+    )
+    if len(voters) <= settings.scaling.capacity:
+        return f"{len(voters)} members <= capacity {settings.scaling.capacity}; {metric}"
+    return f"{len(voters)} members > capacity; {metric}, crosses threshold: {bool(crosses)}"

@@ -1,0 +1,357 @@
+"""decide(): every rule of DESIGN.md as a table test, and its invariants as properties."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.decide import (
+    KILL_LOCK,
+    MAKE_LOCK,
+    Action,
+    decide,
+    next_failmarker,
+    quorum,
+    track_unhealthy,
+)
+from agent.settings import AgentSettings, LocalCloud, ScalingSettings
+from agent.snapshot import CloudNode, Member, MetricReading, NodeIdentity, Snapshot
+
+SETTINGS = AgentSettings(
+    cluster_name="t",
+    cloud=LocalCloud(url="http://127.0.0.1:9"),
+    scaling=ScalingSettings(
+        capacity=3,
+        min_cluster=3,
+        max_cluster=5,
+        scaledownperiod=200,
+        lockattemptperiod=10,
+        failtolerance=20,
+        dead_member_periods=3,
+        scaleupcooldown=240,
+    ),
+)
+NO_HOOK = SETTINGS
+WITH_HOOK = SETTINGS.with_changes(hooks={"configscript": "/etc/autoscale-etcd/hooks/configscript"})
+IDLE = MetricReading("NETDATA_SYSTEM_CPU_IDLE", 97.0)
+BUSY = MetricReading("NETDATA_SYSTEM_CPU_IDLE", 12.0)
+BROKEN = MetricReading("NETDATA_SYSTEM_CPU_IDLE", None, "netdata timed out")
+
+
+def member(n: int, *, healthy: bool | None = True, leader: bool = False, learner: bool = False):
+    return Member(
+        id=0x1000 + n,
+        name=f"node{n}",
+        peer_urls=(f"http://127.0.0.{n}:12380",),
+        client_urls=(f"http://127.0.0.{n}:12379",),
+        is_learner=learner,
+        healthy=healthy,
+        is_leader=leader,
+    )
+
+
+def unstarted(n: int) -> Member:
+    return Member(id=0x1000 + n, name="", peer_urls=(f"http://127.0.0.{n}:12380",), client_urls=())
+
+
+def snap(
+    count: int = 5,
+    *,
+    me: int = 1,
+    leader: int = 1,
+    metric: MetricReading = IDLE,
+    unhealthy: tuple[int, ...] = (),
+    **changes: object,
+) -> Snapshot:
+    members = tuple(
+        member(n, healthy=n not in unhealthy, leader=n == leader) for n in range(1, count + 1)
+    )
+    base = Snapshot(
+        now=10_000.0,
+        me=NodeIdentity(id=f"srv{me}", name=f"node{me}", ip=f"127.0.0.{me}"),
+        members=members,
+        metric=metric,
+        configured=True,
+    )
+    return replace(base, **changes)
+
+
+def act(snapshot: Snapshot, settings: AgentSettings = NO_HOOK) -> Action:
+    return decide(snapshot, settings)
+
+
+# --- scale-down ------------------------------------------------------------------
+
+
+def test_idle_node_above_capacity_leaves_under_the_kill_lock():
+    action = act(snap(5, me=2, metric=IDLE))
+    assert action.kind == "leave" and action.lock == KILL_LOCK
+    assert action.member is not None and action.member.name == "node2"
+    assert "5 members > capacity 3" in action.reason
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "why"),
+    [
+        (snap(3, me=2), "at capacity"),
+        (snap(2, me=2), "below capacity"),
+        (snap(5, me=2, metric=BUSY), "busy: 12 is not > 90"),
+        (snap(5, me=2, metric=BROKEN), "metric unreadable"),
+        (snap(5, me=2, kill_lock_holder="node4"), "someone else removes first"),
+        (snap(5, me=2, unhealthy=(4,)), "a member is unhealthy"),
+    ],
+)
+def test_no_scale_down(snapshot, why):
+    assert not act(snapshot).removes, why
+
+
+def test_metric_error_is_no_decision_and_says_why():
+    action = act(snap(5, me=2, metric=BROKEN))
+    assert action.kind == "wait" and "netdata timed out" in action.reason
+
+
+def test_no_scale_down_while_a_member_joins():
+    joining = snap(5, me=2)
+    members = (*joining.members, member(6, learner=True))
+    assert act(replace(joining, members=members)).kind == "wait"
+    assert act(replace(joining, members=(*joining.members, unstarted(6)))).kind == "wait"
+
+
+def test_comparators_compare_numbers():
+    low = NO_HOOK.with_changes(metric={"comparator": "<", "threshold": 10})
+    assert act(snap(5, me=2, metric=MetricReading("M", 9.5)), low).kind == "leave"
+    assert act(snap(5, me=2, metric=MetricReading("M", 10.0)), low).kind != "leave"
+    # as strings, "9.5" > "10" would be true: numbers are compared
+    high = NO_HOOK.with_changes(metric={"comparator": ">", "threshold": 10})
+    assert act(snap(5, me=2, metric=MetricReading("M", 9.5)), high).kind != "leave"
+
+
+# --- failmarker ------------------------------------------------------------------
+
+
+def test_failmarker_counts_plus_five_minus_one_floor_zero():
+    assert next_failmarker(0, etcd_call_ok=False) == 5
+    assert next_failmarker(5, etcd_call_ok=True) == 4
+    assert next_failmarker(0, etcd_call_ok=True) == 0
+
+
+def test_failmarker_above_tolerance_leaves_when_rest_is_healthy():
+    action = act(snap(3, me=2, leader=1, failmarker=25, metric=BUSY))
+    assert action.kind == "leave" and action.lock == KILL_LOCK
+    assert "failmarker 25 > 20" in action.reason
+
+
+def test_failmarker_at_tolerance_does_nothing():
+    assert act(snap(3, me=2, failmarker=20, metric=BUSY)).kind == "wait"
+
+
+def test_failmarker_in_a_cluster_wide_outage_removes_nobody():
+    outage = snap(3, me=2, failmarker=60, members=None)
+    assert act(outage).kind == "wait"
+
+
+def test_failmarker_in_a_minority_partition_removes_nobody():
+    # this node sees the others unhealthy (it is cut off): it must stay
+    action = act(snap(5, me=2, leader=2, unhealthy=(1, 3, 4, 5), failmarker=40))
+    assert not action.removes and "not seen healthy" in action.reason
+
+
+def test_failmarker_needs_a_leader_elsewhere():
+    action = act(snap(3, me=2, leader=2, failmarker=40))
+    assert not action.removes
+
+
+# --- dead members ----------------------------------------------------------------
+
+
+def test_dead_member_is_removed_by_the_leaders_agent_after_the_window():
+    dead_since = {0x1004: 10_000.0 - 30}
+    action = act(snap(5, me=1, leader=1, unhealthy=(4,), unhealthy_since=dead_since))
+    assert action.kind == "remove_dead" and action.member is not None
+    assert action.member.name == "node4"
+
+
+def test_dead_member_not_removed_inside_the_window():
+    dead_since = {0x1004: 10_000.0 - 29}
+    assert act(snap(5, me=1, leader=1, unhealthy=(4,), unhealthy_since=dead_since)).kind != (
+        "remove_dead"
+    )
+
+
+def test_only_the_leaders_agent_removes_dead_members():
+    dead_since = {0x1004: 0.0}
+    assert act(snap(5, me=2, leader=1, unhealthy=(4,), unhealthy_since=dead_since)).kind != (
+        "remove_dead"
+    )
+
+
+def test_dead_member_kept_when_removal_would_lose_quorum():
+    # 5 voters, 3 down: removing one leaves 4 with 2 healthy < quorum(4)=3
+    since = {0x1003: 0.0, 0x1004: 0.0, 0x1005: 0.0}
+    action = act(snap(5, me=1, leader=1, unhealthy=(3, 4, 5), unhealthy_since=since))
+    assert action.kind == "wait" and "short of quorum" in action.reason
+
+
+def test_unstarted_member_left_by_a_failed_join_is_removed_after_the_window():
+    base = snap(3, me=1, leader=1)
+    members = (*base.members, unstarted(7))
+    action = act(replace(base, members=members, unhealthy_since={0x1007: 0.0}))
+    assert action.kind == "remove_dead"
+
+
+def test_track_unhealthy_keeps_first_time_and_ignores_blind_cycles():
+    first = track_unhealthy({}, snap(3, unhealthy=(2,)).members, now=100.0)
+    assert first == {0x1002: 100.0}
+    assert track_unhealthy(first, snap(3, unhealthy=(2,)).members, now=110.0) == first
+    assert track_unhealthy(first, None, now=120.0) == first
+    assert track_unhealthy(first, snap(3).members, now=130.0) == {}
+
+
+# --- scale up, configscript, removal ---------------------------------------------
+
+
+def test_below_capacity_leader_asks_for_one_more_under_the_make_lock():
+    action = act(snap(2, me=1, leader=1))
+    assert action.kind == "scale_up" and action.lock == MAKE_LOCK
+
+
+def test_no_scale_up_inside_cooldown_or_when_a_server_is_coming():
+    assert act(snap(2, me=1, leader=1, last_scale_up=10_000.0 - 100)).kind != "scale_up"
+    building = CloudNode(id="s9", name="node9", ip="127.0.0.9", status="BUILD", created_at=0)
+    assert act(snap(2, me=1, leader=1, cloud_nodes=(building,))).kind == "wait"
+    assert act(snap(2, me=2, leader=1)).kind != "scale_up"
+
+
+def test_configscript_runs_once_after_joining_as_a_voter():
+    assert act(snap(3, configured=False), WITH_HOOK).kind == "configure"
+    assert act(snap(3, configured=True), WITH_HOOK).kind != "configure"
+    assert act(snap(3, configured=False), NO_HOOK).kind != "configure"
+
+
+def test_removed_node_stops():
+    others = snap(3)
+    action = act(replace(others, me=NodeIdentity(id="x", name="node9", ip="127.0.0.9")))
+    assert action.kind == "stop"
+
+
+# --- properties ------------------------------------------------------------------
+
+healths = st.sampled_from([True, False, None])
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> Snapshot:
+    count = draw(st.integers(1, 7))
+    me = draw(st.integers(1, count))
+    leader = draw(st.integers(0, count))
+    members = tuple(
+        member(n, healthy=draw(healths), leader=n == leader) for n in range(1, count + 1)
+    )
+    metric = draw(
+        st.one_of(
+            st.builds(MetricReading, st.just("M"), st.floats(0, 100)),
+            st.just(BROKEN),
+        )
+    )
+    return Snapshot(
+        now=1000.0,
+        me=NodeIdentity(id=f"s{me}", name=f"node{me}", ip=f"127.0.0.{me}"),
+        members=draw(st.one_of(st.just(members), st.none())),
+        metric=metric,
+        kill_lock_holder=draw(st.sampled_from([None, "node1", "other"])),
+        failmarker=draw(st.integers(0, 100)),
+        unhealthy_since=draw(
+            st.dictionaries(st.integers(0x1001, 0x1007), st.floats(0, 1000), max_size=3)
+        ),
+        configured=True,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(snapshots())
+def test_no_scale_down_removal_at_or_below_capacity(snapshot):
+    action = decide(snapshot, NO_HOOK)
+    if action.kind == "leave" and snapshot.failmarker <= NO_HOOK.scaling.failtolerance:
+        assert len(snapshot.voters) > NO_HOOK.scaling.capacity
+
+
+@settings(max_examples=400, deadline=None)
+@given(snapshots())
+def test_no_removal_on_a_metric_error(snapshot):
+    broken = replace(snapshot, metric=BROKEN)
+    action = decide(broken, NO_HOOK)
+    if action.kind == "leave":
+        assert "failmarker" in action.reason  # only a failing node may leave, never on the metric
+
+
+@settings(max_examples=300, deadline=None)
+@given(snapshots())
+def test_no_removal_in_a_cluster_wide_outage(snapshot):
+    outage = replace(snapshot, members=None, failmarker=snapshot.failmarker + 100)
+    assert not decide(outage, NO_HOOK).removes
+    # everyone unhealthy: nobody may remove anyone
+    if snapshot.members:
+        sick = tuple(replace(m, healthy=False) for m in snapshot.members)
+        assert not decide(replace(snapshot, members=sick), NO_HOOK).removes
+
+
+@settings(max_examples=300, deadline=None)
+@given(snapshots())
+def test_a_removal_always_keeps_quorum(snapshot):
+    action = decide(snapshot, NO_HOOK)
+    if action.removes and action.member is not None:
+        remaining = [m for m in snapshot.voters if m.id != action.member.id]
+        assert len([m for m in remaining if m.healthy]) >= quorum(len(remaining))
+
+
+@settings(max_examples=300, deadline=None)
+@given(snapshots())
+def test_no_scale_down_while_someone_holds_the_kill_lock(snapshot):
+    held = replace(snapshot, kill_lock_holder="someone-else")
+    action = decide(held, NO_HOOK)
+    assert not (action.kind == "leave")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    idle=st.lists(st.booleans(), min_size=5, max_size=5),
+    offsets=st.lists(st.floats(0, 9.9), min_size=5, max_size=5),
+)
+def test_never_two_removals_inside_one_scaledownperiod(idle, offsets):
+    """Five agents, each on its own clock phase, share a kill lock whose TTL is the period."""
+    period = NO_HOOK.scaling.scaledownperiod
+    alive = {n: True for n in range(1, 6)}
+    lock_until = -1.0
+    removals: list[float] = []
+    for tick in range(0, 1200):
+        for n in range(1, 6):
+            now = tick * 10 + offsets[n - 1]
+            if not alive[n]:
+                continue
+            holder = "someone" if now < lock_until else None
+            members = tuple(
+                member(k, leader=k == min(k2 for k2 in alive if alive[k2]))
+                for k in range(1, 6)
+                if alive[k]
+            )
+            snapshot = Snapshot(
+                now=now,
+                me=NodeIdentity(id=f"s{n}", name=f"node{n}", ip=f"127.0.0.{n}"),
+                members=members,
+                metric=IDLE if idle[n - 1] else BUSY,
+                kill_lock_holder=holder,
+                configured=True,
+            )
+            action = decide(snapshot, NO_HOOK)
+            if action.kind == "leave" and now >= lock_until:
+                lock_until = now + period
+                alive[n] = False
+                removals.append(now)
+    assert all(b - a >= period for a, b in itertools.pairwise(removals))
+    assert sum(alive.values()) >= NO_HOOK.scaling.capacity
+    if sum(idle) >= 2:
+        assert len(removals) == 2
