@@ -1,0 +1,385 @@
+"""The etcd process on a node: its config file, starting and stopping it, reading why it failed.
+
+etcd reads one `--config-file` (the keys of etcd's `etcd.conf.yml.sample`, the long flag
+names without dashes). We write it as JSON, which is YAML too (etcd parses the file with
+sigs.k8s.io/yaml), so the agent needs no YAML library on the node.
+
+Two ways to run etcd: `SystemdEtcd` (the node's unit, on a cloud) and `SubprocessEtcd`
+(a detached child process, for tests and the lab). Both keep a log the agent can read
+back to classify a failed start with `classify_start_failure`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from agent.settings import EtcdSettings
+
+StartFailure = Literal["already-bootstrapped", "cluster-id-mismatch", "removed", "other"]
+
+SYSTEMD_UNIT = "etcd-autoscale.service"
+SYSTEMD_CONFIG = Path("/etc/autoscale-etcd/etcd.yaml")
+LOG_FILE = "etcd.log"
+PID_FILE = "etcd.pid"
+
+
+def client_url(ip: str, settings: EtcdSettings) -> str:
+    return f"{settings.client_scheme}://{_host(ip)}:{settings.client_port}"
+
+
+def peer_url(ip: str, settings: EtcdSettings) -> str:
+    return f"{settings.peer_scheme}://{_host(ip)}:{settings.peer_port}"
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def etcd_config(
+    *,
+    name: str,
+    ip: str,
+    settings: EtcdSettings,
+    initial_cluster: Mapping[str, str],
+    state: Literal["new", "existing"],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """etcd's config-file keys for member `name` listening on `ip`.
+
+    `initial_cluster` maps member name -> peer URL and must include this member. With
+    `state="existing"` the member must have been added (`member add`) before it starts.
+    `extra` adds or overrides keys (tuning for tests and the lab).
+    """
+    if name not in initial_cluster:
+        raise ValueError(f"initial_cluster {dict(initial_cluster)} does not include {name!r}")
+    if state not in ("new", "existing"):
+        raise ValueError(f"state must be 'new' or 'existing', not {state!r}")
+    client = client_url(ip, settings)
+    peer = peer_url(ip, settings)
+    config: dict[str, Any] = {
+        "name": name,
+        "data-dir": settings.data_dir,
+        "listen-client-urls": client,
+        "advertise-client-urls": client,
+        "listen-peer-urls": peer,
+        "initial-advertise-peer-urls": peer,
+        "initial-cluster": ",".join(f"{n}={u}" for n, u in initial_cluster.items()),
+        "initial-cluster-token": settings.cluster_token,
+        "initial-cluster-state": state,
+        "heartbeat-interval": settings.heartbeat_ms,
+        "election-timeout": settings.election_ms,
+        # etcd 3.4 turns the HTTP gateway (/v3/...) off when a config file is used
+        "enable-grpc-gateway": True,
+        # refuse a reconfiguration that would leave the cluster without quorum
+        "strict-reconfig-check": True,
+        "auto-compaction-mode": "periodic",
+        "auto-compaction-retention": "1h",
+        "logger": "zap",
+        "log-outputs": ["stderr"],
+    }
+    if settings.tls is not None:
+        files = {
+            "cert-file": settings.tls.cert_file,
+            "key-file": settings.tls.key_file,
+            "trusted-ca-file": settings.tls.ca_file,
+            "client-cert-auth": True,
+            "auto-tls": False,
+        }
+        if settings.client_scheme == "https":
+            config["client-transport-security"] = dict(files)
+        if settings.peer_scheme == "https":
+            config["peer-transport-security"] = dict(files)
+    if extra:
+        config.update(extra)
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    """Write the config atomically (JSON is valid YAML), mode 0600."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def wipe_data_dir(path: Path) -> None:
+    """Remove an etcd data dir and everything in it; leave an empty one (mode 0700)."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved == Path("/") or resolved == Path.home().resolve() or len(resolved.parts) < 3:
+        raise ValueError(f"refusing to wipe {path}: not an etcd data dir")
+    if resolved.exists() and not (resolved / "member").exists() and any(resolved.iterdir()):
+        raise ValueError(f"refusing to wipe {path}: it has files but no etcd 'member' dir")
+    shutil.rmtree(resolved, ignore_errors=True)
+    resolved.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+# The texts etcd logs (3.4 and 3.5, zap and capnslog wordings) for each failure kind.
+_FAILURES: tuple[tuple[StartFailure, re.Pattern[str]], ...] = (
+    # etcdserver/server.go (3.4, 3.5): the peers answer 410 Gone with
+    # "the member has been permanently removed from the cluster"
+    ("removed", re.compile(r"permanently removed from the cluster", re.IGNORECASE)),
+    # etcdserver/server.go: `member %s has already been bootstrapped`
+    ("already-bootstrapped", re.compile(r"has already been bootstrapped", re.IGNORECASE)),
+    # rafthttp: "request sent was ignored due to cluster ID mismatch",
+    # "request cluster ID mismatch", errClusterIDMismatch = "cluster ID mismatch"
+    ("cluster-id-mismatch", re.compile(r"cluster ID mismatch", re.IGNORECASE)),
+)
+
+
+def classify_start_failure(log_text: str) -> StartFailure:
+    """Why etcd would not start (or keeps failing), from its log."""
+    for kind, pattern in _FAILURES:
+        if pattern.search(log_text):
+            return kind
+    return "other"
+
+
+class EtcdService(Protocol):
+    def start(self, config_path: Path) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def is_running(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def recent_log(self) -> str:
+        """What etcd logged since the last start (for `classify_start_failure`)."""
+        ...
+
+
+class SubprocessEtcd:
+    """etcd as a detached process: `<binary> --config-file <path>`.
+
+    The log (`etcd.log`) and the pid file (`etcd.pid`) sit beside the config file, so
+    another process (the lab, a restarted agent) can find and stop it by pid.
+    """
+
+    def __init__(self, binary: str = "etcd", *, stop_timeout: float = 10.0) -> None:
+        self.binary = binary
+        self.stop_timeout = stop_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._config_path: Path | None = None
+        self._log_offset = 0
+
+    @property
+    def config_path(self) -> Path | None:
+        return self._config_path
+
+    @property
+    def log_path(self) -> Path | None:
+        return None if self._config_path is None else self._config_path.parent / LOG_FILE
+
+    @property
+    def pid_path(self) -> Path | None:
+        return None if self._config_path is None else self._config_path.parent / PID_FILE
+
+    def attach(self, config_path: Path) -> None:
+        """Know the config (and so the pid and log files) without starting anything."""
+        self._config_path = Path(config_path).resolve()
+
+    def start(self, config_path: Path) -> None:
+        if self.is_running():
+            self.stop()
+        self.attach(config_path)
+        assert self.log_path is not None and self.pid_path is not None
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            self._process = subprocess.Popen(
+                [self.binary, "--config-file", str(self._config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self.pid_path.write_text(f"{self._process.pid}\n", encoding="utf-8")
+
+    @property
+    def pid(self) -> int | None:
+        if self._process is not None:
+            return self._process.pid
+        if self.pid_path is None:
+            return None
+        try:
+            return int(self.pid_path.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return None
+
+    def is_running(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        pid = self.pid
+        return pid is not None and self._is_our_etcd(pid)
+
+    def _is_our_etcd(self, pid: int) -> bool:
+        """The pid is alive (not a zombie) and runs etcd on our config (no pid reuse)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+            return False
+        return str(self._config_path).encode() in cmdline
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the running etcd (SIGSTOP/SIGCONT in tests, SIGKILL for chaos)."""
+        pid = self.pid
+        if pid is None or not self.is_running():
+            raise ProcessLookupError(f"etcd ({self._config_path}) is not running")
+        os.kill(pid, signum)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after `stop_timeout`; waits until the process is gone."""
+        pid = self.pid
+        if pid is not None and self.is_running():
+            for signum in (signal.SIGTERM, signal.SIGCONT):
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    break
+            if not self._wait_gone(self.stop_timeout):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._wait_gone(self.stop_timeout)
+        if self._process is not None:
+            self._process.poll()
+        if self.pid_path is not None:
+            self.pid_path.unlink(missing_ok=True)
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL at once (a crash), and reap it."""
+        pid = self.pid
+        if pid is not None and self.is_running():
+            os.kill(pid, signal.SIGKILL)
+            self._wait_gone(self.stop_timeout)
+        if self._process is not None:
+            self._process.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for etcd to exit by itself; its exit code (None if still running)."""
+        if self._process is not None:
+            try:
+                return self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        return 0 if self._wait_gone(timeout) else None
+
+    def _wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process is not None:
+                try:
+                    self._process.wait(max(0.0, min(0.05, deadline - time.monotonic())))
+                    return True
+                except subprocess.TimeoutExpired:
+                    pass
+            elif not self.is_running():
+                return True
+            else:
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                return not self.is_running()
+
+    def recent_log(self) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
+
+
+def _run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(command), capture_output=True, text=True, check=False, timeout=60)
+
+
+class SystemdEtcd:
+    """etcd as the node's systemd unit, which reads `/etc/autoscale-etcd/etcd.yaml`."""
+
+    def __init__(
+        self,
+        *,
+        unit: str = SYSTEMD_UNIT,
+        config_path: Path = SYSTEMD_CONFIG,
+        runner: Runner = _run,
+    ) -> None:
+        self.unit = unit
+        self.config_path = Path(config_path)
+        self._run = runner
+        self._started_at: float | None = None
+
+    def _check(self, command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        result = self._run(command)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
+        return result
+
+    def start(self, config_path: Path) -> None:
+        if Path(config_path) != self.config_path:
+            raise ValueError(
+                f"{self.unit} reads {self.config_path}; write the config there, not {config_path}"
+            )
+        self._started_at = time.time()
+        # a unit that hit its start limit (e.g. a removed member) must be reset first
+        self._run(["systemctl", "reset-failed", self.unit])
+        self._check(["systemctl", "restart", self.unit])
+
+    def stop(self) -> None:
+        self._check(["systemctl", "stop", self.unit])
+
+    def is_running(self) -> bool:
+        return self._run(["systemctl", "is-active", "--quiet", self.unit]).returncode == 0
+
+    @property
+    def pid(self) -> int | None:
+        result = self._run(["systemctl", "show", "--property=MainPID", "--value", self.unit])
+        try:
+            value = int(result.stdout.strip())
+        except ValueError:
+            return None
+        return value or None
+
+    def recent_log(self) -> str:
+        command = ["journalctl", "--unit", self.unit, "--output=cat", "--no-pager"]
+        if self._started_at is not None:
+            command.append(f"--since=@{int(self._started_at)}")
+        else:
+            command.append("--lines=200")
+        return self._run(command).stdout
+
+
+def make_service(settings: EtcdSettings) -> SystemdEtcd | SubprocessEtcd:
+    """The service kind the settings ask for."""
+    if settings.service == "systemd":
+        return SystemdEtcd()
+    return SubprocessEtcd(settings.binary)
