@@ -121,6 +121,13 @@ def _failmarker(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     tolerance = settings.scaling.failtolerance
     if snapshot.failmarker <= tolerance:
         return None
+    if snapshot.own_etcd_ok:
+        # it answers again: after an outage every node has a high marker; it decays
+        return Action(
+            "wait",
+            f"failmarker {snapshot.failmarker} > {tolerance} but this node's etcd answers"
+            " again; the marker decays by one per success",
+        )
     me = snapshot.my_member
     others = [m for m in snapshot.voters if me is None or m.id != me.id]
     healthy = [m for m in others if m.healthy]

@@ -99,6 +99,8 @@ class Snapshot:
     metric: MetricReading
     kill_lock_holder: str | None = None
     failmarker: int = 0
+    own_etcd_ok: bool = True
+    """Whether this node's own etcd answered this cycle (the failmarker's call)."""
     unhealthy_since: dict[int, float] = field(default_factory=dict)
     """member id -> first time (monotonic) it was seen unhealthy, in a row."""
     last_scale_up: float | None = None

@@ -140,9 +140,15 @@ def test_failmarker_counts_plus_five_minus_one_floor_zero():
 
 
 def test_failmarker_above_tolerance_leaves_when_rest_is_healthy():
-    action = act(snap(3, me=2, leader=1, failmarker=25, metric=BUSY))
+    action = act(snap(3, me=2, leader=1, failmarker=25, own_etcd_ok=False, metric=BUSY))
     assert action.kind == "leave" and action.lock == KILL_LOCK
     assert "failmarker 25 > 20" in action.reason
+
+
+def test_failmarker_after_recovery_decays_instead_of_removing():
+    # after a cluster-wide outage every node has a high marker and sees the rest healthy
+    action = act(snap(3, me=2, leader=1, failmarker=60, own_etcd_ok=True, metric=BUSY))
+    assert action.kind == "wait" and "answers again" in action.reason
 
 
 def test_failmarker_at_tolerance_does_nothing():
@@ -156,12 +162,12 @@ def test_failmarker_in_a_cluster_wide_outage_removes_nobody():
 
 def test_failmarker_in_a_minority_partition_removes_nobody():
     # this node sees the others unhealthy (it is cut off): it must stay
-    action = act(snap(5, me=2, leader=2, unhealthy=(1, 3, 4, 5), failmarker=40))
+    action = act(snap(5, me=2, leader=2, unhealthy=(1, 3, 4, 5), failmarker=40, own_etcd_ok=False))
     assert not action.removes and "not seen healthy" in action.reason
 
 
 def test_failmarker_needs_a_leader_elsewhere():
-    action = act(snap(3, me=2, leader=2, failmarker=40))
+    action = act(snap(3, me=2, leader=2, failmarker=40, own_etcd_ok=False))
     assert not action.removes
 
 
@@ -264,6 +270,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
         metric=metric,
         kill_lock_holder=draw(st.sampled_from([None, "node1", "other"])),
         failmarker=draw(st.integers(0, 100)),
+        own_etcd_ok=draw(st.booleans()),
         unhealthy_since=draw(
             st.dictionaries(st.integers(0x1001, 0x1007), st.floats(0, 1000), max_size=3)
         ),

@@ -1,0 +1,105 @@
+"""The agent's command line.
+
+python -m agent --config FILE bootstrap      join or start the cluster, then exit
+python -m agent --config FILE run            bootstrap, then cycle until the node leaves
+python -m agent --config FILE status [--json]
+python -m agent status --endpoints URL[,URL] [--cluster NAME] [--json]
+python -m agent metric NAME --netdata URL [--window S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from agent.settings import AgentSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="the node's agent settings (JSON)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("bootstrap", help="join or start the cluster, then exit")
+    sub.add_parser("run", help="bootstrap, then scale down / heal until the node leaves")
+    status = sub.add_parser("status", help="every member, its health and the kill-lock holder")
+    status.add_argument("--endpoints", help="comma-separated etcd client URLs (no config needed)")
+    status.add_argument("--cluster", help="cluster name, for the lock keys (default: all)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    metric = sub.add_parser("metric", help="read one netdata metric as the agent does")
+    metric.add_argument("name", help="netdata allmetrics name, e.g. NETDATA_SYSTEM_CPU_IDLE")
+    metric.add_argument("--netdata", required=True, help="netdata URL, e.g. http://127.0.0.1:19999")
+    metric.add_argument("--window", type=int, default=0, help="seconds to average (0: now)")
+    return parser
+
+
+def _load(path: str | None) -> AgentSettings:
+    if path is None:
+        raise SystemExit("this command needs --config FILE (the node's agent settings)")
+    try:
+        return AgentSettings.load(path)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot read agent settings {path}: {error}") from error
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _agent(settings: AgentSettings):  # noqa: ANN202 - imports stay lazy for `metric`/`status`
+    from agent.cloud import make_cloud
+    from agent.etcd_server import make_service
+    from agent.loop import Agent
+
+    return Agent(settings, cloud=make_cloud(settings), service=make_service(settings.etcd))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "metric":
+        from agent.metrics import metric_command
+
+        return metric_command(args.name, args.netdata, args.window)
+    if args.command == "status":
+        from agent.status import status_command
+
+        settings = _load(args.config) if args.endpoints is None else None
+        return status_command(
+            endpoints=args.endpoints.split(",") if args.endpoints else None,
+            settings=settings,
+            cluster=args.cluster,
+            as_json=args.json,
+        )
+    settings = _load(args.config)
+    _logging(settings.log_level)
+    agent = _agent(settings)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger("agent").info("signal %d: stopping after this cycle", signum)
+        agent.stopped.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if args.command == "bootstrap":
+        from agent.bootstrap import BootstrapError
+
+        try:
+            member = agent.bootstrap()
+        except BootstrapError as error:
+            print(f"bootstrap failed: {error}", file=sys.stderr)
+            return 1
+        print(json.dumps({"member": member.name, "id": f"{member.id:x}"}))
+        return 0
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
