@@ -54,7 +54,7 @@ def _logging(level: str) -> None:
     )
 
 
-def _agent(settings: AgentSettings):  # noqa: ANN202 - imports stay lazy for `metric`/`status`
+def _agent(settings: AgentSettings):  # imports stay lazy for `metric`/`status`
     from agent.cloud import make_cloud
     from agent.etcd_server import make_service
     from agent.loop import Agent

@@ -265,7 +265,10 @@ class Agent:
         self.service.stop()
         self._save(phase="left")
         self.stopped.set()
-        return f"removed itself from etcd (fenced by lock revision {lock.revision}); {cleanup.detail}; {cloud}"
+        return (
+            f"removed itself from etcd (fenced by lock revision {lock.revision});"
+            f" {cleanup.detail}; {cloud}"
+        )
 
     def _leave_group(self, reason: str) -> str:
         """Rule 6: mark our own group member unhealthy, then signal the scale-down policy."""
