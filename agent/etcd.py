@@ -1,0 +1,598 @@
+"""etcd v3 access for the agent, over the HTTP gateway (JSON) through etcd3gw.
+
+The gateway's JSON (https://etcd.io/docs/v3.5/dev-guide/api_grpc_gateway/): keys and
+values are base64, 64-bit integers are strings, and fields holding their default value
+(false, 0, "", []) are left out of answers. etcd3gw has no member add/remove/promote, so
+those are posted to `/v3/cluster/member/*` here (rpc.proto, service Cluster).
+
+Rules this module keeps (see DESIGN.md, "etcd facts"):
+- `members()` does a linearizable read first and asks the member list from the same
+  endpoint: etcd 3.4 answers the member list from the member's local view, so a member
+  cut off from the quorum would otherwise answer a stale list.
+- Locks are a transaction (create_revision == 0, put with a lease), never `/v3/lock`;
+  the key's create revision is the fencing token.
+- A removal is never sent to the member being removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from etcd3gw.client import Etcd3Client
+
+from agent.settings import TlsFiles
+from agent.snapshot import LockInfo, Member
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GRPC_UNAVAILABLE = 14
+
+
+class EtcdError(RuntimeError):
+    """An etcd call failed: no endpoint answered, or etcd answered with an error."""
+
+    def __init__(
+        self,
+        call: str,
+        endpoint: str,
+        detail: str,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+    ) -> None:
+        super().__init__(f"etcd {call} at {endpoint}: {detail}")
+        self.call = call
+        self.endpoint = endpoint
+        self.detail = detail
+        self.status = status
+        """HTTP status of etcd's answer; None when no answer came."""
+        self.code = code
+        """gRPC status code etcd gave (14 = unavailable); None when no answer came."""
+
+
+class LearnerNotReady(EtcdError):
+    """A learner cannot be promoted yet: it has not caught up with the leader. Retry."""
+
+
+class UnhealthyCluster(EtcdError):
+    """etcd refused a membership change to protect quorum (strict reconfig check):
+    a member is down, or connected for less than 5 s. Retry later, or remove the dead one."""
+
+
+class MemberNotFound(EtcdError):
+    """No member with that id (already removed?)."""
+
+
+class PeerUrlExists(EtcdError):
+    """A member with that peer URL is already listed (an old entry of this node?)."""
+
+
+class _NoAnswer(Exception):
+    """Transport failure talking to one endpoint (try another)."""
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode("utf-8")
+
+
+def _prefix_end(prefix: str) -> str:
+    """The range end that covers every key starting with `prefix` (etcd's prefix rule)."""
+    raw = bytearray(prefix.encode("utf-8"))
+    while raw:
+        if raw[-1] < 0xFF:
+            raw[-1] += 1
+            return base64.b64encode(bytes(raw)).decode("ascii")
+        raw.pop()
+    return base64.b64encode(b"\0").decode("ascii")
+
+
+def normalize_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port}"
+
+
+def member_from_json(data: Mapping[str, Any]) -> Member:
+    return Member(
+        id=int(data["ID"]),
+        name=data.get("name", ""),
+        peer_urls=tuple(data.get("peerURLs", ())),
+        client_urls=tuple(data.get("clientURLs", ())),
+        is_learner=bool(data.get("isLearner", False)),
+    )
+
+
+class EtcdClient:
+    """One etcd cluster, reached through any of its client endpoints (failover in order,
+    starting with the last endpoint that answered)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 2.0,
+        tls: TlsFiles | None = None,
+        prefix: str = "/autoscale-etcd/default",
+    ) -> None:
+        self.timeout = timeout
+        self.tls = tls
+        self.prefix = prefix.rstrip("/")
+        self._lock = threading.Lock()
+        self._clients: dict[str, Etcd3Client] = {}
+        self._sessions: list[requests.Session] = []
+        self.endpoints: list[str] = []
+        self._preferred = 0
+        self.set_endpoints(endpoints)
+
+    # -- plumbing ------------------------------------------------------------------------
+    def set_endpoints(self, urls: Sequence[str]) -> None:
+        cleaned = [url.rstrip("/") for url in urls if url]
+        if not cleaned:
+            raise ValueError("EtcdClient needs at least one endpoint URL")
+        with self._lock:
+            self.endpoints = list(dict.fromkeys(cleaned))
+            self._preferred = 0
+
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        if self.tls is not None:
+            session.verify = self.tls.ca_file
+            session.cert = (self.tls.cert_file, self.tls.key_file)
+        self._sessions.append(session)
+        return session
+
+    def _client(self, endpoint: str) -> Etcd3Client:
+        with self._lock:
+            client = self._clients.get(endpoint)
+            if client is None:
+                parts = urlsplit(endpoint)
+                client = Etcd3Client(
+                    host=parts.hostname or "localhost",
+                    port=parts.port or 2379,
+                    protocol=parts.scheme or "http",
+                    timeout=self.timeout,
+                    # etcd >= 3.4 serves the gateway under /v3/ (no discovery round trip)
+                    api_path="/v3/",
+                    session=self._session(),
+                )
+                self._clients[endpoint] = client
+            return client
+
+    def _request_kwargs(self) -> dict[str, Any]:
+        if self.tls is None:
+            return {}
+        return {"verify": self.tls.ca_file, "cert": (self.tls.cert_file, self.tls.key_file)}
+
+    def _post_to(self, endpoint: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST to one endpoint. Raises _NoAnswer on a transport failure, EtcdError (or a
+        subtype) when etcd answers with an error."""
+        client = self._client(endpoint)
+        try:
+            answer = client.session.post(client.get_url(path), json=body, timeout=self.timeout)
+        except requests.RequestException as error:
+            raise _NoAnswer(f"{type(error).__name__}: {_short(error)}") from error
+        if answer.status_code == 200:
+            try:
+                return answer.json()
+            except ValueError as error:
+                raise EtcdError(path, endpoint, f"not JSON: {answer.text[:200]!r}") from error
+        raise _error_from_answer(path, endpoint, answer)
+
+    def _order(self, exclude: Callable[[str], bool] | None = None) -> list[str]:
+        with self._lock:
+            endpoints = list(self.endpoints)
+            start = self._preferred % len(endpoints)
+        ordered = endpoints[start:] + endpoints[:start]
+        return [e for e in ordered if not (exclude and exclude(e))]
+
+    def _prefer(self, endpoint: str) -> None:
+        with self._lock:
+            if endpoint in self.endpoints:
+                self._preferred = self.endpoints.index(endpoint)
+
+    def _on_any(
+        self,
+        call: str,
+        action: Callable[[str], T],
+        *,
+        endpoints: Sequence[str] | None = None,
+    ) -> T:
+        """Run `action(endpoint)` on the first endpoint that answers. Fails over on
+        transport errors and on etcd's "unavailable" answers (no leader, timeouts), not
+        on other etcd errors."""
+        candidates = list(endpoints) if endpoints is not None else self._order()
+        failures: list[str] = []
+        last_error: EtcdError | None = None
+        for endpoint in candidates:
+            try:
+                result = action(endpoint)
+            except _NoAnswer as error:
+                failures.append(f"{endpoint}: {error}")
+                continue
+            except (UnhealthyCluster, LearnerNotReady, MemberNotFound, PeerUrlExists):
+                raise
+            except EtcdError as error:
+                if error.code == GRPC_UNAVAILABLE or (error.status or 0) >= 500:
+                    failures.append(f"{endpoint}: {error.detail}")
+                    last_error = error
+                    continue
+                raise
+            self._prefer(endpoint)
+            return result
+        where = ",".join(candidates) or "(no endpoint)"
+        detail = "; ".join(failures) or "no endpoint to try"
+        raise EtcdError(
+            call,
+            where,
+            f"no endpoint answered: {detail}",
+            status=last_error.status if last_error else None,
+            code=last_error.code if last_error else None,
+        )
+
+    def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._on_any(path, lambda endpoint: self._post_to(endpoint, path, body))
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+        self._sessions.clear()
+        self._clients.clear()
+
+    def __enter__(self) -> EtcdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- cluster -------------------------------------------------------------------------
+    def _quorum_read(self, endpoint: str) -> dict[str, Any]:
+        """A linearizable (non-serializable) read: answered only by a member connected to
+        a leader with quorum."""
+        return self._post_to(
+            endpoint,
+            "kv/range",
+            {"key": _b64(self.prefix + "/quorum-check"), "count_only": True},
+        )
+
+    def _members_on(self, endpoint: str) -> tuple[list[Member], int | None]:
+        self._quorum_read(endpoint)
+        listed = self._post_to(endpoint, "cluster/member/list", {})
+        status = self._post_to(endpoint, "maintenance/status", {})
+        leader = int(status.get("leader", 0)) or None
+        members = [member_from_json(m) for m in listed.get("members", [])]
+        return members, leader
+
+    def members(self, *, check_health: bool = True) -> list[Member]:
+        """Every member (unstarted ones too), with leader/learner flags and, if asked, health.
+
+        Healthy means: the member's own client URL answered GET /health with
+        {"health": "true"} within the timeout (checked concurrently)."""
+        members, leader = self._on_any("member list", self._members_on)
+        members = [
+            Member(
+                id=m.id,
+                name=m.name,
+                peer_urls=m.peer_urls,
+                client_urls=m.client_urls,
+                is_learner=m.is_learner,
+                healthy=None,
+                is_leader=m.id == leader,
+            )
+            for m in members
+        ]
+        if not check_health:
+            return members
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(members)))) as pool:
+            health = list(pool.map(self.member_healthy, members))
+        return [
+            Member(
+                id=m.id,
+                name=m.name,
+                peer_urls=m.peer_urls,
+                client_urls=m.client_urls,
+                is_learner=m.is_learner,
+                healthy=ok,
+                is_leader=m.is_leader,
+            )
+            for m, ok in zip(members, health, strict=True)
+        ]
+
+    def member_healthy(self, member: Member) -> bool:
+        """GET <client URL>/health answers {"health": "true"} in time (etcd's health
+        endpoint: a leader is known and a quorum read goes through)."""
+        if not member.client_urls:
+            return False
+        return self.url_healthy(member.client_urls[0])
+
+    def url_healthy(self, client_url: str) -> bool:
+        try:
+            answer = requests.get(
+                client_url.rstrip("/") + "/health", timeout=self.timeout, **self._request_kwargs()
+            )
+            return answer.status_code == 200 and answer.json().get("health") == "true"
+        except (requests.RequestException, ValueError):
+            return False
+
+    def status(self, endpoint: str | None = None) -> dict[str, Any]:
+        """POST /v3/maintenance/status (of one endpoint, or the first that answers)."""
+        if endpoint is not None:
+            return self._on_any(
+                "status", lambda e: self._post_to(e, "maintenance/status", {}), endpoints=[endpoint]
+            )
+        return self._post("maintenance/status", {})
+
+    def leader_id(self) -> int | None:
+        return int(self.status().get("leader", 0)) or None
+
+    def cluster_id(self) -> str:
+        """The cluster id as etcd logs it (hex)."""
+        header = self.status().get("header", {})
+        return format(int(header.get("cluster_id", 0)), "x")
+
+    def add_member(self, peer_urls: Sequence[str], *, learner: bool) -> tuple[Member, list[Member]]:
+        """`member add`: the new member (unstarted) and the member list after the add.
+        Raises UnhealthyCluster while etcd refuses (a dead member listed, or a member
+        connected for less than 5 s), PeerUrlExists when the URL is already listed."""
+        body: dict[str, Any] = {"peerURLs": list(peer_urls)}
+        if learner:
+            body["isLearner"] = True
+        tried: list[str] = []
+
+        def add(endpoint: str) -> dict[str, Any]:
+            tried.append(endpoint)
+            try:
+                return self._post_to(endpoint, "cluster/member/add", body)
+            except PeerUrlExists:
+                if len(tried) == 1:
+                    raise
+                # an earlier attempt may have been applied before its answer was lost
+                found = self._find_by_peer_urls(endpoint, peer_urls)
+                if found is None:
+                    raise
+                return found
+
+        answer = self._on_any("member add", add)
+        member = member_from_json(answer["member"])
+        return member, [member_from_json(m) for m in answer.get("members", [])]
+
+    def _find_by_peer_urls(self, endpoint: str, peer_urls: Sequence[str]) -> dict[str, Any] | None:
+        listed = self._post_to(endpoint, "cluster/member/list", {}).get("members", [])
+        wanted = {normalize_url(u) for u in peer_urls}
+        for m in listed:
+            if {normalize_url(u) for u in m.get("peerURLs", [])} == wanted:
+                return {"member": m, "members": listed}
+        return None
+
+    def promote_member(self, member_id: int) -> None:
+        """Make a learner a voter. Raises LearnerNotReady until it has caught up."""
+        self._post("cluster/member/promote", {"ID": str(member_id)})
+
+    def remove_member(self, member_id: int) -> None:
+        """Remove a member, sending the request to another member, never to the one being
+        removed (a member that removes itself may stop before it answers)."""
+        listed = self._on_any(
+            "member list", lambda e: self._post_to(e, "cluster/member/list", {})
+        ).get("members", [])
+        target = next((m for m in listed if int(m["ID"]) == member_id), None)
+        if target is None:
+            raise MemberNotFound(
+                "member remove", ",".join(self.endpoints), f"no member {member_id:x}"
+            )
+        theirs = {normalize_url(u) for u in target.get("clientURLs", [])}
+        candidates = self._order(exclude=lambda e: normalize_url(e) in theirs)
+        # endpoints we were not given, but other members listed: still not the target
+        for m in listed:
+            if int(m["ID"]) != member_id and not m.get("isLearner"):
+                for url in m.get("clientURLs", []):
+                    if url.rstrip("/") not in candidates and normalize_url(url) not in theirs:
+                        candidates.append(url.rstrip("/"))
+        attempts: list[str] = []
+
+        def remove(endpoint: str) -> None:
+            attempts.append(endpoint)
+            try:
+                self._post_to(endpoint, "cluster/member/remove", {"ID": str(member_id)})
+            except MemberNotFound:
+                if len(attempts) == 1:
+                    raise
+                # an earlier attempt was applied but its answer lost: it is gone, as asked
+
+        self._on_any("member remove", remove, endpoints=candidates)
+        log.info("removed etcd member %x (%s)", member_id, target.get("name", ""))
+
+    # -- keys ----------------------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        kvs = self._post("kv/range", {"key": _b64(key)}).get("kvs", [])
+        return _unb64(kvs[0].get("value", "")) if kvs else None
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        answer = self._post("kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+        return {_unb64(kv["key"]): _unb64(kv.get("value", "")) for kv in answer.get("kvs", [])}
+
+    def put(self, key: str, value: str, lease: int | None = None) -> int:
+        """Put a key; the store's revision after the put."""
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return int(self._post("kv/put", body)["header"]["revision"])
+
+    def delete(self, key: str) -> None:
+        self._post("kv/deleterange", {"key": _b64(key)})
+
+    def grant_lease(self, ttl: float) -> int:
+        """A new lease of `ttl` seconds (etcd counts whole seconds: rounded up)."""
+        answer = self._post("lease/grant", {"TTL": str(max(1, math.ceil(ttl)))})
+        if answer.get("error"):
+            raise EtcdError("lease/grant", ",".join(self.endpoints), answer["error"])
+        return int(answer["ID"])
+
+    def revoke_lease(self, lease_id: int) -> None:
+        """Revoke a lease (its keys are deleted); an expired lease is fine."""
+        try:
+            self._post("lease/revoke", {"ID": str(lease_id)})
+        except EtcdError as error:
+            if "lease not found" not in error.detail:
+                raise
+
+    def txn(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._post("kv/txn", body)
+
+    # -- locks ---------------------------------------------------------------------------
+    def lock_key(self, name: str) -> str:
+        return f"{self.prefix}/locks/{name}"
+
+    def acquire_lock(self, name: str, holder: str, ttl: float) -> LockInfo | None:
+        """Take lock `name` for `ttl` seconds if nobody holds it; None if held.
+
+        One transaction: if the key does not exist (create_revision == 0), put `holder`
+        on it with a fresh lease. The key's create revision is the fencing token."""
+        key = self.lock_key(name)
+        lease_id = self.grant_lease(ttl)
+        range_key = {"request_range": {"key": _b64(key)}}
+        body = {
+            "compare": [
+                {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+            ],
+            "success": [
+                {"request_put": {"key": _b64(key), "value": _b64(holder), "lease": str(lease_id)}},
+                range_key,
+            ],
+            "failure": [range_key],
+        }
+        try:
+            answer = self.txn(body)
+        except EtcdError:
+            self._revoke_quietly(lease_id)
+            raise
+        kvs = _range_kvs(answer)
+        ours = bool(kvs) and int(kvs[0].get("lease", 0)) == lease_id
+        # `succeeded` is left out when false; a retried txn whose first try was applied
+        # fails the compare but finds our own lease on the key: the lock is ours
+        if answer.get("succeeded", False) or ours:
+            if not kvs:
+                raise EtcdError("lock", ",".join(self.endpoints), f"{key} vanished after put")
+            return LockInfo(
+                name=name,
+                key=key,
+                lease_id=lease_id,
+                revision=int(kvs[0]["create_revision"]),
+                holder=holder,
+            )
+        self._revoke_quietly(lease_id)
+        return None
+
+    def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            self.revoke_lease(lease_id)
+        except EtcdError as error:
+            log.warning("could not revoke unused lease %x: %s", lease_id, error)
+
+    def lock_holder(self, name: str) -> str | None:
+        return self.get(self.lock_key(name))
+
+    def release_lock(self, lock: LockInfo) -> None:
+        self.revoke_lease(lock.lease_id)
+
+    def lock_held(self, lock: LockInfo) -> bool:
+        """The lock's key still exists with the create revision we got (not expired)."""
+        kvs = self._post("kv/range", {"key": _b64(lock.key)}).get("kvs", [])
+        return bool(kvs) and int(kvs[0].get("create_revision", 0)) == lock.revision
+
+    # -- fenced removal ------------------------------------------------------------------
+    def removal_key(self, member_id: int) -> str:
+        return f"{self.prefix}/removals/{member_id:x}"
+
+    @property
+    def last_removal_key(self) -> str:
+        return f"{self.prefix}/last-removal"
+
+    def fenced_remove(self, lock: LockInfo, member_id: int, record: Mapping[str, Any]) -> bool:
+        """Remove a member only while `lock` is still held.
+
+        A transaction compares the lock key's create revision with the lock's (the key is
+        gone once the lease expired, and has another create revision if someone else took
+        the lock since); only if it holds does it record the removal (under
+        `<prefix>/removals/<member hex>` and `<prefix>/last-removal`), and only then is the
+        member removed. False: the fence failed, nothing was recorded or removed."""
+        text = json.dumps(dict(record), sort_keys=True)
+        body = {
+            "compare": [
+                {
+                    "key": _b64(lock.key),
+                    "target": "CREATE",
+                    "result": "EQUAL",
+                    "create_revision": str(lock.revision),
+                }
+            ],
+            "success": [
+                {"request_put": {"key": _b64(self.removal_key(member_id)), "value": _b64(text)}},
+                {"request_put": {"key": _b64(self.last_removal_key), "value": _b64(text)}},
+            ],
+            "failure": [],
+        }
+        if not self.txn(body).get("succeeded", False):
+            log.warning("fenced removal of %x refused: lock %s no longer held", member_id, lock.key)
+            return False
+        self.remove_member(member_id)
+        return True
+
+    def last_removal(self) -> dict[str, Any] | None:
+        text = self.get(self.last_removal_key)
+        return json.loads(text) if text else None
+
+
+def _range_kvs(txn_answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    for response in txn_answer.get("responses", []):
+        if "response_range" in response:
+            return response["response_range"].get("kvs", [])
+    return []
+
+
+def _short(error: BaseException) -> str:
+    reason = getattr(error, "args", [None])[0]
+    if isinstance(reason, urllib3.exceptions.MaxRetryError) and reason.reason is not None:
+        return str(reason.reason)
+    return str(error)
+
+
+def _error_from_answer(path: str, endpoint: str, answer: requests.Response) -> EtcdError:
+    """etcd's gateway error body: {"error": ..., "message": ..., "code": <gRPC code>}."""
+    try:
+        data = answer.json()
+        message = str(data.get("message") or data.get("error") or answer.text)
+        code = data.get("code")
+    except ValueError:
+        message, code = answer.text.strip()[:300], None
+    kind: type[EtcdError] = EtcdError
+    lowered = message.lower()
+    if "in sync with leader" in lowered or "learner member which is in sync" in lowered:
+        kind = LearnerNotReady
+    elif "unhealthy cluster" in lowered or "not enough started members" in lowered:
+        kind = UnhealthyCluster
+    elif "member not found" in lowered:
+        kind = MemberNotFound
+    elif "peer urls already exists" in lowered or "member id already exist" in lowered:
+        # the second: the same peer URLs added again within one second (same derived id)
+        kind = PeerUrlExists
+    return kind(
+        path,
+        endpoint,
+        f"{message} (HTTP {answer.status_code})",
+        status=answer.status_code,
+        code=int(code) if isinstance(code, int | str) and str(code).isdigit() else None,
+    )
