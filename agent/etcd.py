@@ -183,7 +183,11 @@ class EtcdClient:
         subtype) when etcd answers with an error."""
         client = self._client(endpoint)
         try:
-            answer = client.session.post(client.get_url(path), json=body, timeout=self.timeout)
+            # verify/cert per request: requests lets $REQUESTS_CA_BUNDLE override a
+            # session's `verify` (psf/requests#3829), never a request's
+            answer = client.session.post(
+                client.get_url(path), json=body, timeout=self.timeout, **self._request_kwargs()
+            )
         except requests.RequestException as error:
             raise _NoAnswer(f"{type(error).__name__}: {_short(error)}") from error
         if answer.status_code == 200:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 import time
@@ -323,6 +325,104 @@ def test_keys_and_failures_name_the_call(etcd_cluster, etcd_version_bin):
     nobody = _client([f"http://{ip}:{port}"], timeout=0.5)
     with pytest.raises(EtcdError, match=r"etcd kv/range at http://127\.0\.0\.\d+:\d+"):
         nobody.get("/p/b")
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+def _make_certs(directory: Path, ip: str) -> TlsFiles:
+    """A CA and one node certificate for `ip` (server and client use), with openssl."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=autoscale-etcd test CA",
+    )
+    openssl("req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", f"/CN={ip}")
+    (directory / "ext.cnf").write_text(
+        f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n"
+        "keyUsage=digitalSignature,keyEncipherment\n"
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    )
+    return TlsFiles(
+        ca_file=str(directory / "ca.pem"),
+        cert_file=str(directory / "node.pem"),
+        key_file=str(directory / "node.key"),
+    )
+
+
+@pytest.mark.etcd
+def test_tls_member_with_client_certificates(tmp_path: Path, etcd_version_bin: str):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    ip, client_port, peer_port = free_address()
+    tls = _make_certs(tmp_path, ip)
+    settings = EtcdSettings(
+        client_port=client_port,
+        peer_port=peer_port,
+        client_scheme="https",
+        peer_scheme="https",
+        tls=tls,
+        data_dir=str(tmp_path / "data"),
+        service="subprocess",
+        heartbeat_ms=50,
+        election_ms=500,
+    )
+    config_path = tmp_path / "etcd.yaml"
+    initial = {"solo": f"https://{ip}:{peer_port}"}
+    write_config(
+        config_path,
+        etcd_config(name="solo", ip=ip, settings=settings, initial_cluster=initial, state="new"),
+    )
+    service = SubprocessEtcd(etcd_version_bin, stop_timeout=5)
+    service.start(config_path)
+    try:
+        url = f"https://{ip}:{client_port}"
+        client = EtcdClient([url], timeout=2.0, tls=tls)
+        members = wait_until(lambda: client.members(), 15, message="etcd over TLS")
+        assert [(m.name, m.healthy, m.client_urls) for m in members] == [("solo", True, (url,))]
+        client.put("/tls", "ok")
+        assert client.get("/tls") == "ok"
+        # no client certificate: etcd refuses the connection (client-cert-auth)
+        health = f"{url}/health"
+        assert requests.get(health, verify=tls.ca_file, cert=(tls.cert_file, tls.key_file)).ok
+        with pytest.raises(requests.exceptions.ConnectionError) as refused:
+            requests.get(health, verify=tls.ca_file, timeout=2)
+        # the server's TLS alert: a client certificate is required
+        assert re.search(r"bad.certificate|certificate.required", str(refused.value), re.I)
+        # no CA: the server certificate is not trusted
+        with pytest.raises(EtcdError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+            EtcdClient([url], timeout=2.0).get("/tls")
+    finally:
+        service.kill()
 
 
 # -- etcd_server: the process ------------------------------------------------------------------
