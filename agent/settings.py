@@ -126,6 +126,8 @@ class OpenStackCloud(_Strict):
     """Heat stack (name/id) that owns the autoscaling group."""
     group_resource: str = "etcd_group"
     scale_down_policy: str = "scale_down"
+    scale_up_policy: str = "scale_up"
+    """Signalled through Heat's API unless `scale_up_url` (a webhook) is set."""
     scale_up_url: str | None = None
     metadata_url: str = "http://169.254.169.254"
     verify_tls: bool = True
