@@ -94,7 +94,7 @@ def server():
         pytest.fail("no free 127.0.0.x address")
     httpd.daemon_threads = True
     fake.url = f"http://{host}:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield fake
     fake.release.set()

@@ -1,0 +1,430 @@
+"""The cloud on OpenStack: Nova's metadata service, Keystone v3, Heat and Nova's API.
+
+Calls, each with its API reference:
+
+- who am I: the metadata service, `GET /openstack/latest/meta_data.json` (`uuid`, `name`)
+  and `GET /latest/meta-data/local-ipv4` (EC2-compatible), falling back to the
+  `ip_address` of an `ipv4` network in `/openstack/latest/network_data.json`
+  (https://docs.openstack.org/nova/latest/user/metadata.html#metadata-service).
+- a token: `POST /v3/auth/tokens` with the application credential; the token is the
+  `X-Subject-Token` header, the body holds the catalog and the project
+  (https://docs.openstack.org/api-ref/identity/v3/#authenticating-with-an-application-credential).
+  Heat is the catalog's `orchestration` service, Nova its `compute` service, at
+  `settings.interface` in `settings.region`. A 401 from Heat or Nova gets one new token
+  and one retry.
+- Heat (https://docs.openstack.org/api-ref/orchestration/v1/): "Find stack"
+  (`GET /stacks/{id}`, a 302 to `/stacks/{name}/{id}`), "Show stack details",
+  "Show resource data" (the group's `physical_resource_id` is its nested stack),
+  "List stack resources" (`physical_resource_id` of a member is its Nova server),
+  "Mark a resource as unhealthy" (`PATCH .../resources/{name}`) and "Send a signal to a
+  resource" (`POST .../resources/{policy}/signal`).
+- Nova: "Show server details" (`GET /servers/{id}`: status, name, fixed IPv4)
+  (https://docs.openstack.org/api-ref/compute/#show-server-details).
+
+Every call has a timeout; a failure raises `CloudError` naming the call, with the
+status and an excerpt of the answer. The application credential secret and the token
+never reach a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from agent.cloud import CloudError
+from agent.settings import OpenStackCloud
+from agent.snapshot import CloudNode, CloudStatus, NodeIdentity
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+TOKEN_MARGIN = 60.0
+"""Seconds before its `expires_at` that a token is renewed."""
+
+
+class OpenStackGroup:
+    """This node's autoscaling group, through Heat; implements `agent.cloud.Cloud`."""
+
+    def __init__(
+        self,
+        settings: OpenStackCloud,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.http = session or requests.Session()
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._catalog: list[dict[str, Any]] = []
+        self._parent: tuple[str, str] | None = None
+
+    # ---- the Cloud interface -------------------------------------------------------------
+
+    def whoami(self) -> NodeIdentity:
+        """Server id and name from meta_data.json; IPv4 from local-ipv4 or network_data.json."""
+        meta = self._metadata_json("openstack/latest/meta_data.json")
+        server_id, name = meta.get("uuid"), meta.get("name")
+        if not isinstance(server_id, str) or not server_id or not isinstance(name, str):
+            raise CloudError(f"metadata meta_data.json: no uuid/name in {str(meta)[:200]}")
+        return NodeIdentity(id=server_id, name=name, ip=self._my_ipv4())
+
+    def group_members(self) -> list[CloudNode]:
+        """Every server of the group, from the group's nested stack and Nova.
+
+        - status: FAILED when Heat says `*_FAILED` (a member marked unhealthy is
+          `CHECK_FAILED`) or Nova says ERROR; DELETED when Heat is deleting it or Nova no
+          longer knows it; BUILD while Heat creates it or Nova builds it; else ACTIVE.
+        - initial: True for every member while the nested stack has never been updated
+          (its `stack_status` is `CREATE_*` and it has no `updated_time`). The group's
+          first creation is the nested stack's CREATE; any later change of the group
+          (scale up, scale down, replacement) is an UPDATE of it, after which no member
+          counts as initial, so a node that finds no cluster later joins, never bootstraps.
+        - created_at: the member resource's `creation_time` (UTC) as a Unix time.
+        Members whose server does not exist yet (no `physical_resource_id`) are left out.
+        """
+        nested = self._nested_stack()
+        initial = str(nested.get("stack_status", "")).startswith("CREATE_") and not nested.get(
+            "updated_time"
+        )
+        nodes = []
+        for resource in self._nested_resources(nested):
+            server_id = resource.get("physical_resource_id")
+            if not server_id:
+                continue
+            server = self._server(server_id)
+            nodes.append(
+                CloudNode(
+                    id=server_id,
+                    name=str((server or {}).get("name") or resource.get("resource_name", "")),
+                    ip=_fixed_ipv4(server) if server else None,
+                    status=_status(str(resource.get("resource_status", "")), server),
+                    created_at=_unix_time(resource.get("creation_time")),
+                    initial=initial,
+                )
+            )
+        return nodes
+
+    def mark_unhealthy(self, node_id: str, reason: str) -> None:
+        """Heat "Mark a resource as unhealthy" on the group member backed by server `node_id`."""
+        nested = self._nested_stack()
+        members = self._nested_resources(nested, physical_resource_id=node_id)
+        match = [r for r in members if r.get("physical_resource_id") == node_id]
+        if not match:
+            raise CloudError(f"mark unhealthy: server {node_id} is not a member of the group")
+        resource_name = str(match[0]["resource_name"])
+        path = f"{_stack_path(nested)}/resources/{quote(resource_name, safe='')}"
+        body = {"mark_unhealthy": True, "resource_status_reason": reason}
+        self._call("heat", "PATCH", path, json=body, what="mark unhealthy")
+        log.info("marked group member %s (server %s) unhealthy: %s", resource_name, node_id, reason)
+
+    def scale_down(self) -> None:
+        """Heat "Send a signal to a resource": the scale-down policy (-1, FAILED first)."""
+        self._signal(self.settings.scale_down_policy, "scale down")
+
+    def scale_up(self) -> None:
+        """POST `scale_up_url` if set, else signal the scale-up policy through Heat's API.
+
+        The webhook is posted without a token first (Heat's pre-signed `alarm_url` needs
+        none, and Keystone may be down); only when it answers 401/403 and lies under Heat's
+        own endpoint (Heat's `signal_url`) is it posted again with the token. The token
+        never goes anywhere else.
+        """
+        url = self.settings.scale_up_url
+        if not url:
+            self._signal(self.settings.scale_up_policy, "scale up")
+            return
+        response = self._send("scale up webhook", "POST", url, {}, None, None, ok=(401, 403))
+        if response.status_code in (401, 403):
+            heat = self._endpoint("orchestration")
+            if not (_same_origin(url, heat) and url.startswith(heat + "/")):
+                raise CloudError(f"scale up webhook: HTTP {response.status_code}, not Heat's URL")
+            self._call("heat", "POST", url[len(heat) :], what="scale up webhook")
+        log.info("scale-up webhook posted")
+
+    # ---- Heat ---------------------------------------------------------------------------
+
+    def _signal(self, policy: str, what: str) -> None:
+        name, stack_id = self._parent_stack()
+        path = f"/stacks/{quote(name, safe='')}/{stack_id}/resources/{quote(policy, safe='')}"
+        self._call("heat", "POST", path + "/signal", what=f"{what} signal")
+        log.info("signalled %s policy %s of stack %s", what, policy, name)
+
+    def _parent_stack(self) -> tuple[str, str]:
+        """(name, id) of settings.stack_id: "name/id" as is, a bare name or id found once."""
+        if self._parent is None:
+            given = self.settings.stack_id.strip("/")
+            if "/" in given:
+                name, stack_id = given.split("/", 1)
+                self._parent = (name, stack_id)
+            else:
+                stack = self._find_stack(given)
+                self._parent = (str(stack["stack_name"]), str(stack["id"]))
+        return self._parent
+
+    def _find_stack(self, identity: str) -> dict[str, Any]:
+        """Heat "Find stack" then "Show stack details"; the 302 is read, not followed."""
+        response = self._call(
+            "heat", "GET", f"/stacks/{quote(identity, safe='')}", what="find stack", redirect=True
+        )
+        if response.status_code in (301, 302, 303, 307, 308):
+            location = urlsplit(response.headers.get("Location", "")).path
+            tail = location.rsplit("/stacks/", 1)[-1].split("/")
+            if "/stacks/" not in location or len(tail) < 2:
+                raise CloudError(f"heat find stack {identity}: odd Location {location!r}")
+            response = self._call("heat", "GET", f"/stacks/{tail[0]}/{tail[1]}", what="show stack")
+        stack = _body(response, "heat show stack").get("stack")
+        if not isinstance(stack, dict) or not stack.get("id") or not stack.get("stack_name"):
+            raise CloudError(f"heat show stack {identity}: no stack in the answer")
+        return stack
+
+    def _nested_stack(self) -> dict[str, Any]:
+        name, stack_id = self._parent_stack()
+        group = quote(self.settings.group_resource, safe="")
+        path = f"/stacks/{quote(name, safe='')}/{stack_id}/resources/{group}"
+        resource = _body(self._call("heat", "GET", path, what="show group"), "heat show group")
+        nested_id = (resource.get("resource") or {}).get("physical_resource_id")
+        if not nested_id:
+            raise CloudError(
+                f"heat show group {self.settings.group_resource}: no nested stack yet"
+                f" ({(resource.get('resource') or {}).get('resource_status')})"
+            )
+        return self._find_stack(str(nested_id))
+
+    def _nested_resources(self, nested: dict[str, Any], **filters: str) -> list[dict[str, Any]]:
+        path = f"{_stack_path(nested)}/resources"
+        answer = _body(
+            self._call("heat", "GET", path, params=filters or None, what="list group members"),
+            "heat list group members",
+        )
+        resources = answer.get("resources")
+        if not isinstance(resources, list):
+            raise CloudError("heat list group members: no resources list in the answer")
+        return [r for r in resources if isinstance(r, dict) and r.get("resource_name")]
+
+    # ---- Nova ---------------------------------------------------------------------------
+
+    def _server(self, server_id: str) -> dict[str, Any] | None:
+        """Nova "Show server details"; None when Nova does not know the server (404)."""
+        response = self._call(
+            "compute", "GET", f"/servers/{quote(server_id, safe='')}", what="show server", ok=(404,)
+        )
+        if response.status_code == 404:
+            return None
+        server = _body(response, "nova show server").get("server")
+        if not isinstance(server, dict):
+            raise CloudError(f"nova show server {server_id}: no server in the answer")
+        return server
+
+    # ---- metadata -----------------------------------------------------------------------
+
+    def _metadata(self, path: str) -> requests.Response:
+        url = f"{self.settings.metadata_url.rstrip('/')}/{path}"
+        return self._send(f"metadata {path}", "GET", url, {}, None, None)
+
+    def _metadata_json(self, path: str) -> dict[str, Any]:
+        return _body(self._metadata(path), f"metadata {path}")
+
+    def _my_ipv4(self) -> str:
+        try:
+            text = self._metadata("latest/meta-data/local-ipv4").text.strip()
+            return str(ipaddress.IPv4Address(text))
+        except (CloudError, ValueError) as error:
+            log.info("EC2 local-ipv4 gave no address (%s); trying network_data.json", error)
+        networks = self._metadata_json("openstack/latest/network_data.json").get("networks")
+        for network in networks if isinstance(networks, list) else []:
+            if isinstance(network, dict) and network.get("type") == "ipv4":
+                try:
+                    return str(ipaddress.IPv4Address(str(network.get("ip_address"))))
+                except ValueError:
+                    continue
+        raise CloudError("metadata: no IPv4 address in local-ipv4 nor network_data.json")
+
+    # ---- Keystone and the HTTP calls ----------------------------------------------------
+
+    def _authenticate(self) -> None:
+        """Keystone v3 "Authenticating with an application credential"."""
+        base = self.settings.auth_url.rstrip("/")
+        url = (base if base.endswith("/v3") else base + "/v3") + "/auth/tokens"
+        credential = {
+            "id": self.settings.application_credential_id,
+            "secret": self.settings.application_credential_secret.get_secret_value(),
+        }
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": credential,
+                }
+            }
+        }
+        response = self._send("keystone POST /v3/auth/tokens", "POST", url, {}, body, None)
+        token = response.headers.get("X-Subject-Token")
+        answer = _body(response, "keystone POST /v3/auth/tokens").get("token")
+        if not token or not isinstance(answer, dict):
+            raise CloudError("keystone POST /v3/auth/tokens: no X-Subject-Token or token body")
+        catalog = answer.get("catalog")
+        if not isinstance(catalog, list):
+            raise CloudError("keystone POST /v3/auth/tokens: the token has no catalog")
+        self._token, self._catalog = token, catalog
+        expires = answer.get("expires_at")
+        self._token_expires = _unix_time(expires) if expires else time.time() + 3600
+        log.info("keystone: new token for application credential %s", credential["id"])
+
+    def _endpoint(self, service_type: str) -> str:
+        if self._token is None:
+            self._authenticate()
+        want = (self.settings.interface, self.settings.region)
+        for service in self._catalog:
+            if not isinstance(service, dict) or service.get("type") != service_type:
+                continue
+            for endpoint in service.get("endpoints") or []:
+                if not isinstance(endpoint, dict):
+                    continue
+                region = endpoint.get("region_id") or endpoint.get("region")
+                if (endpoint.get("interface"), region) == want and endpoint.get("url"):
+                    return str(endpoint["url"]).rstrip("/")
+        raise CloudError(
+            f"keystone catalog: no {service_type} endpoint for interface"
+            f" {self.settings.interface!r} in region {self.settings.region!r}"
+        )
+
+    def _call(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (),
+        redirect: bool = False,
+    ) -> requests.Response:
+        """One authenticated call to Heat or Nova; a 401 gets a new token and one retry."""
+        kind = "orchestration" if service == "heat" else "compute"
+        name = f"{'heat' if service == 'heat' else 'nova'} {what} ({method} {path})"
+        if self._token is None or time.time() > self._token_expires - TOKEN_MARGIN:
+            self._authenticate()
+        accepted = (*ok, *((301, 302, 303, 307, 308) if redirect else ()))
+        for attempt in (1, 2):
+            url = self._endpoint(kind) + path
+            headers = {"X-Auth-Token": self._token or "", "Accept": "application/json"}
+            response = self._send(name, method, url, headers, json, params, ok=(*accepted, 401))
+            if response.status_code != 401:
+                return response
+            if attempt == 1:
+                log.info("%s: 401, authenticating again", name)
+                self._authenticate()
+        raise CloudError(f"{name}: HTTP 401 even with a new token: {_excerpt(response, self)}")
+
+    def _send(
+        self,
+        name: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        json: Any,
+        params: dict[str, str] | None,
+        *,
+        ok: tuple[int, ...] = (),
+    ) -> requests.Response:
+        """The HTTP call itself: timeout, no redirects followed, errors as CloudError."""
+        try:
+            response = self.http.request(
+                method,
+                url,
+                headers=headers,
+                json=json,
+                params=params,
+                timeout=self.timeout,
+                allow_redirects=False,
+                verify=self.settings.verify_tls,
+            )
+        except requests.Timeout:
+            raise CloudError(f"{name}: timed out after {self.timeout}s") from None
+        except requests.RequestException as error:
+            # no query strings: a pre-signed webhook URL carries its signature there
+            reason = re.sub(r"\?[^\s'\")]*", "?...", str(error))
+            raise CloudError(self._scrub(f"{name}: {type(error).__name__}: {reason}")) from None
+        log.debug("%s -> HTTP %s", name, response.status_code)
+        if 200 <= response.status_code < 300 or response.status_code in ok:
+            return response
+        raise CloudError(f"{name}: HTTP {response.status_code}: {_excerpt(response, self)}")
+
+    def _scrub(self, text: str) -> str:
+        """The text without the credential secret or the token in it."""
+        for secret in (self.settings.application_credential_secret.get_secret_value(), self._token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _excerpt(response: requests.Response, group: OpenStackGroup) -> str:
+    text = " ".join(response.text.split())[:300]
+    return group._scrub(text) or "(empty body)"
+
+
+def _body(response: requests.Response, name: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise CloudError(f"{name}: the answer is not JSON: {response.text[:100]!r}") from None
+    if not isinstance(body, dict):
+        raise CloudError(f"{name}: the answer is not a JSON object")
+    return body
+
+
+def _stack_path(stack: dict[str, Any]) -> str:
+    return f"/stacks/{quote(str(stack['stack_name']), safe='')}/{quote(str(stack['id']), safe='')}"
+
+
+def _same_origin(url: str, other: str) -> bool:
+    a, b = urlsplit(url), urlsplit(other)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+def _fixed_ipv4(server: dict[str, Any]) -> str | None:
+    """The first fixed IPv4 of the server's `addresses` (floating ones are not the node's)."""
+    addresses = server.get("addresses")
+    for entries in (addresses or {}).values() if isinstance(addresses, dict) else []:
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or entry.get("version") != 4:
+                continue
+            if entry.get("OS-EXT-IPS:type", "fixed") == "fixed" and entry.get("addr"):
+                return str(entry["addr"])
+    return None
+
+
+_NOVA_BUILDING = {"BUILD", "REBUILD"}
+_NOVA_GONE = {"DELETED", "SOFT_DELETED", "SHELVED_OFFLOADED"}
+
+
+def _status(heat_status: str, server: dict[str, Any] | None) -> CloudStatus:
+    nova = str((server or {}).get("status", "")).upper()
+    if heat_status.endswith("_FAILED") or nova == "ERROR":
+        return "FAILED"
+    if heat_status.startswith("DELETE_") or server is None or nova in _NOVA_GONE:
+        return "DELETED"
+    if heat_status in ("INIT_COMPLETE", "CREATE_IN_PROGRESS") or nova in _NOVA_BUILDING:
+        return "BUILD"
+    return "ACTIVE"
+
+
+def _unix_time(value: object) -> float:
+    """Heat's `creation_time` / Keystone's `expires_at` (ISO 8601, UTC if no zone)."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise CloudError(f"not an ISO 8601 time: {str(value)[:40]!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
