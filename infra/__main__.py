@@ -1,0 +1,38 @@
+"""`python -m infra render --stack NAME --out DIR`: what a stack would deploy, no cloud needed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from infra.settings import SettingsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render", help="run the program under Pulumi's mocks, write files")
+    render.add_argument("--stack", required=True, help="stack name: Pulumi.<NAME>.yaml")
+    render.add_argument("--out", required=True, type=Path, help="directory to write into")
+    args = parser.parse_args(argv)
+
+    from infra.render import run_program, write_render
+    from infra.userdata import BUDGET
+
+    try:
+        run = run_program(args.stack)
+    except (SettingsError, FileNotFoundError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    paths = write_render(run, args.out)
+    for name, path in paths.items():
+        print(f"{path}  ({path.stat().st_size} bytes)")
+    size = paths["user-data.yaml"].stat().st_size
+    print(f"{len(run.resources)} resources; member user-data {size} bytes (budget {BUDGET})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The agents' own credential: a Keystone application credential, restricted to their calls.
+
+No user password reaches a node. The credential carries one project role (`member`,
+what Heat's and Nova's default policies ask for these calls) and access rules that
+allow exactly the API calls the agent makes, nothing else:
+
+- Heat: show/list the stack and the group's nested stack and resources (find this
+  node's member), mark a member unhealthy (PATCH a resource), signal a scaling policy.
+- Nova: show a server (this node's own, and a group member's status).
+
+Its secret is a Pulumi secret output; it reaches Heat as a hidden parameter.
+References: https://docs.openstack.org/api-ref/identity/v3/#application-credentials
+https://docs.openstack.org/api-ref/orchestration/v1/ (resources: show, list, mark unhealthy,
+send a signal), https://docs.openstack.org/api-ref/compute/#show-server-details
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_openstack as openstack
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    service: str
+    method: str
+    path: str
+    why: str
+
+
+ACCESS_RULES: tuple[AccessRule, ...] = (
+    AccessRule("orchestration", "GET", "/v1/*/stacks/**", "stack, nested stack, resource show"),
+    AccessRule("orchestration", "PATCH", "/v1/*/stacks/*/*/resources/*", "mark a member unhealthy"),
+    AccessRule("orchestration", "POST", "/v1/*/stacks/*/*/resources/*/signal", "signal a policy"),
+    AccessRule("compute", "GET", "/v2.1/servers/*", "show a server"),
+    AccessRule("compute", "GET", "/v2.1/*/servers/*", "show a server (project in the path)"),
+)
+
+# The least role that Heat's and Nova's default policies accept for these calls; the
+# names differ between older and newer clouds.
+ROLE_PREFERENCE = ("member", "_member_", "heat_stack_owner")
+
+
+def agent_roles(user_roles: Sequence[str]) -> list[str]:
+    """The one role the agents' credential carries, chosen among the deploying user's roles."""
+    for role in ROLE_PREFERENCE:
+        if role in user_roles:
+            return [role]
+    raise ValueError(
+        f"the deploying user has none of the roles {', '.join(ROLE_PREFERENCE)} in this"
+        f" project (has: {', '.join(user_roles) or 'none'}); the agents need one of them"
+    )
+
+
+@dataclass(frozen=True)
+class AgentCredentialArgs:
+    cluster_name: str
+    roles: pulumi.Input[Sequence[str]]
+
+
+class AgentCredential(pulumi.ComponentResource):
+    credential_id: pulumi.Output[str]
+    secret: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: AgentCredentialArgs, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("autoscale-etcd:infra:AgentCredential", name, None, opts)
+        credential = openstack.identity.ApplicationCredential(
+            f"{name}-appcred",
+            name=f"{args.cluster_name}-agents",
+            description=f"autoscale-etcd agents of {args.cluster_name}: Heat and Nova calls only",
+            roles=args.roles,
+            unrestricted=False,
+            access_rules=[
+                openstack.identity.ApplicationCredentialAccessRuleArgs(
+                    service=rule.service, method=rule.method, path=rule.path
+                )
+                for rule in ACCESS_RULES
+            ],
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["secret"]),
+        )
+        self.credential_id = credential.id
+        self.secret = pulumi.Output.secret(credential.secret)
+        self.register_outputs({"credential_id": self.credential_id, "secret": self.secret})

@@ -1,0 +1,300 @@
+"""cloud-init for every node role: one `#cloud-config` document each (member, proxy, metrics).
+
+A member's user-data holds the agent (a zipapp, `gz+b64`), its settings file (the
+`AgentSettings` JSON from `infra.settings.agent_settings()`, mode 0600), the systemd
+units of `infra/units/`, the user's hooks, netdata streaming to the metrics server
+when there is one, and, on a plain image, the installs a Packer image already has
+(`infra/node/install.sh`: netdata, a pinned etcd release, the agent's virtualenv with
+the pins of pyproject.toml's [project.dependencies]).
+
+What only the cloud knows at deploy time is written here as a token, `@@NAME@@`, and
+Heat's `str_replace` puts the value in when it creates a server: the application
+credential's secret reaches Heat as a hidden parameter and lands only in the agent
+settings file on the node. `HEAT_VALUES` maps each token to its HOT value.
+
+Nova refuses user-data above 65,535 bytes once base64-encoded; this project keeps
+each document under `BUDGET` bytes (32 KiB) as rendered.
+Reference: https://cloudinit.readthedocs.io/en/latest/reference/modules.html
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from agent.settings import AgentSettings, OpenStackCloud
+from infra import heat
+from infra.bundle import build_zipapp
+from infra.settings import (
+    NODE_HOOK_DIR,
+    NODE_TLS_DIR,
+    PROJECT_DIR,
+    StackSettings,
+    agent_settings,
+    script_path,
+)
+
+BUDGET = 32 * 1024
+NODE_DIR = "/opt/autoscale-etcd"
+AGENT_PYZ = f"{NODE_DIR}/agent.pyz"
+AGENT_CONFIG = "/etc/autoscale-etcd/agent.json"
+NETDATA_STREAM_STAGED = "/etc/autoscale-etcd/netdata-stream.conf"
+UNIT_DIR = "/etc/systemd/system"
+UNITS_DIR = Path(__file__).resolve().parent / "units"
+NODE_SCRIPTS_DIR = Path(__file__).resolve().parent / "node"
+ETCD_DATA_DIR = "/var/lib/etcd-autoscale"
+NETDATA_PORT = 19999
+
+ETCD_UNIT = "etcd-autoscale.service"
+AGENT_UNIT = "autoscale-agent.service"
+HOOK_UNIT = "autoscale-hook@.service"
+PROXY_UNIT = "etcd-autoscale-proxy.service"
+UNITS_BY_ROLE: Mapping[str, tuple[str, ...]] = {
+    "member": (ETCD_UNIT, AGENT_UNIT, HOOK_UNIT),
+    "proxy": (PROXY_UNIT, AGENT_UNIT, HOOK_UNIT),
+}
+
+Role = Literal["member", "proxy", "metrics"]
+
+
+class Token:
+    """Placeholders in the user-data text, replaced at server creation (Heat's str_replace)."""
+
+    AUTH_URL = "@@AUTH_URL@@"
+    REGION = "@@REGION@@"
+    CREDENTIAL_ID = "@@CREDENTIAL_ID@@"
+    CREDENTIAL_SECRET = "@@CREDENTIAL_SECRET@@"
+    STACK = "@@STACK@@"
+    METRICS_HOST = "@@METRICS_HOST@@"
+    NETDATA_API_KEY = "@@NETDATA_API_KEY@@"
+    TLS_CA_CERT = "@@TLS_CA_CERT_B64@@"
+    TLS_CA_KEY = "@@TLS_CA_KEY_B64@@"
+
+
+HEAT_VALUES: Mapping[str, heat.Hot] = {
+    Token.AUTH_URL: heat.get_param(heat.P.AUTH_URL),
+    Token.REGION: heat.get_param(heat.P.REGION),
+    Token.CREDENTIAL_ID: heat.get_param(heat.P.CREDENTIAL_ID),
+    Token.CREDENTIAL_SECRET: heat.get_param(heat.P.CREDENTIAL_SECRET),
+    # "name/id": the agents address the stack the way Heat's API paths do
+    Token.STACK: heat.STACK_NAME_AND_ID,
+    Token.METRICS_HOST: heat.get_param(heat.P.METRICS_HOST),
+    Token.NETDATA_API_KEY: heat.get_param(heat.P.NETDATA_API_KEY),
+    Token.TLS_CA_CERT: heat.get_param(heat.P.TLS_CA_CERT),
+    Token.TLS_CA_KEY: heat.get_param(heat.P.TLS_CA_KEY),
+}
+
+
+def agent_requirements(pyproject: Path = PROJECT_DIR / "pyproject.toml") -> list[str]:
+    """The agent's pinned dependencies: pyproject.toml [project.dependencies], the one place."""
+    document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    return list(document["project"]["dependencies"])
+
+
+def node_agent_settings(
+    stack: StackSettings, *, cluster_name: str, role: Literal["member", "proxy"] = "member"
+) -> AgentSettings:
+    """The agent settings of a node, its cloud part made of tokens Heat replaces."""
+    cloud = OpenStackCloud(
+        auth_url=Token.AUTH_URL,
+        region=Token.REGION,
+        application_credential_id=Token.CREDENTIAL_ID,
+        application_credential_secret=Token.CREDENTIAL_SECRET,
+        stack_id=Token.STACK,
+        group_resource=heat.GROUP,
+        scale_down_policy=heat.SCALE_DOWN,
+    )
+    return agent_settings(stack, cluster_name=cluster_name, cloud=cloud, role=role)
+
+
+def _file(path: str, content: str, permissions: str = "0644") -> dict[str, Any]:
+    return {"path": path, "permissions": permissions, "content": content}
+
+
+def _gz_b64_file(path: str, data: bytes, permissions: str) -> dict[str, Any]:
+    packed = base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
+    return {"path": path, "permissions": permissions, "encoding": "gz+b64", "content": packed}
+
+
+def _unit_files(role: Literal["member", "proxy"]) -> list[dict[str, Any]]:
+    return [
+        _file(f"{UNIT_DIR}/{name}", (UNITS_DIR / name).read_text(encoding="utf-8"))
+        for name in UNITS_BY_ROLE[role]
+    ]
+
+
+def _hook_files(stack: StackSettings, keys: tuple[str, ...], base_dir: Path) -> list[dict]:
+    files = []
+    for key in keys:
+        path = script_path(stack, key, base_dir)
+        if path is not None:
+            text = path.read_text(encoding="utf-8")
+            files.append(_file(f"{NODE_HOOK_DIR}/{key}", text, "0750"))
+    return files
+
+
+def netdata_child_stream() -> str:
+    """netdata stream.conf of a node: send every metric to the parent on the metrics server."""
+    return (
+        "[stream]\n"
+        "    enabled = yes\n"
+        f"    destination = {Token.METRICS_HOST}:{NETDATA_PORT}\n"
+        f"    api key = {Token.NETDATA_API_KEY}\n"
+    )
+
+
+def netdata_parent_stream() -> str:
+    """netdata stream.conf of the parent: accept children that know this stack's API key."""
+    return (
+        f"[{Token.NETDATA_API_KEY}]\n"
+        "    enabled = yes\n"
+        "    allow from = *\n"
+        "    default memory mode = dbengine\n"
+        "    health enabled by default = auto\n"
+    )
+
+
+def _node_document(
+    stack: StackSettings,
+    *,
+    cluster_name: str,
+    role: Literal["member", "proxy"],
+    base_dir: Path,
+) -> dict[str, Any]:
+    https = "https" in (stack.etcdclientscheme, stack.etcdpeerscheme)
+    settings = node_agent_settings(stack, cluster_name=cluster_name, role=role)
+    files: list[dict[str, Any]] = [
+        _gz_b64_file(AGENT_PYZ, build_zipapp(), "0755"),
+        _file(AGENT_CONFIG, settings.to_json(reveal_secrets=True), "0600"),
+        *_unit_files(role),
+    ]
+    hooks = ("configscript", "cleanupscript") if role == "member" else ("proxyconfig",)
+    files += _hook_files(stack, hooks, base_dir)
+    runcmd: list[list[str]] = []
+    if not stack.prebuilt_image:
+        install = (NODE_SCRIPTS_DIR / "install.sh").read_text(encoding="utf-8")
+        files.append(_file(f"{NODE_DIR}/install.sh", install, "0755"))
+        runcmd.append(["sh", f"{NODE_DIR}/install.sh", stack.etcd_version, *agent_requirements()])
+    runcmd.append(["install", "-d", "-o", "etcd", "-g", "etcd", "-m", "0700", ETCD_DATA_DIR])
+    if https:
+        issue = (NODE_SCRIPTS_DIR / "issue-cert.sh").read_text(encoding="utf-8")
+        files += [
+            {
+                "path": f"{NODE_TLS_DIR}/ca.crt",
+                "permissions": "0644",
+                "encoding": "b64",
+                "content": Token.TLS_CA_CERT,
+            },
+            {
+                "path": f"{NODE_TLS_DIR}/ca.key",
+                "permissions": "0600",
+                "encoding": "b64",
+                "content": Token.TLS_CA_KEY,
+            },
+            _file(f"{NODE_DIR}/issue-cert.sh", issue, "0755"),
+        ]
+        runcmd.append(["sh", f"{NODE_DIR}/issue-cert.sh", NODE_TLS_DIR])
+    if stack.metrics_server:
+        files.append(_file(NETDATA_STREAM_STAGED, netdata_child_stream(), "0600"))
+        runcmd += [
+            [
+                "install",
+                "-m",
+                "0640",
+                "-g",
+                "netdata",
+                NETDATA_STREAM_STAGED,
+                "/etc/netdata/stream.conf",
+            ],
+            ["systemctl", "restart", "netdata"],
+        ]
+    runcmd += [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", AGENT_UNIT]]
+    return {
+        "users": [
+            "default",
+            {"name": "etcd", "system": True, "shell": "/usr/sbin/nologin", "lock_passwd": True},
+        ],
+        "write_files": files,
+        "runcmd": runcmd,
+    }
+
+
+class _CloudConfigDumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+    )
+
+
+_CloudConfigDumper.add_representer(str, _str)
+
+
+def render(document: Mapping[str, Any], comment: str) -> str:
+    """A `#cloud-config` document's text."""
+    body = yaml.dump(dict(document), Dumper=_CloudConfigDumper, sort_keys=False, width=1 << 20)
+    return f"#cloud-config\n# {comment}\n{body}"
+
+
+@dataclass(frozen=True)
+class NodeUserData:
+    """One role's cloud-config text, and what Heat substitutes into it."""
+
+    role: Role
+    text: str
+
+    @property
+    def size(self) -> int:
+        return len(self.text.encode("utf-8"))
+
+    def heat(self) -> heat.UserData:
+        params = {token: value for token, value in HEAT_VALUES.items() if token in self.text}
+        return heat.UserData(self.text, params)
+
+
+def member_user_data(
+    stack: StackSettings, *, cluster_name: str, base_dir: Path = PROJECT_DIR
+) -> NodeUserData:
+    document = _node_document(stack, cluster_name=cluster_name, role="member", base_dir=base_dir)
+    return NodeUserData("member", render(document, f"autoscale-etcd member of {cluster_name}"))
+
+
+def proxy_user_data(
+    stack: StackSettings, *, cluster_name: str, base_dir: Path = PROJECT_DIR
+) -> NodeUserData:
+    document = _node_document(stack, cluster_name=cluster_name, role="proxy", base_dir=base_dir)
+    return NodeUserData("proxy", render(document, f"etcd gRPC proxy of {cluster_name}"))
+
+
+def metrics_user_data(stack: StackSettings, *, cluster_name: str) -> NodeUserData:
+    """The netdata parent. Its API key token is replaced by the program (a secret output)."""
+    runcmd: list[list[str]] = []
+    if not stack.prebuilt_image:
+        runcmd.append(["sh", "-c", "command -v netdata || apt-get install -y netdata"])
+    runcmd += [
+        [
+            "install",
+            "-m",
+            "0640",
+            "-g",
+            "netdata",
+            NETDATA_STREAM_STAGED,
+            "/etc/netdata/stream.conf",
+        ],
+        ["sh", "-c", "printf '[web]\\n    bind to = *\\n' > /etc/netdata/netdata.conf"],
+        ["systemctl", "restart", "netdata"],
+    ]
+    document = {
+        "write_files": [_file(NETDATA_STREAM_STAGED, netdata_parent_stream(), "0600")],
+        "runcmd": runcmd,
+    }
+    return NodeUserData("metrics", render(document, f"netdata parent of {cluster_name}"))
