@@ -1,0 +1,401 @@
+"""The lab's cloud keeps Heat's group rules: unit tests, no processes.
+
+The rules are checked two ways: by cases written from Heat's source (openstack-heat
+27.0.1, installed by `.[dev]`), and by a property test that runs Heat's own functions
+(grouputils.get_members, scalingutil.calculate_new_capacity,
+scaling.template.member_definitions) beside lab/group.py on random groups.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import warnings
+from dataclasses import dataclass
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.cloud import CloudError
+from agent.cloud_local import LocalGroup
+from agent.settings import LocalCloud as LocalCloudSettings
+from lab.events import EventLog
+from lab.group import Member, Policy, ScalingGroup
+from lab.localcloud import AddressPool, AlarmSpec, LocalCloud
+
+POLICIES = {
+    "scale_up": Policy("scale_up", +1, 240.0),
+    "scale_down": Policy("scale_down", -1, 200.0),
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeNova:
+    """Records what the cloud boots and deletes."""
+
+    def __init__(self) -> None:
+        self.booted: list[str] = []
+        self.deleted: list[str] = []
+
+    def boot(self, member: Member) -> None:
+        self.booted.append(member.name)
+
+    def delete(self, member: Member) -> None:
+        self.deleted.append(member.name)
+
+
+def make_cloud(
+    capacity: int = 3, *, min_size: int = 3, max_size: int = 5
+) -> tuple[LocalCloud, FakeNova, Clock]:
+    clock = Clock()
+    nova = FakeNova()
+    cloud = LocalCloud(
+        min_size=min_size,
+        max_size=max_size,
+        policies=dict(POLICIES),
+        servers=nova,
+        addresses=AddressPool(f"127.{random.randint(100, 254)}.{random.randint(0, 255)}"),
+        events=EventLog(clock=clock),
+        clock=clock,
+        seed=7,
+    )
+    cloud.create(capacity)
+    clock.now += 1
+    return cloud, nova, clock
+
+
+def names(members: list[Member]) -> list[str]:
+    return [m.name for m in members]
+
+
+# --- Heat's rules, case by case -------------------------------------------------------------
+
+
+def test_create_boots_capacity_initial_servers_with_distinct_names_and_addresses():
+    cloud, nova, _ = make_cloud(3)
+    members = cloud.members()
+    assert len(members) == 3 and all(m.initial and m.status == "ACTIVE" for m in members)
+    assert len({m.name for m in members}) == 3 and len({m.ip for m in members}) == 3
+    assert nova.booted == names(members)
+
+
+def test_scale_up_adds_a_new_server_then_the_cooldown_ignores_the_next_signal():
+    cloud, nova, clock = make_cloud(3)
+    first = cloud.signal("scale_up", "alarm")
+    assert first.action == "resize" and cloud.group.capacity() == 4
+    new = cloud.members()[-1]
+    assert not new.initial and new.name not in names(cloud.members()[:3])
+    clock.now += 239
+    inside = cloud.signal("scale_up", "alarm")
+    assert inside.action == "no-action" and "cooldown" in inside.reason
+    assert cloud.group.capacity() == 4
+    clock.now += 2
+    assert cloud.signal("scale_up", "alarm").action == "resize"
+    assert cloud.group.capacity() == 5
+    assert len(nova.booted) == 5
+
+
+def test_at_max_size_a_signal_is_no_action_before_the_cooldown_is_even_looked_at():
+    cloud, _, _clock = make_cloud(5)
+    outcome = cloud.signal("scale_up", "alarm")
+    assert outcome.action == "no-action" and "no change in capacity" in outcome.reason
+    # NoActionRequired for an unchanged capacity does not start a cooldown
+    assert cloud.group.cooldown_end is None
+
+
+def test_the_cooldown_belongs_to_the_group_not_to_the_policy():
+    """heat/scaling/cooldown.py keeps one cooldown_end in the group's metadata."""
+    cloud, _, clock = make_cloud(3)
+    assert cloud.signal("scale_up", "alarm").action == "resize"
+    clock.now += 100  # inside scale_up's 240 s, past nothing of scale_down's own
+    outcome = cloud.signal("scale_down", "someone")
+    assert outcome.action == "no-action" and "cooldown" in outcome.reason
+
+
+def test_mark_unhealthy_only_marks_the_member_failed():
+    cloud, nova, _ = make_cloud(4, min_size=3)
+    victim = cloud.members()[2]
+    cloud.mark_unhealthy(victim.server_id, "etcd member dead")
+    assert cloud.server(victim.server_id).status == "FAILED"
+    assert nova.deleted == [] and len(nova.booted) == 4
+    # get_size() leaves FAILED members out
+    assert cloud.group.capacity() == 3
+
+
+def test_shrinking_deletes_failed_members_first_then_the_oldest():
+    cloud, nova, _clock = make_cloud(5, min_size=1)
+    members = cloud.members()
+    cloud.mark_unhealthy(members[3].server_id, "leaving")
+    plan = cloud.update(3)
+    # FAILED first, then the oldest healthy one: the last 3 of [FAILED, oldest, ...] stay
+    assert names(plan.deleted) == [members[3].name, members[0].name]
+    assert names(cloud.members()) == [members[1].name, members[2].name, members[4].name]
+    assert nova.deleted == [members[3].name, members[0].name]
+
+
+def test_scale_down_after_marking_one_of_five_removes_it_and_the_oldest():
+    """Heat 27: the FAILED member is not counted, so -1 goes from 4 healthy to 3."""
+    cloud, nova, _ = make_cloud(5)
+    members = cloud.members()
+    cloud.mark_unhealthy(members[2].server_id, "scale-down")
+    outcome = cloud.signal("scale_down", members[2].server_id)
+    assert outcome.action == "resize" and outcome.reason == "4 -> 3"
+    assert sorted(nova.deleted) == sorted([members[2].name, members[0].name])
+
+
+def test_scale_down_at_min_size_replaces_a_failed_member_with_a_new_server():
+    cloud, nova, _clock = make_cloud(3)
+    dead = cloud.members()[1]
+    cloud.mark_unhealthy(dead.server_id, "etcd member dead")
+    outcome = cloud.signal("scale_down", cloud.members()[0].server_id)
+    # 2 healthy - 1 = 1, clamped to min_size 3: a resize to 3 that keeps the FAILED slot
+    assert outcome.action == "resize" and outcome.reason == "2 -> 3"
+    after = cloud.members()
+    assert dead.server_id not in {m.server_id for m in after}
+    fresh = next(m for m in after if m.slot == dead.slot)
+    assert fresh.name != dead.name and fresh.ip != dead.ip and fresh.server_id != dead.server_id
+    assert fresh.status == "ACTIVE" and not fresh.initial
+    assert fresh.created_at > max(m.created_at for m in after if m is not fresh)
+    assert nova.deleted == [dead.name] and nova.booted[-1] == fresh.name
+
+
+def test_a_signal_that_leaves_the_capacity_unchanged_keeps_a_failed_member():
+    cloud, nova, _ = make_cloud(4)
+    leaving = cloud.members()[3]
+    cloud.mark_unhealthy(leaving.server_id, "scale-down")
+    outcome = cloud.signal("scale_down", leaving.server_id)
+    # 3 healthy - 1 = 2, clamped to 3 = unchanged: NoActionRequired, the FAILED one stays
+    assert outcome.action == "no-action" and "no change in capacity" in outcome.reason
+    assert cloud.server(leaving.server_id).status == "FAILED" and nova.deleted == []
+
+
+def test_scale_up_with_a_failed_member_replaces_it_on_the_way():
+    cloud, nova, _ = make_cloud(3)
+    dead = cloud.members()[0]
+    cloud.mark_unhealthy(dead.server_id, "dead")
+    assert cloud.signal("scale_up", "leader").action == "resize"
+    assert len(cloud.members()) == 3 and cloud.group.capacity() == 3
+    assert nova.deleted == [dead.name]
+
+
+def test_a_stack_update_without_desired_capacity_removes_failed_members_only():
+    cloud, nova, _ = make_cloud(5)
+    failed = cloud.members()[4]
+    cloud.mark_unhealthy(failed.server_id, "leaving")
+    cloud.update(None)
+    assert nova.deleted == [failed.name] and cloud.group.capacity() == 4
+
+
+def test_the_alarm_averages_the_group_and_repeats_its_signal_while_in_alarm():
+    cloud, _, clock = make_cloud(3)
+    loads = {m.server_id: 95.0 for m in cloud.members()}
+    cloud.cpu_of = lambda member, period: loads.get(member.server_id)
+    spec = AlarmSpec(threshold=80, period=60, evaluation=6, repeat_actions=True)
+    assert cloud.evaluate_alarm(spec) == "alarm" and cloud.group.capacity() == 4
+    clock.now += 6  # in alarm again, inside the cooldown: Heat ignores the repeat
+    assert cloud.evaluate_alarm(spec) == "alarm" and cloud.group.capacity() == 4
+    clock.now += 240
+    assert cloud.evaluate_alarm(spec) == "alarm" and cloud.group.capacity() == 5
+    for member in cloud.members():
+        loads[member.server_id] = 50.0
+    clock.now += 6
+    assert cloud.evaluate_alarm(spec) == "ok"
+    kinds = [e.kind for e in cloud.events.all()]
+    assert kinds.count("alarm") == 1 and kinds.count("alarm-ok") == 1
+    assert kinds.count("scale-up") == 2
+
+
+# --- the same rules, by Heat's own code -----------------------------------------------------
+
+
+@dataclass
+class _HeatResource:
+    """What heat.common.grouputils.get_members reads of a nested stack's resource."""
+
+    name: str
+    status: str
+    created_time: float
+    FAILED = "FAILED"
+
+
+class _HeatGroup:
+    def __init__(self, resources: list[_HeatResource]) -> None:
+        self._resources = {r.name: r for r in resources}
+
+    def nested(self) -> dict[str, _HeatResource]:
+        return self._resources
+
+
+@pytest.fixture(scope="module")
+def heat():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grouputils = pytest.importorskip("heat.common.grouputils")
+        scalingutil = pytest.importorskip("heat.scaling.scalingutil")
+        template = pytest.importorskip("heat.scaling.template")
+    return grouputils, scalingutil, template
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    failed=st.lists(st.booleans(), min_size=1, max_size=7),
+    min_size=st.integers(0, 4),
+    extra=st.integers(0, 4),
+    adjustment=st.sampled_from([-2, -1, 1, 2]),
+    seed=st.integers(0, 10_000),
+)
+def test_resize_keeps_exactly_the_members_heat_would_keep(
+    heat, failed, min_size, extra, adjustment, seed
+):
+    grouputils, scalingutil, template = heat
+    max_size = min_size + extra
+    rng = random.Random(seed)
+    counter = itertools.count()
+    group = ScalingGroup(
+        min_size=min_size,
+        max_size=max_size,
+        policies={"p": Policy("p", adjustment, 0.0)},
+        new_server=lambda slot, initial: Member(
+            slot=slot, server_id=f"s{next(counter)}", name=slot, ip="", created_at=1e9
+        ),
+        new_slot=lambda: f"new-{next(counter)}",
+    )
+    times = rng.sample(range(1000), len(failed))
+    group.members = [
+        Member(
+            slot=f"m{i}",
+            server_id=f"id{i}",
+            name=f"m{i}",
+            ip="",
+            created_at=float(t),
+            status="FAILED" if bad else "ACTIVE",
+        )
+        for i, (bad, t) in enumerate(zip(failed, times, strict=True))
+    ]
+    resources = [
+        _HeatResource(m.slot, "FAILED" if m.status == "FAILED" else "COMPLETE", m.created_at)
+        for m in group.members
+    ]
+    heat_group = _HeatGroup(resources)
+    capacity = len(grouputils.get_members(heat_group, include_failed=False))
+    new = scalingutil.calculate_new_capacity(
+        capacity, adjustment, scalingutil.CHANGE_IN_CAPACITY, None, min_size, max_size
+    )
+    before = {m.slot: m for m in group.members}
+    outcome = group.signal("p", now=0.0)
+    if new == capacity:
+        assert outcome.action == "no-action"
+        return
+    ordered = [(r.name, "definition") for r in grouputils.get_members(heat_group, True)]
+    heat_defs = list(template.member_definitions(ordered, "definition", new, 0, lambda: "new"))
+    heat_kept = sorted(name for name, _ in heat_defs if name != "new")
+    heat_created = sum(1 for name, _ in heat_defs if name == "new")
+    assert outcome.action == "resize" and outcome.resize is not None
+    assert sorted(m.slot for m in group.members if m.slot in before) == heat_kept
+    assert len(outcome.resize.created) == heat_created
+    # every kept FAILED member is replaced by a new server in its slot (UpdateReplace)
+    assert sorted(old.slot for old, _ in outcome.resize.replaced) == sorted(
+        s for s in heat_kept if before[s].status == "FAILED"
+    )
+    assert all(m.status != "FAILED" for m in group.members)
+
+
+# --- the HTTP API, through the agent's LocalGroup -------------------------------------------
+
+
+@pytest.fixture
+def served():
+    cloud, nova, clock = make_cloud(3)
+    for _ in range(20):
+        try:
+            cloud.serve(f"127.{random.randint(100, 254)}.{random.randint(0, 255)}.1")
+            break
+        except OSError:
+            continue
+    yield cloud, nova, clock
+    cloud.stop()
+
+
+def group_for(cloud: LocalCloud, member: Member) -> LocalGroup:
+    return LocalGroup(LocalCloudSettings(url=cloud.url, node_id=member.server_id), timeout=2)
+
+
+def test_local_group_answers_whoami_and_lists_the_group(served):
+    cloud, _, _ = served
+    me = cloud.members()[1]
+    group = group_for(cloud, me)
+    identity = group.whoami()
+    assert (identity.id, identity.name, identity.ip) == (me.server_id, me.name, me.ip)
+    listed = group.group_members()
+    assert [n.name for n in listed] == names(cloud.members())
+    assert all(n.initial and n.status == "ACTIVE" for n in listed)
+
+
+def test_local_group_marks_unhealthy_and_signals_policies(served):
+    cloud, nova, clock = served
+    members = cloud.members()
+    group = group_for(cloud, members[0])
+    group.mark_unhealthy(members[2].server_id, "etcd member dead")
+    assert cloud.server(members[2].server_id).status == "FAILED"
+    group.scale_down()
+    assert nova.deleted == [members[2].name]
+    assert any(n.name != members[2].name and not n.initial for n in group.group_members())
+    clock.now += 1
+    group.scale_up()  # inside scale_down's cooldown: ignored, as Heat does
+    assert cloud.group.capacity() == 3
+    assert [e.kind for e in cloud.events.all()][-1] == "no-action"
+
+
+def test_local_group_node_id_comes_from_the_environment(served, monkeypatch):
+    cloud, _, _ = served
+    me = cloud.members()[0]
+    monkeypatch.setenv("AUTOSCALE_NODE_ID", me.server_id)
+    assert LocalGroup(LocalCloudSettings(url=cloud.url)).whoami().name == me.name
+    monkeypatch.delenv("AUTOSCALE_NODE_ID")
+    with pytest.raises(CloudError, match="AUTOSCALE_NODE_ID"):
+        LocalGroup(LocalCloudSettings(url=cloud.url))
+
+
+def test_local_group_errors_name_the_call(served):
+    cloud, _, _ = served
+    stranger = LocalGroup(LocalCloudSettings(url=cloud.url, node_id="srv-none"), timeout=2)
+    with pytest.raises(CloudError, match="GET /v1/servers/srv-none: HTTP 404"):
+        stranger.whoami()
+    with pytest.raises(CloudError, match="POST /v1/policies/nope/signal: HTTP 404"):
+        stranger._signal("nope")
+    host = cloud.url.rsplit(":", 1)[0]
+    with socket_bound(host) as port:
+        dead = LocalGroup(LocalCloudSettings(url=f"{host}:{port}", node_id="x"), timeout=1)
+        with pytest.raises(CloudError, match="ConnectionError"):
+            dead.group_members()
+
+
+def test_the_events_endpoint_lists_what_happened(served):
+    cloud, _, _ = served
+    events = requests.get(cloud.url + "/v1/events", timeout=2).json()
+    assert events[-1]["kind"] == "stack-create" and {"t", "kind", "node"} <= set(events[0])
+
+
+class socket_bound:
+    """A port on `host` that nothing listens on (bound, not listening)."""
+
+    def __init__(self, url_host: str) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind((url_host.split("//", 1)[-1], 0))
+
+    def __enter__(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
