@@ -119,14 +119,17 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def wipe_data_dir(path: Path) -> None:
-    """Remove an etcd data dir and everything in it; leave an empty one (mode 0700)."""
-    path = Path(path)
-    resolved = path.resolve()
-    if resolved == Path("/") or resolved == Path.home().resolve() or len(resolved.parts) < 3:
+    """Remove what etcd keeps in its data dir (`member/`, and `proxy/` of old proxies),
+    leaving the dir itself (mode 0700): it may be a mounted volume, with `lost+found`."""
+    resolved = Path(path).resolve()
+    if len(resolved.parts) < 3:
         raise ValueError(f"refusing to wipe {path}: not an etcd data dir")
-    if resolved.exists() and not (resolved / "member").exists() and any(resolved.iterdir()):
-        raise ValueError(f"refusing to wipe {path}: it has files but no etcd 'member' dir")
-    shutil.rmtree(resolved, ignore_errors=True)
+    for name in ("member", "proxy"):
+        target = resolved / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
     resolved.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 

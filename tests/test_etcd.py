@@ -560,20 +560,18 @@ def test_classify_start_failure_other():
     assert classify_start_failure('{"msg":"listen tcp: bind: address already in use"}') == "other"
 
 
-def test_wipe_data_dir_refuses_what_is_not_a_data_dir(tmp_path: Path):
+def test_wipe_data_dir_removes_etcd_state_only(tmp_path: Path):
     data = tmp_path / "data"
     (data / "member" / "wal").mkdir(parents=True)
     (data / "member" / "wal" / "0.wal").write_text("x")
+    (data / "lost+found").mkdir()  # a mounted volume
     wipe_data_dir(data)
-    assert data.is_dir() and list(data.iterdir()) == []
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="no etcd 'member' dir"):
-        wipe_data_dir(home)
-    assert (home / "notes.txt").exists()
-    with pytest.raises(ValueError):
-        wipe_data_dir(Path("/"))
+    assert sorted(p.name for p in data.iterdir()) == ["lost+found"]
+    wipe_data_dir(tmp_path / "fresh")
+    assert stat.S_IMODE((tmp_path / "fresh").stat().st_mode) == 0o700
+    for dangerous in (Path("/"), Path("/var")):
+        with pytest.raises(ValueError, match="refusing"):
+            wipe_data_dir(dangerous)
 
 
 def test_systemd_etcd_runs_systemctl_on_the_unit():
