@@ -36,6 +36,28 @@ CREDENTIAL_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 CREDENTIAL_SECRET = "s3cr3t-Zq8-xW4-only-in-the-node-file"
 HEAT_PREFIXES = {"heat": ("public", "RegionOne"), "heat-internal": ("internal", "RegionOne")}
 HEAT_PREFIXES["heat-r2"] = ("public", "RegionTwo")
+Answer = tuple[int, dict[str, str], Any]
+"""(status, extra headers, JSON-able body or text)"""
+
+
+def _error(code: int, title: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "title": title, "message": message}}
+
+
+UNAUTHORIZED = _error(401, "Unauthorized", "The request you have made requires authentication.")
+
+
+def _service(kind: str, name: str, endpoints: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """A Keystone catalog entry: (interface, region, url) per endpoint."""
+    return {
+        "type": kind,
+        "name": name,
+        "id": f"{name}-id",
+        "endpoints": [
+            {"id": f"{name}-{n}", "interface": i, "region": r, "region_id": r, "url": u}
+            for n, (i, r, u) in enumerate(endpoints)
+        ],
+    }
 
 
 @dataclass
@@ -166,7 +188,7 @@ class FakeOpenStack:
         query: dict[str, list[str]],
         headers: dict[str, str],
         body: Any,
-    ) -> tuple[int, dict[str, str], Any]:
+    ) -> Answer:
         with self._lock:
             self.requests.append(Recorded(method, path, query, headers, body))
             fault = next(
@@ -187,24 +209,14 @@ class FakeOpenStack:
         if parts[:1] == ["webhook"] and method == "POST":
             return 200, {}, ""
         if headers.get("x-auth-token") not in self.valid_tokens:
-            return (
-                401,
-                {},
-                {
-                    "error": {
-                        "code": 401,
-                        "title": "Unauthorized",
-                        "message": "The request you have made requires authentication.",
-                    }
-                },
-            )
+            return 401, {}, UNAUTHORIZED
         if parts[:2] == ["compute", "v2.1"] and parts[2:3] == ["servers"] and method == "GET":
             return self._nova_server(parts[3])
         if parts[:1] and parts[0] in HEAT_PREFIXES and parts[1:3] == ["v1", PROJECT]:
             return self._heat(method, parts[3:], query, body)
         return 404, {}, {"error": "not found"}
 
-    def _metadata(self, parts: list[str]) -> tuple[int, dict[str, str], Any]:
+    def _metadata(self, parts: list[str]) -> Answer:
         me = self.me
         if parts == ["openstack", "latest", "meta_data.json"]:
             return (
@@ -252,7 +264,7 @@ class FakeOpenStack:
             return 200, {"Content-Type": "text/plain"}, self.local_ipv4
         return 404, {}, "Not Found"
 
-    def _keystone(self, body: Any) -> tuple[int, dict[str, str], Any]:
+    def _keystone(self, body: Any) -> Answer:
         try:
             identity = body["auth"]["identity"]
             credential = identity["application_credential"]
@@ -261,29 +273,9 @@ class FakeOpenStack:
                 "secret": CREDENTIAL_SECRET,
             }
         except (KeyError, TypeError):
-            return (
-                400,
-                {},
-                {
-                    "error": {
-                        "code": 400,
-                        "title": "Bad Request",
-                        "message": "Invalid input for field 'identity'",
-                    }
-                },
-            )
+            return 400, {}, _error(400, "Bad Request", "Invalid input for field 'identity'")
         if not good:
-            return (
-                401,
-                {},
-                {
-                    "error": {
-                        "code": 401,
-                        "title": "Unauthorized",
-                        "message": "The request you have made requires authentication.",
-                    }
-                },
-            )
+            return 401, {}, UNAUTHORIZED
         token = "gAAAAA" + uuid.uuid4().hex
         with self._lock:
             self.valid_tokens.add(token)
@@ -291,50 +283,17 @@ class FakeOpenStack:
         now = datetime.now(UTC)
         expires = (now + self.token_lifetime).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
         catalog = [
-            {
-                "type": "identity",
-                "name": "keystone",
-                "id": "k1",
-                "endpoints": [
-                    {
-                        "id": "e0",
-                        "interface": "public",
-                        "region": "RegionOne",
-                        "region_id": "RegionOne",
-                        "url": self.url + "/v3",
-                    }
-                ],
-            },
-            {
-                "type": "orchestration",
-                "name": "heat",
-                "id": "h1",
-                "endpoints": [
-                    {
-                        "id": f"e{i}",
-                        "interface": interface,
-                        "region": region,
-                        "region_id": region,
-                        "url": f"{self.url}/{prefix}/v1/{PROJECT}",
-                    }
-                    for i, (prefix, (interface, region)) in enumerate(HEAT_PREFIXES.items())
-                ],
-            },
-            {
-                "type": "compute",
-                "name": "nova",
-                "id": "n1",
-                "endpoints": [
-                    {
-                        "id": "e9",
-                        "interface": interface,
-                        "region": region,
-                        "region_id": region,
-                        "url": f"{self.url}/compute/v2.1",
-                    }
-                    for interface, region in set(HEAT_PREFIXES.values())
-                ],
-            },
+            _service("identity", "keystone", [("public", "RegionOne", self.url + "/v3")]),
+            _service(
+                "orchestration",
+                "heat",
+                [(i, r, f"{self.url}/{p}/v1/{PROJECT}") for p, (i, r) in HEAT_PREFIXES.items()],
+            ),
+            _service(
+                "compute",
+                "nova",
+                [(i, r, f"{self.url}/compute/v2.1") for i, r in set(HEAT_PREFIXES.values())],
+            ),
         ]
         answer = {
             "token": {
@@ -353,7 +312,7 @@ class FakeOpenStack:
         }
         return 201, {"X-Subject-Token": token}, answer
 
-    def _nova_server(self, server_id: str) -> tuple[int, dict[str, str], Any]:
+    def _nova_server(self, server_id: str) -> Answer:
         member = next((m for m in self.members if m.server_id == server_id), None)
         if member is None or member.nova_status is None:
             return (
@@ -467,7 +426,7 @@ class FakeOpenStack:
 
     def _heat(
         self, method: str, parts: list[str], query: dict[str, list[str]], body: Any
-    ) -> tuple[int, dict[str, str], Any]:
+    ) -> Answer:
         not_found = (
             404,
             {},
@@ -530,9 +489,7 @@ class FakeOpenStack:
             return 200, {}, ""
         return not_found
 
-    def _mark_unhealthy(
-        self, nested: bool, name: str, body: Any
-    ) -> tuple[int, dict[str, str], Any]:
+    def _mark_unhealthy(self, nested: bool, name: str, body: Any) -> Answer:
         allowed = {"mark_unhealthy", "resource_status_reason"}
         if (
             not isinstance(body, dict)
