@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     paths = write_render(run, args.out)
-    for name, path in paths.items():
+    for path in paths.values():
         print(f"{path}  ({path.stat().st_size} bytes)")
     size = paths["user-data.yaml"].stat().st_size
     print(f"{len(run.resources)} resources; member user-data {size} bytes (budget {BUDGET})")

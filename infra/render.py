@@ -69,6 +69,8 @@ PLACEHOLDER_CATALOG = [
 PLACEHOLDER_ROLES = [{"roleId": "r-member", "roleName": "member"}]
 PLACEHOLDER_VCPUS = 2
 MEMBER_NET = "10.42.0"
+PEM_KEY = ("-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----")
+PEM_CERT = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----")
 
 
 def find_stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> Path:

@@ -1,0 +1,328 @@
+"""The real __main__.py under Pulumi's mocks, for three stacks: resources, wiring, settings.
+
+Each stack runs in its own process (`python -m infra render`), because Pulumi's runtime
+keeps global state; the test reads what it wrote (resources.json, heat-template.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import heat
+from infra.credentials import ACCESS_RULES
+from infra.render import MASK, find_stack_file, stack_config
+from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
+
+SG = "openstack:networking/secGroup:SecGroup"
+RULE = "openstack:networking/secGroupRule:SecGroupRule"
+STACK_V1 = "openstack:orchestration/stackV1:StackV1"
+
+
+class Rendered:
+    def __init__(self, stack: str, out: Path) -> None:
+        self.stack = stack
+        self.out = out
+        document = json.loads((out / "resources.json").read_text())
+        self.resources = document["resources"]
+        self.outputs = document["outputs"]
+        self.template = yaml.safe_load((out / "heat-template.yaml").read_text())
+        self.settings = parse_settings(
+            strip_namespace(stack_config(find_stack_file(stack))), base_dir=PROJECT_DIR
+        )
+
+    def of_type(self, type_: str) -> list[dict]:
+        return [r for r in self.resources if r["type"] == type_]
+
+    def one(self, type_: str, name: str | None = None) -> dict:
+        found = [r for r in self.of_type(type_) if name is None or r["name"] == name]
+        assert len(found) == 1, (type_, name, [r["name"] for r in self.of_type(type_)])
+        return found[0]
+
+    def group_id(self, role: str) -> str:
+        return self.one(SG, f"security-{role}")["id"]
+
+    def rules(self) -> set[tuple[str, int, str]]:
+        """(target group id, port, remote group id or CIDR) of every ingress rule."""
+        return {
+            (
+                r["inputs"]["securityGroupId"],
+                int(r["inputs"]["portRangeMin"]),
+                r["inputs"].get("remoteGroupId") or r["inputs"].get("remoteIpPrefix"),
+            )
+            for r in self.of_type(RULE)
+        }
+
+    @property
+    def heat_parameters(self) -> dict[str, str]:
+        return self.one(STACK_V1)["inputs"]["parameters"]
+
+    @property
+    def member(self) -> dict:
+        return self.template["resources"][heat.GROUP]["properties"]["resource"]["properties"]
+
+
+def render(stack: str, out: Path) -> Rendered:
+    result = subprocess.run(
+        [sys.executable, "-m", "infra", "render", "--stack", stack, "--out", str(out)],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Rendered(stack, out)
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory) -> Rendered:
+    return render("dev", tmp_path_factory.mktemp("dev"))
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory) -> Rendered:
+    return render("metrics", tmp_path_factory.mktemp("metrics"))
+
+
+@pytest.fixture(scope="module")
+def ownnet(tmp_path_factory) -> Rendered:
+    return render("ownnet", tmp_path_factory.mktemp("ownnet"))
+
+
+# --- dev: an existing network, soft anti-affinity, gnocchi alarm ---------------------
+
+
+def test_dev_declares_exactly_the_resources_of_its_settings(dev):
+    types = sorted(r["type"].split(":")[-1] for r in dev.resources)
+    assert types == sorted(
+        [
+            "Network",
+            "SecurityGroups",
+            "AgentCredential",
+            "MemberGroup",
+            "SecGroup",
+            "SecGroupRule",
+            "SecGroupRule",
+            "ApplicationCredential",
+            "ServerGroup",
+            "StackV1",
+        ]
+    )
+    # no metrics server, no proxies, no keypair, no CA, no network made
+    for absent in ("Instance", "Keypair", "PrivateKey", "Network", "Router", "Port"):
+        assert not dev.of_type(f"openstack:compute/{absent.lower()}:{absent}")
+    assert not any(":networking/network:" in r["type"] for r in dev.resources)
+
+
+def test_dev_etcd_ports_open_only_to_the_members_own_group(dev):
+    members = dev.group_id("members")
+    assert dev.rules() == {(members, 12379, members), (members, 12380, members)}
+    for rule in dev.of_type(RULE):
+        assert rule["inputs"]["direction"] == "ingress"
+        assert rule["inputs"]["protocol"] == "tcp"
+
+
+def test_dev_heat_parameters_wire_network_groups_server_group_and_credential(dev):
+    params = dev.heat_parameters
+    assert params["network"] == "net-private"  # looked up by net_name
+    assert params["security_groups"] == "autoscale-etcd-dev-members"
+    server_group = dev.one("openstack:compute/serverGroup:ServerGroup")
+    assert server_group["inputs"]["policies"] == "soft-anti-affinity"
+    assert params["server_group"] == server_group["id"]
+    assert dev.member["scheduler_hints"] == {"group": {"get_param": "server_group"}}
+    credential = dev.one("openstack:identity/applicationCredential:ApplicationCredential")
+    assert params["agent_credential_id"] == credential["id"]
+    assert params["agent_credential_secret"] == MASK
+    assert params["auth_url"] == "https://keystone.cloud.invalid:5000/v3"
+    assert params["image"] == "Ubuntu 24.04" and params["flavor"] == "m1.small"
+    # 80 % of the placeholder flavor's 2 vCPUs over 600 s, in ns of CPU time
+    assert params["alarm_threshold"] == str(int(0.8 * 600 * 1e9 * 2))
+    assert set(params) == {
+        p.name for p in heat.ClusterTemplate(dev.settings, heat.UserData("")).parameters()
+    }
+
+
+def test_dev_agent_credential_is_restricted_to_the_agents_calls(dev):
+    credential = dev.one("openstack:identity/applicationCredential:ApplicationCredential")
+    inputs = credential["inputs"]
+    assert inputs["unrestricted"] is False
+    assert inputs["roles"] == ["member"]
+    rules = {(r["service"], r["method"], r["path"]) for r in inputs["accessRules"]}
+    assert rules == {(r.service, r.method, r.path) for r in ACCESS_RULES}
+    assert {service for service, _, _ in rules} == {"orchestration", "compute"}
+    assert "secret" not in inputs  # Keystone makes it; it is never an input
+
+
+def test_dev_group_sizes_cooldowns_and_policies_follow_the_settings(dev):
+    s = dev.settings
+    group = dev.template["resources"][heat.GROUP]["properties"]
+    assert (group["min_size"], group["desired_capacity"], group["max_size"]) == (3, 3, 5)
+    assert group["cooldown"] == s.scaleupcooldown
+    up = dev.template["resources"][heat.SCALE_UP]["properties"]
+    down = dev.template["resources"][heat.SCALE_DOWN]["properties"]
+    assert (up["scaling_adjustment"], up["cooldown"]) == (1, s.scaleupcooldown)
+    assert (down["scaling_adjustment"], down["cooldown"]) == (-1, s.scaledownperiod)
+    alarm = dev.template["resources"][heat.ALARM]
+    assert alarm["type"] == "OS::Aodh::GnocchiAggregationByResourcesAlarm"
+    assert alarm["properties"]["metric"] == "cpu"
+    assert alarm["properties"]["aggregation_method"] == "rate:mean"
+    assert alarm["properties"]["granularity"] == s.alarmperiod
+    assert alarm["properties"]["alarm_actions"] == [{"get_attr": [heat.SCALE_UP, "alarm_url"]}]
+    assert dev.member["key_name"] == "dev-key"
+    assert dev.member["metadata"] == {"metering.server_group": {"get_param": "OS::stack_id"}}
+    assert "block_device_mapping_v2" not in dev.member
+
+
+def test_dev_outputs(dev):
+    out = dev.outputs
+    assert out["heat_stack_id"] == dev.one(STACK_V1)["id"]
+    assert out["scale_up_url"].endswith("/resources/scale_up/signal")
+    assert out["etcd_client_endpoints"] == [
+        "http://10.42.0.11:12379",
+        "http://10.42.0.12:12379",
+        "http://10.42.0.13:12379",
+    ]
+    assert "member list" in out["client_discovery"]
+    assert out["metrics_server"] is None and out["etcd_ca_cert"] is None
+
+
+# --- metrics: metrics server, 2 proxies, https, ssh, sec_grps, keypair, prometheus ---
+
+
+def test_metrics_stack_wires_proxies_metrics_and_ssh(metrics):
+    members, proxies = metrics.group_id("members"), metrics.group_id("proxies")
+    clients, parent = metrics.group_id("clients"), metrics.group_id("metrics")
+    expected = {
+        (members, 2379, members),
+        (members, 2380, members),
+        (members, 2379, proxies),
+        (proxies, 2379, clients),
+        (proxies, 2379, members),
+        (members, 19999, parent),
+        (parent, 19999, members),
+        (parent, 19999, proxies),
+    }
+    for cidr in ("192.0.2.0/24", "198.51.100.7/32"):
+        expected |= {(group, 22, cidr) for group in (members, proxies, parent)}
+        expected.add((parent, 19999, cidr))
+    assert metrics.rules() == expected
+    # the peer port is never open to proxies, clients or CIDRs
+    assert all(remote == members for target, port, remote in expected if port == 2380)
+
+
+def test_metrics_stack_heat_parameters(metrics):
+    params = metrics.heat_parameters
+    assert params["security_groups"] == "autoscale-etcd-metrics-members,corp-monitoring"
+    assert params["proxy_security_groups"] == "autoscale-etcd-metrics-proxies,corp-monitoring"
+    assert params["proxy_flavor"] == "m1.small" and params["flavor"] == "m1.medium"
+    port = metrics.one("openstack:networking/port:Port")
+    assert params["metrics_host"] == "10.42.0.5"  # the parent's fixed address
+    assert port["inputs"]["securityGroupIds"] == [
+        metrics.group_id("metrics"),
+        "sg-corp-monitoring",
+    ]
+    for secret in ("agent_credential_secret", "netdata_api_key", "tls_ca_key_b64"):
+        assert params[secret] == MASK, secret
+    assert params["tls_ca_cert_b64"] != MASK  # the CA certificate is public
+    assert params["flavor_vcpus"] == "2"
+    server_group = metrics.one("openstack:compute/serverGroup:ServerGroup")
+    assert server_group["inputs"]["policies"] == "anti-affinity"
+
+
+def test_metrics_stack_metrics_server_keypair_and_ca(metrics):
+    server = metrics.one("openstack:compute/instance:Instance")
+    assert server["inputs"]["flavorName"] == "m1.large"
+    assert server["inputs"]["keyPair"] == "ops-key"
+    assert server["inputs"]["networks"] == [
+        {"port": metrics.one("openstack:networking/port:Port")["id"]}
+    ]
+    assert server["inputs"]["userData"] == MASK  # holds the stream API key
+    fip = metrics.one("openstack:networking/floatingIp:FloatingIp")
+    assert fip["inputs"]["pool"] == "public"
+    assoc = metrics.one("openstack:networking/floatingIpAssociate:FloatingIpAssociate")
+    assert assoc["inputs"]["portId"] == metrics.one("openstack:networking/port:Port")["id"]
+    keypair = metrics.one("openstack:compute/keypair:Keypair")
+    assert keypair["inputs"]["name"] == "ops-key"
+    assert keypair["inputs"]["publicKey"].startswith("ssh-ed25519 ")
+    cert = metrics.one("tls:index/selfSignedCert:SelfSignedCert")
+    assert cert["inputs"]["isCaCertificate"] is True
+    assert "cert_signing" in cert["inputs"]["allowedUses"]
+    assert metrics.outputs["metrics_server"] == "http://203.0.113.10:19999"
+    assert metrics.outputs["etcd_ca_cert"].startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_metrics_stack_template_has_proxies_prometheus_alarm_and_volume(metrics):
+    resources = metrics.template["resources"]
+    proxies = resources[heat.PROXY_GROUP]
+    assert proxies["type"] == "OS::Heat::ResourceGroup"
+    assert proxies["properties"]["count"] == 2
+    proxy = proxies["properties"]["resource_def"]["properties"]
+    assert proxy["security_groups"] == {"get_param": "proxy_security_groups"}
+    assert "etcd gRPC proxy" in proxy["user_data"]["str_replace"]["template"]
+    alarm = resources[heat.ALARM]
+    assert alarm["type"] == "OS::Aodh::PrometheusAlarm"
+    assert alarm["properties"]["threshold"] == 70
+    assert "[300s]" in alarm["properties"]["query"]["str_replace"]["template"]
+    assert metrics.member["block_device_mapping_v2"][0]["volume_size"] == 20
+    assert "image" not in metrics.member
+    group = resources[heat.GROUP]["properties"]
+    assert (group["min_size"], group["max_size"], group["cooldown"]) == (3, 7, 300)
+    assert resources[heat.SCALE_DOWN]["properties"]["cooldown"] == 400
+    assert metrics.outputs["etcd_client_endpoints"] == [
+        "https://10.42.0.101:2379",
+        "https://10.42.0.102:2379",
+    ]
+    assert "proxies" in metrics.outputs["client_discovery"]
+
+
+# --- ownnet: network, subnet and router made by the program ---------------------------
+
+
+def test_ownnet_creates_network_subnet_router_and_attaches_members(ownnet):
+    network = ownnet.one("openstack:networking/network:Network")
+    subnet = ownnet.one("openstack:networking/subnet:Subnet")
+    router = ownnet.one("openstack:networking/router:Router")
+    interface = ownnet.one("openstack:networking/routerInterface:RouterInterface")
+    assert subnet["inputs"]["networkId"] == network["id"]
+    assert subnet["inputs"]["cidr"] == "10.77.0.0/24"
+    assert subnet["inputs"]["dnsNameservers"] == ["192.0.2.53", "192.0.2.54"]
+    assert router["inputs"]["externalNetworkId"] == "net-ext-net"
+    assert interface["inputs"] == {"routerId": router["id"], "subnetId": subnet["id"]}
+    assert ownnet.heat_parameters["network"] == network["id"]
+
+
+def test_ownnet_without_server_group_alarm_key_or_cleanup_hook(ownnet):
+    assert not ownnet.of_type("openstack:compute/serverGroup:ServerGroup")
+    assert "scheduler_hints" not in ownnet.member
+    assert "server_group" not in ownnet.heat_parameters
+    assert heat.ALARM not in ownnet.template["resources"]
+    assert "alarm_threshold" not in ownnet.heat_parameters
+    assert "key_name" not in ownnet.member
+    user_data = ownnet.member["user_data"]["str_replace"]["template"]
+    assert "/etc/autoscale-etcd/hooks/configscript" in user_data
+    assert "/etc/autoscale-etcd/hooks/cleanupscript" not in user_data
+    agent = json.loads((ownnet.out / "agent-settings.json").read_text())
+    assert agent["hooks"]["cleanupscript"] is None
+
+
+# --- every stack: no secret in what the program writes out ---------------------------
+
+
+@pytest.mark.parametrize("name", ["dev", "metrics", "ownnet"])
+def test_no_secret_in_rendered_files(name, request):
+    rendered: Rendered = request.getfixturevalue(name)
+    for file in ("heat-template.yaml", "resources.json", "user-data.yaml"):
+        text = (rendered.out / file).read_text()
+        assert "mock-appcred-secret" not in text, file
+        assert "BEGIN PRIVATE KEY" not in text, file
+    template = rendered.template
+    for param in heat.SECRET_PARAMETERS:
+        if param in template["parameters"]:
+            assert template["parameters"][param]["hidden"] is True
+    agent = json.loads((rendered.out / "agent-settings.json").read_text())
+    assert agent["cloud"]["application_credential_secret"] == "**********"
