@@ -214,7 +214,9 @@ def _get(
     except (requests.Timeout, urllib3.exceptions.TimeoutError):
         raise MetricError(f"GET {url}: timed out ({settings.timeout}s)") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-        raise MetricError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))  # the root cause, if any
+        why = errno.group(0) if errno else str(exc)[:200]
+        raise MetricError(f"GET {url}: {type(exc).__name__}: {why}") from None
     try:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
