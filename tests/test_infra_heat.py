@@ -1,0 +1,226 @@
+"""The generated HOT passes Heat's own validation (openstack-heat, offline, template only).
+
+The way Heat's unit tests do it (heat/tests/common.py, heat/tests/utils.py): parse with
+`heat.common.template_format`, build `heat.engine.template.Template` and
+`heat.engine.stack.Stack`, call `validate()`, with the clients that would ask the cloud
+(image, flavor, network look-ups, Nova limits) replaced by fakes. Any attempt to reach
+a cloud fails the test. The member server is also validated as a stack of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+import yaml
+
+from infra import heat
+from infra.cluster import cluster_template
+from infra.render import find_stack_file, stack_config
+from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
+
+STACKS = ["dev", "metrics", "ownnet"]
+
+
+def settings_of(stack: str):
+    return parse_settings(strip_namespace(stack_config(find_stack_file(stack))))
+
+
+def parameters_for(template: dict) -> dict[str, str]:
+    """Placeholder values of the right type for every parameter (as StackV1 sends strings)."""
+    values = {
+        "number": "42",
+        "comma_delimited_list": "group-a,group-b",
+        "string": "value",
+        "json": "{}",
+        "boolean": "true",
+    }
+    return {name: values[p["type"]] for name, p in template.get("parameters", {}).items()}
+
+
+class NoCloud(RuntimeError):
+    pass
+
+
+def _refuse(*args, **kwargs):
+    raise NoCloud("offline validation tried to reach a cloud")
+
+
+@pytest.fixture(scope="module")
+def heat_validate():
+    """validate(template_text) -> None, or raises Heat's StackValidationFailed."""
+    pytest.importorskip("heat")
+    import keystoneauth1.session
+    from heat.common import context, messaging, policy, template_format
+    from heat.engine import environment, resources, stack, template
+    from heat.engine.clients.os import glance, nova
+    from heat.engine.clients.os.neutron import neutron_constraints
+
+    messaging.setup("fake://", optional=True)
+    resources.initialise()
+    ctx = context.RequestContext.from_dict(
+        {
+            "tenant_id": "test_tenant_id",
+            "tenant": "test_tenant",
+            "username": "test_username",
+            "user_id": "test_user",
+            "password": "",
+            "roles": ["member"],
+            "is_admin": False,
+            "auth_url": "http://127.0.0.1:9/v3",
+            "auth_token": "abcd1234",
+        }
+    )
+    image = mock.Mock(status="active", min_ram=0, min_disk=0)
+    flavor = mock.Mock(ram=4096, disk=20)
+    limits = {"maxServerMeta": 128, "maxPersonality": 5, "maxPersonalitySize": 10240}
+    patches = [
+        mock.patch.object(keystoneauth1.session.Session, "request", _refuse),
+        mock.patch.object(policy.ResourceEnforcer, "enforce"),
+        mock.patch.object(glance.ImageConstraint, "validate", return_value=True),
+        mock.patch.object(nova.FlavorConstraint, "validate", return_value=True),
+        mock.patch.object(nova.KeypairConstraint, "validate", return_value=True),
+        mock.patch.object(neutron_constraints.NetworkConstraint, "validate", return_value=True),
+        mock.patch.object(glance.GlanceClientPlugin, "get_image", return_value=image),
+        mock.patch.object(nova.NovaClientPlugin, "get_flavor", return_value=flavor),
+        mock.patch.object(nova.NovaClientPlugin, "absolute_limits", return_value=limits),
+    ]
+    for patch in patches:
+        patch.start()
+
+    def validate(text: str) -> None:
+        parsed = template_format.parse(text)
+        env = environment.Environment(parameters_for(parsed))
+        tmpl = template.Template(parsed, env=env)
+        stack.Stack(ctx, "autoscale-etcd-test", tmpl).validate()
+
+    yield validate
+    for patch in reversed(patches):
+        patch.stop()
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_cluster_template_passes_heat_validation(stack, heat_validate):
+    template = cluster_template(settings_of(stack), f"autoscale-etcd-{stack}")
+    heat_validate(heat.to_yaml(template.to_hot()))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_member_server_alone_passes_heat_validation(stack, heat_validate):
+    template = cluster_template(settings_of(stack), f"autoscale-etcd-{stack}")
+    heat_validate(heat.to_yaml(heat.member_template(template)))
+
+
+def test_the_program_s_rendered_template_passes_heat_validation(heat_validate, tmp_path):
+    """The very text StackV1 would send, from `python -m infra render`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "infra", "render", "--stack", "metrics", "--out", str(tmp_path)],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    heat_validate((tmp_path / "heat-template.yaml").read_text())
+
+
+def _broken(mutate) -> str:
+    document = cluster_template(settings_of("metrics"), "autoscale-etcd-metrics").to_hot()
+    document = copy.deepcopy(document)
+    mutate(document)
+    return heat.to_yaml(document)
+
+
+def _rename_min_size(doc: dict) -> None:
+    props = doc["resources"][heat.GROUP]["properties"]
+    props["min_sise"] = props.pop("min_size")
+
+
+def _unknown_type(doc: dict) -> None:
+    doc["resources"][heat.SCALE_UP]["type"] = "OS::Heat::ScalingPolicyy"
+
+
+def _bad_get_attr(doc: dict) -> None:
+    doc["outputs"]["scale_up_url"]["value"] = {"get_attr": [heat.SCALE_UP, "signal_ur1"]}
+
+
+def _member_typo(doc: dict) -> None:
+    member = doc["resources"][heat.GROUP]["properties"]["resource"]["properties"]
+    member["user_data_fromat"] = member.pop("user_data_format")
+
+
+def _undeclared_param(doc: dict) -> None:
+    del doc["parameters"][heat.P.SERVER_GROUP]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (_rename_min_size, "min_size not assigned"),
+        (_unknown_type, "ScalingPolicyy"),
+        (_bad_get_attr, "signal_ur1"),
+        (_member_typo, "user_data_fromat"),
+        (_undeclared_param, "server_group"),
+    ],
+)
+def test_a_typo_is_caught_by_the_same_validation(mutate, message, heat_validate):
+    from heat.common import exception
+
+    with pytest.raises(
+        (exception.StackValidationFailed, exception.InvalidTemplateReference, ValueError)
+    ) as caught:
+        heat_validate(_broken(mutate))
+    assert message in str(caught.value)
+
+
+def test_validation_really_refuses_a_cloud_call(heat_validate):
+    """The fakes cover what the template needs; anything else would reach for a cloud."""
+    with mock.patch("heat.engine.clients.os.nova.NovaClientPlugin.absolute_limits", _refuse):
+        with pytest.raises(Exception, match="reach a cloud"):
+            heat_validate(
+                heat.to_yaml(
+                    heat.member_template(cluster_template(settings_of("dev"), "autoscale-etcd-dev"))
+                )
+            )
+
+
+def test_cpu_threshold_formula():
+    # 80 % of 2 vCPUs for 600 s: 0.8 * 600 s * 1e9 ns/s * 2
+    assert heat.cpu_threshold_ns(80, 600, 2) == 960_000_000_000
+    assert heat.cpu_threshold_ns(100, 60, 1) == 60_000_000_000
+    with pytest.raises(ValueError):
+        heat.cpu_threshold_ns(80, 600, 0)
+
+
+def _uses(node, name: str, path: tuple = ()) -> list[tuple]:
+    """Every path in `node` where `{get_param: name}` appears."""
+    if node == {"get_param": name}:
+        return [path]
+    found: list[tuple] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _uses(value, name, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _uses(value, name, (*path, index))
+    return found
+
+
+def test_secrets_reach_heat_only_as_hidden_parameters_put_into_user_data():
+    template = cluster_template(settings_of("metrics"), "autoscale-etcd-metrics").to_hot()
+    for name in heat.SECRET_PARAMETERS:
+        assert template["parameters"][name]["hidden"] is True
+        uses = _uses(template["resources"], name)
+        assert len(uses) == 2, (name, uses)  # the members' and the proxies' user-data
+        for path in uses:
+            assert path[-4:-1] == ("user_data", "str_replace", "params"), path
+    assert _uses(template["outputs"], heat.P.CREDENTIAL_SECRET) == []
+
+
+def test_to_yaml_round_trips():
+    template = cluster_template(settings_of("dev"), "autoscale-etcd-dev").to_hot()
+    assert yaml.safe_load(io.StringIO(heat.to_yaml(template))) == template
