@@ -3,8 +3,8 @@
 cloud-init writes it with `encoding: gz+b64`, so the whole archive is gzip-compressed
 once; the zip members are stored, not deflated, because one gzip stream over all the
 sources compresses far better than each file deflated alone (the user-data budget is
-32 KiB). Docstrings and comments are left out (`ast.unparse` of each module without
-its docstrings): the node runs the code, the repository keeps the documentation.
+32 KiB). Docstrings, comments and function annotations are left out (`_minified`):
+the node runs the code, the repository keeps the documentation.
 
 The build is deterministic (sorted members, fixed timestamps), so the same sources
 give the same bytes and `pulumi preview` shows no change to the nodes when the agent
@@ -28,9 +28,25 @@ ZIPAPP_MAIN = "from agent.__main__ import main\n\nraise SystemExit(main())\n"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def _without_docstrings(source: str, filename: str) -> str:
+def _minified(source: str, filename: str) -> str:
+    """The module without docstrings and function annotations (comments go with ast.unparse).
+
+    A module that reads its own `__doc__` (argparse help) keeps its module docstring.
+    Class-level annotations stay: pydantic and dataclasses need them.
+    """
     tree = ast.parse(source, filename=filename)
+    keep_module_doc = "__doc__" in source
     for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            node.returns = None
+            arguments = node.args
+            for arg in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs):
+                arg.annotation = None
+            for arg in (arguments.vararg, arguments.kwarg):
+                if arg is not None:
+                    arg.annotation = None
+        if isinstance(node, ast.Module) and keep_module_doc:
+            continue
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             body = node.body
             if (
@@ -50,7 +66,7 @@ def agent_sources(agent_dir: Path = AGENT_DIR) -> dict[str, str]:
         relative = path.relative_to(agent_dir.parent).as_posix()
         if path.name in LAB_ONLY or "__pycache__" in relative:
             continue
-        sources[relative] = _without_docstrings(path.read_text(encoding="utf-8"), relative)
+        sources[relative] = _minified(path.read_text(encoding="utf-8"), relative)
     return sources
 
 

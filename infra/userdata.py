@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -114,8 +115,27 @@ def node_agent_settings(
     return agent_settings(stack, cluster_name=cluster_name, cloud=cloud, role=role)
 
 
+def without_comments(text: str) -> str:
+    """A unit or shell script as the node needs it: no comment or blank lines (the
+    repository keeps them); a shebang stays."""
+    lines = text.splitlines()
+    kept = [
+        line
+        for index, line in enumerate(lines)
+        if line.strip()
+        and not (line.lstrip().startswith("#") and not (index == 0 and line.startswith("#!")))
+    ]
+    return "\n".join(kept) + "\n"
+
+
 def _file(path: str, content: str, permissions: str = "0644") -> dict[str, Any]:
     return {"path": path, "permissions": permissions, "content": content}
+
+
+def compact_json(settings: AgentSettings) -> str:
+    """The node's settings file: `AgentSettings` with the secret (a token here), one line."""
+    data = settings.model_dump(mode="json", context={"reveal_secrets": True})
+    return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 def _gz_b64_file(path: str, data: bytes, permissions: str) -> dict[str, Any]:
@@ -125,7 +145,7 @@ def _gz_b64_file(path: str, data: bytes, permissions: str) -> dict[str, Any]:
 
 def _unit_files(role: Literal["member", "proxy"]) -> list[dict[str, Any]]:
     return [
-        _file(f"{UNIT_DIR}/{name}", (UNITS_DIR / name).read_text(encoding="utf-8"))
+        _file(f"{UNIT_DIR}/{name}", without_comments((UNITS_DIR / name).read_text("utf-8")))
         for name in UNITS_BY_ROLE[role]
     ]
 
@@ -172,19 +192,19 @@ def _node_document(
     settings = node_agent_settings(stack, cluster_name=cluster_name, role=role)
     files: list[dict[str, Any]] = [
         _gz_b64_file(AGENT_PYZ, build_zipapp(), "0755"),
-        _file(AGENT_CONFIG, settings.to_json(reveal_secrets=True), "0600"),
+        _file(AGENT_CONFIG, compact_json(settings), "0600"),
         *_unit_files(role),
     ]
     hooks = ("configscript", "cleanupscript") if role == "member" else ("proxyconfig",)
     files += _hook_files(stack, hooks, base_dir)
     runcmd: list[list[str]] = []
     if not stack.prebuilt_image:
-        install = (NODE_SCRIPTS_DIR / "install.sh").read_text(encoding="utf-8")
+        install = without_comments((NODE_SCRIPTS_DIR / "install.sh").read_text("utf-8"))
         files.append(_file(f"{NODE_DIR}/install.sh", install, "0755"))
         runcmd.append(["sh", f"{NODE_DIR}/install.sh", stack.etcd_version, *agent_requirements()])
     runcmd.append(["install", "-d", "-o", "etcd", "-g", "etcd", "-m", "0700", ETCD_DATA_DIR])
     if https:
-        issue = (NODE_SCRIPTS_DIR / "issue-cert.sh").read_text(encoding="utf-8")
+        issue = without_comments((NODE_SCRIPTS_DIR / "issue-cert.sh").read_text("utf-8"))
         files += [
             {
                 "path": f"{NODE_TLS_DIR}/ca.crt",
