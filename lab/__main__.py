@@ -1,6 +1,226 @@
-"""The local lab (issue 5) is not built yet; this says so instead of pretending."""
+"""The local lab: the autoscaling etcd cluster on this machine, with a local cloud.
 
+python -m lab up [--detach]            start `capacity` nodes; a live status until Ctrl-C
+python -m lab status [--json]          the nodes of the lab that is up
+python -m lab down                     stop everything the lab started, remove its files
+python -m lab scenario NAME [--json FILE] [--plot FILE]
+                                       burst, node-loss, etcd-outage, partition, bad-metrics
+
+Common options: --stack NAME (Pulumi.<NAME>.yaml, default dev), --fast (the tests'
+time factor) or --factor F, --root DIR (default .lab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+# etcd3gw imports futurist, which imports eventlet, which warns that it is deprecated
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+
+from infra.settings import (  # noqa: E402
+    PROJECT_DIR,
+    SettingsError,
+    StackSettings,
+    load_stack_file,
+    stack_file,
+)
+from lab.timings import DEFAULT_FACTOR, FAST_FACTOR, LabTimings  # noqa: E402
+
+DEFAULT_ROOT = PROJECT_DIR / ".lab"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--stack", default="dev", help="stack name: reads Pulumi.<stack>.yaml")
+    common.add_argument("--fast", action="store_true", help=f"time factor {FAST_FACTOR}")
+    common.add_argument("--factor", type=float, help=f"time factor (default {DEFAULT_FACTOR})")
+    common.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the lab's directory")
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", parents=[common], help="start the lab's nodes")
+    up.add_argument("--detach", action="store_true", help="return once the cluster is healthy")
+    status = sub.add_parser("status", parents=[common], help="the nodes of the lab that is up")
+    status.add_argument("--json", action="store_true")
+    sub.add_parser("down", parents=[common], help="stop everything the lab started")
+    scenario = sub.add_parser("scenario", parents=[common], help="run one scenario and check it")
+    scenario.add_argument(
+        "name", choices=["burst", "node-loss", "etcd-outage", "partition", "bad-metrics"]
+    )
+    scenario.add_argument("--json", type=Path, help="write the JSON report here")
+    scenario.add_argument("--plot", type=Path, help="write the timeline PNG here")
+    scenario.add_argument("--keep", action="store_true", help="keep the nodes' logs")
+    sub.add_parser("_serve", parents=[common])  # the detached lab's own process
+    return parser
+
+
+def _stack(args: argparse.Namespace) -> tuple[StackSettings, LabTimings]:
+    path = stack_file(args.stack)
+    try:
+        stack = load_stack_file(path)
+    except FileNotFoundError:
+        raise SystemExit(f"no stack file {path}") from None
+    except SettingsError as error:
+        raise SystemExit(str(error)) from None
+    factor = args.factor or (FAST_FACTOR if args.fast else DEFAULT_FACTOR)
+    return stack, LabTimings.scaled(stack, factor)
+
+
+def _show_timings(stack: StackSettings, timings: LabTimings) -> None:
+    print(f"lab time: the stack's periods x {timings.factor:g}")
+    for key, theirs, ours in timings.rows(stack):
+        print(f"  {key:24} {theirs:>12} -> {ours}")
+    print(flush=True)
+
+
+def _lab_is_up(root: Path) -> bool:
+    from lab.nodes import pid_alive
+    from lab.status import NoLab, read_state
+
+    try:
+        state = read_state(root)
+    except NoLab:
+        return False
+    return pid_alive(state.get("pid"), "lab")
+
+
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from lab.scenarios import run_scenario
+
+    stack, timings = _stack(args)
+    _show_timings(stack, timings)
+    root = args.root / f"scenario-{args.name}-{os.getpid()}"
+    outcome = run_scenario(
+        args.name,
+        stack,
+        timings,
+        root,
+        stack_name=args.stack,
+        json_path=args.json,
+        plot_path=args.plot,
+        out=sys.stdout,
+    )
+    if outcome.ok and not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if outcome.ok else 1
+
+
+def _serve(args: argparse.Namespace, *, show: bool) -> int:
+    from lab.cluster import Lab
+    from lab.display import Display
+
+    stack, timings = _stack(args)
+    lab = Lab(stack, timings, args.root, stack_name=args.stack)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if show:
+        display = Display(sys.stdout)
+        lab.events.listeners.append(display.event)
+        lab.on_sample.append(display.sample)
+    lab.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        lab.stop()
+        if show:
+            print(f"\nstopped; node logs in {lab.nova.logs}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if _lab_is_up(args.root):
+        raise SystemExit(f"a lab is up already in {args.root}: python -m lab down")
+    if args.root.exists():
+        shutil.rmtree(args.root)
+    stack, timings = _stack(args)
+    _show_timings(stack, timings)
+    if not args.detach:
+        return _serve(args, show=True)
+    args.root.mkdir(parents=True)
+    log = open(args.root / "daemon.log", "ab")  # the daemon keeps it open
+    command = [sys.executable, "-m", "lab", "_serve", "--stack", args.stack]
+    command += ["--factor", str(timings.factor), "--root", str(args.root)]
+    daemon = subprocess.Popen(
+        command,
+        cwd=PROJECT_DIR,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    (args.root / "daemon.pid").write_text(f"{daemon.pid}\n")
+    from lab.status import NoLab, format_status, read_state, status
+
+    deadline = time.monotonic() + 60 + 40 * timings.lockattemptperiod
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            tail = (args.root / "daemon.log").read_text(errors="replace")[-2000:]
+            print(f"the lab daemon exited ({daemon.returncode}):\n{tail}", file=sys.stderr)
+            return 1
+        try:
+            if read_state(args.root).get("status") == "healthy":
+                print(format_status(status(args.root)))
+                print(
+                    f"\nthe lab runs in the background (pid {daemon.pid}); stop it with"
+                    " `python -m lab down`"
+                )
+                return 0
+        except NoLab:
+            pass
+        time.sleep(0.3)
+    print("the cluster did not become healthy in time; `python -m lab down` stops it")
+    return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lab.status import NoLab, format_status, status
+
+    try:
+        data = status(args.root)
+    except NoLab as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else format_status(data))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from lab.status import down
+
+    done = down(args.root)
+    print("\n".join(done) if done else "nothing to stop")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.root = args.root.resolve()
+    handlers = {
+        "scenario": cmd_scenario,
+        "up": cmd_up,
+        "status": cmd_status,
+        "down": cmd_down,
+        "_serve": lambda a: _serve(a, show=False),
+    }
+    return handlers[args.command](args)
+
 
 if __name__ == "__main__":
-    sys.exit("the lab is being built (issue 5): nothing to run yet")
+    sys.exit(main())

