@@ -42,6 +42,10 @@ class BootstrapError(RuntimeError):
     """The node could not become a member within `retries` attempts."""
 
 
+class NotYet(RuntimeError):
+    """This attempt cannot go on now (lock held, a member joining, etcd not up); retry."""
+
+
 @dataclass(frozen=True)
 class Joined:
     member: Member
@@ -59,6 +63,7 @@ class Bootstrap:
         config_path: Path,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.cloud = cloud
@@ -67,6 +72,7 @@ class Bootstrap:
         self.config_path = config_path
         self.sleep = sleep
         self.clock = clock
+        self.stopping = stopping
         self.data_dir = Path(settings.etcd.data_dir)
         self._me: NodeIdentity | None = None
 
@@ -77,9 +83,11 @@ class Bootstrap:
         attempts = self.settings.scaling.retries
         last_error = "no attempt made"
         for attempt in range(1, attempts + 1):
+            if self.stopping():
+                raise BootstrapError("stopped before joining")
             try:
                 joined = self.attempt()
-            except (EtcdError, CloudError, OSError, TimeoutError) as error:
+            except (NotYet, EtcdError, CloudError, OSError, TimeoutError) as error:
                 last_error = str(error)
                 log.warning("join attempt %d/%d failed: %s", attempt, attempts, error)
             else:
@@ -110,6 +118,10 @@ class Bootstrap:
             restarted = self._restart(me, members)
             if restarted is not None:
                 return restarted
+        if mine is not None and not mine.started and not self._has_data():
+            # listed but never started: an initial member that came late, or an add whose
+            # start was cut short. Start on that entry: etcd finds it by peer URL.
+            return self._start_listed(client, me, members)
         return self._join(client, me)
 
     def me(self) -> NodeIdentity:
@@ -131,8 +143,8 @@ class Bootstrap:
             log.info("data dir exists; restarting the initial member on it")
         peers = {n.name: peer_url(str(n.ip), self.settings.etcd) for n in initial}
         self._start(me, peers, "new")
-        member = self._wait_member(me, [client_url(me.ip, self.settings.etcd)])
-        return Joined(member, "new")
+        own = self.client_factory([client_url(me.ip, self.settings.etcd)])
+        return Joined(self._wait_member(me, own), "new")
 
     def _restart(self, me: NodeIdentity, members: list[Member]) -> Joined | None:
         own = [client_url(me.ip, self.settings.etcd)]
@@ -147,19 +159,30 @@ class Bootstrap:
         peers = {m.name: m.peer_urls[0] for m in members if m.started and m.peer_urls}
         self._start(me, peers, "existing")
         try:
-            return Joined(self._wait_member(me, own), "restarted")
-        except (EtcdError, TimeoutError) as error:
+            return Joined(self._wait_member(me, self.client_factory(own)), "restarted")
+        except (NotYet, EtcdError, TimeoutError) as error:
             kind = classify_start_failure(self.service.recent_log())
             log.warning("restart on the old data dir failed (%s): %s", kind, error)
             self.service.stop()
             return None
+
+    def _start_listed(self, client: EtcdClient, me: NodeIdentity, members: list[Member]) -> Joined:
+        peers = {m.name: m.peer_urls[0] for m in members if m.started and m.peer_urls}
+        peers[me.name] = peer_url(me.ip, self.settings.etcd)
+        wipe_data_dir(self.data_dir)
+        self._start(me, peers, "existing")
+        member = self._wait_member(me, client)
+        if member.is_learner:
+            self._promote(client, member)
+            member = self._wait_member(me, client, voter=True)
+        return Joined(member, "joined")
 
     def _join(self, client: EtcdClient, me: NodeIdentity) -> Joined:
         scaling = self.settings.scaling
         ttl = max(60.0, 6 * scaling.lockattemptperiod)
         lock = client.acquire_lock(JOIN_LOCK, me.name, ttl)
         if lock is None:
-            raise EtcdError(
+            raise NotYet(
                 f"join lock held by {client.lock_holder(JOIN_LOCK)}; one join at a time"
             )
         try:
@@ -172,19 +195,19 @@ class Bootstrap:
             blocking = [m for m in members if not m.started or m.healthy is False]
             if blocking:
                 names = ", ".join(m.name or f"{m.id:x}" for m in blocking)
-                raise EtcdError(f"not adding while {names} is unstarted or unhealthy")
+                raise NotYet(f"not adding while {names} is unstarted or unhealthy")
             self.service.stop()
             wipe_data_dir(self.data_dir)
             my_peer = peer_url(me.ip, self.settings.etcd)
-            member, listed = self._add(client, my_peer)
+            _added, listed = self._add(client, my_peer)
             peers = {m.name: m.peer_urls[0] for m in listed if m.started and m.peer_urls}
             peers[me.name] = my_peer
             self._start(me, peers, "existing")
-            self._wait_member(me, [client_url(me.ip, self.settings.etcd)])
-            if member.is_learner:
-                self._promote(client, member)
-            final = self._wait_member(me, [client_url(me.ip, self.settings.etcd)])
-            return Joined(final, "joined")
+            started = self._wait_member(me, client)
+            if started.is_learner:
+                self._promote(client, started)
+                started = self._wait_member(me, client, voter=True)
+            return Joined(started, "joined")
         finally:
             try:
                 client.release_lock(lock)
@@ -226,23 +249,26 @@ class Bootstrap:
         write_config(self.config_path, config)
         self.service.start(self.config_path)
 
-    def _wait_member(self, me: NodeIdentity, endpoints: list[str]) -> Member:
-        """Wait until our own etcd answers and lists us as a started member."""
+    def _wait_member(self, me: NodeIdentity, client: EtcdClient, *, voter: bool = False) -> Member:
+        """Wait until `client`'s cluster lists us as started (and a voter, if asked).
+
+        A learner refuses most RPCs itself, so joins ask the cluster, not the new member.
+        """
         deadline = self.clock() + max(20.0, 2 * self.settings.scaling.lockattemptperiod)
-        client = self.client_factory(endpoints)
         last: Exception | None = None
         while self.clock() < deadline:
             if not self.service.is_running():
                 kind = classify_start_failure(self.service.recent_log())
-                raise EtcdError(f"etcd exited during start ({kind})")
+                raise NotYet(f"etcd exited during start ({kind})")
             try:
                 for member in client.members(check_health=False):
                     if member.name == me.name and member.started:
-                        return member
+                        if not (voter and member.is_learner):
+                            return member
             except EtcdError as error:
                 last = error
             self.sleep(0.2)
-        raise TimeoutError(f"etcd on {endpoints} did not list {me.name} in time ({last})")
+        raise TimeoutError(f"{client.endpoints} did not list {me.name} in time ({last})")
 
     def _endpoints(self, nodes: list[CloudNode], me: NodeIdentity) -> list[str]:
         return [

@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.settings import AgentSettings, MetricSettings
-from agent.snapshot import Member, MetricReading, Snapshot
+from agent.metrics import crosses as metric_crosses
+from agent.settings import AgentSettings
+from agent.snapshot import Member, Snapshot
 
 ActionKind = Literal["wait", "leave", "remove_dead", "scale_up", "configure", "stop"]
 
@@ -65,25 +66,6 @@ def track_unhealthy(
         if member.healthy is False or not member.started:
             tracked[member.id] = previous.get(member.id, now)
     return tracked
-
-
-def compare(value: float, comparator: str, threshold: float) -> bool:
-    """The comparator as a table of functions on numbers; nothing is eval'd."""
-    table: dict[str, Callable[[float, float], bool]] = {
-        "<": lambda a, b: a < b,
-        ">": lambda a, b: a > b,
-        "==": lambda a, b: a == b,
-        "<=": lambda a, b: a <= b,
-        ">=": lambda a, b: a >= b,
-    }
-    return table[comparator](value, threshold)
-
-
-def metric_crosses(reading: MetricReading, metric: MetricSettings) -> bool | None:
-    """True/False, or None when there is no number to compare (no decision)."""
-    if not reading.ok or reading.value is None:
-        return None
-    return compare(reading.value, metric.comparator, metric.threshold)
 
 
 def decide(snapshot: Snapshot, settings: AgentSettings) -> Action:
@@ -201,19 +183,20 @@ def _pending_servers(snapshot: Snapshot) -> int:
 
 
 def _scale_up(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    """Below capacity: ask for one more. A member that is only unhealthy still counts:
+    the dead-member rule removes it after its window, and then this rule fires."""
     scaling = settings.scaling
-    healthy_voters = [m for m in snapshot.voters if m.healthy]
-    if len(healthy_voters) >= scaling.capacity:
+    voters = [m for m in snapshot.voters if m.started]
+    if len(voters) >= scaling.capacity:
         return None
     me = snapshot.my_member
     if me is None or not me.is_leader:
         return None
     coming = len(_joins_in_progress(snapshot)) + _pending_servers(snapshot)
-    if len(healthy_voters) + coming >= scaling.capacity:
+    if len(voters) + coming >= scaling.capacity:
         return Action(
             "wait",
-            f"{len(healthy_voters)} healthy voters < capacity {scaling.capacity},"
-            f" {coming} joining already",
+            f"{len(voters)} voters < capacity {scaling.capacity}, {coming} joining already",
         )
     if snapshot.last_scale_up is not None and (
         snapshot.now - snapshot.last_scale_up < scaling.scaleupcooldown
@@ -221,7 +204,7 @@ def _scale_up(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
         return None
     return Action(
         "scale_up",
-        f"{len(healthy_voters)} healthy voters < capacity {scaling.capacity} and nothing joining:"
+        f"{len(voters)} voters < capacity {scaling.capacity} and nothing joining:"
         " ask the group for one more",
         lock=MAKE_LOCK,
     )

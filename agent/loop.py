@@ -103,6 +103,7 @@ class Agent:
             client_factory=self.client_factory,
             config_path=self.config_path,
             sleep=self.sleep,
+            stopping=self.stopped.is_set,
         ).run()
         if joined.how != "restarted":
             self.state.configured = False
@@ -163,8 +164,7 @@ class Agent:
 
     def _wants_cloud_view(self, snapshot: Snapshot) -> bool:
         me = snapshot.my_member
-        healthy = [m for m in snapshot.voters if m.healthy]
-        return bool(me and me.is_leader and len(healthy) < self.settings.scaling.capacity)
+        return bool(me and me.is_leader and len(snapshot.voters) < self.settings.scaling.capacity)
 
     def _other_endpoints(self) -> list[str]:
         own = self.own_url()

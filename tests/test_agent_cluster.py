@@ -184,6 +184,8 @@ def _start_initial(lab: Lab, count: int = 3) -> list[Node]:
     for node in nodes:
         node.start()
     assert wait_until(lambda: len(lab.voters()) == count, timeout=30), lab.voters()
+    # every agent is done bootstrapping (a crash before that is retried by its bootstrap)
+    assert wait_until(lambda: all(lab.state(n.name).phase == "member" for n in nodes), timeout=30)
     return nodes
 
 
@@ -261,7 +263,7 @@ def test_a_killed_member_is_removed_after_the_window_and_replaced(lab):
     assert wait_until(lambda: len(lab.record.calls_of("mark_unhealthy")) == 1, timeout=30)
     mark = lab.record.calls_of("mark_unhealthy")[0]
     assert mark[3] == f"srv-{victim.name}"
-    assert mark[0] - killed_at >= 3 * PERIOD  # not before the dead-member window
+    assert mark[0] - killed_at >= 2 * PERIOD  # the window (3 periods), less one cycle's skew
     assert victim.name not in lab.voters()
     assert lab.record.calls_of("scale_down")  # Heat removes the FAILED member
     # two voters < capacity 3: the leader's agent asks for a replacement, once
