@@ -1,0 +1,98 @@
+"""`python -m agent status`: every member and who holds the kill lock, for an operator."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from agent.decide import KILL_LOCK
+from agent.etcd import EtcdClient, EtcdError
+from agent.settings import AgentSettings
+
+LOCK_ROOT = "/autoscale-etcd/"
+
+
+def cluster_status(client: EtcdClient, cluster: str | None) -> dict[str, Any]:
+    """Members with health/leader/learner, and kill-lock holders (one cluster, or all)."""
+    members = client.members(check_health=True)
+    if cluster is not None:
+        scoped = EtcdClient(
+            client.endpoints, timeout=client.timeout, tls=client.tls, prefix=f"{LOCK_ROOT}{cluster}"
+        )
+        locks = {cluster: scoped.lock_holder(KILL_LOCK)}
+    else:
+        suffix = f"/locks/{KILL_LOCK}"
+        locks = {
+            key[len(LOCK_ROOT) : -len(suffix)]: value
+            for key, value in client.get_prefix(LOCK_ROOT).items()
+            if key.endswith(suffix)
+        }
+    return {
+        "cluster_id": client.cluster_id(),
+        "members": [
+            {
+                "name": m.name or "(unstarted)",
+                "id": f"{m.id:x}",
+                "client_url": ",".join(m.client_urls),
+                "healthy": bool(m.healthy),
+                "leader": m.is_leader,
+                "learner": m.is_learner,
+            }
+            for m in members
+        ],
+        "kill_lock": locks,
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    rows = [("NAME", "ID", "CLIENT URL", "HEALTHY", "LEADER", "LEARNER")]
+    for m in status["members"]:
+        rows.append(
+            (
+                m["name"],
+                m["id"],
+                m["client_url"],
+                "yes" if m["healthy"] else "NO",
+                "*" if m["leader"] else "",
+                "learner" if m["learner"] else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    locks = status["kill_lock"]
+    held = ", ".join(f"{c}: {h}" for c, h in locks.items() if h) or "free"
+    lines.append(f"kill lock: {held}")
+    return "\n".join(lines)
+
+
+def status_command(
+    *,
+    endpoints: list[str] | None,
+    settings: AgentSettings | None,
+    cluster: str | None,
+    as_json: bool,
+) -> int:
+    if endpoints is None:
+        assert settings is not None
+        from agent.cloud import make_cloud
+        from agent.etcd_server import client_url
+
+        try:
+            nodes = make_cloud(settings).group_members()
+        except Exception as error:  # the cloud is only a way to find endpoints here
+            print(f"cannot list the group's servers: {error}", file=sys.stderr)
+            return 1
+        endpoints = [client_url(n.ip, settings.etcd) for n in nodes if n.ip]
+        cluster = cluster or settings.cluster_name
+    tls = settings.etcd.tls if settings is not None else None
+    try:
+        status = cluster_status(EtcdClient(endpoints, tls=tls), cluster)
+    except EtcdError as error:
+        print(f"no etcd member answered: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if as_json else render(status))
+    return 0

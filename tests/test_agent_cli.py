@@ -1,0 +1,91 @@
+"""The agent's command line, run as an operator would: `python -m agent ...`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.etcd import EtcdClient
+from tests.etcd_cluster import free_address
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def agent_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.etcd
+def test_status_lists_every_member_and_the_kill_lock_holder(etcd_cluster):
+    cluster = etcd_cluster(3)
+    endpoints = ",".join(cluster.endpoints)
+    EtcdClient(cluster.endpoints, prefix="/autoscale-etcd/prod").acquire_lock(
+        "kill", "node-b", ttl=30
+    )
+    done = agent_cli("status", "--endpoints", endpoints, "--json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    names = sorted(m["name"] for m in status["members"])
+    assert names == sorted(node.name for node in cluster.nodes)
+    assert sum(m["leader"] for m in status["members"]) == 1
+    assert all(m["healthy"] and not m["learner"] for m in status["members"])
+    assert status["kill_lock"] == {"prod": "node-b"}
+    table = agent_cli("status", "--endpoints", endpoints)
+    assert "kill lock: prod: node-b" in table.stdout
+    assert table.stdout.splitlines()[0].split() == [
+        "NAME",
+        "ID",
+        "CLIENT",
+        "URL",
+        "HEALTHY",
+        "LEADER",
+        "LEARNER",
+    ]
+
+
+@pytest.mark.etcd
+def test_status_shows_a_dead_member_unhealthy(etcd_cluster):
+    cluster = etcd_cluster(3)
+    victim = cluster.nodes[2]
+    victim.kill()
+    done = agent_cli("status", "--endpoints", ",".join(cluster.endpoints), "--json")
+    assert done.returncode == 0, done.stderr
+    health = {m["name"]: m["healthy"] for m in json.loads(done.stdout)["members"]}
+    assert health[victim.name] is False
+    assert sum(health.values()) == 2
+
+
+def test_status_with_nobody_answering_exits_1_and_says_so():
+    ip, port, _ = free_address()
+    done = agent_cli("status", "--endpoints", f"http://{ip}:{port}")
+    assert done.returncode == 1
+    assert "no etcd member answered" in done.stderr
+
+
+def test_metric_with_netdata_down_exits_1_with_the_reason():
+    ip, port, _ = free_address()
+    done = agent_cli("metric", "NETDATA_SYSTEM_CPU_IDLE", "--netdata", f"http://{ip}:{port}")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "NETDATA_SYSTEM_CPU_IDLE" in done.stderr or "netdata" in done.stderr.lower()
+
+
+def test_commands_that_need_a_config_say_so(tmp_path: Path):
+    done = agent_cli("run")
+    assert done.returncode != 0 and "--config" in done.stderr
+    broken = tmp_path / "agent.json"
+    broken.write_text('{"cluster_name": "x", "cloud": {"kind": "moon"}}')
+    done = agent_cli("--config", str(broken), "run")
+    assert done.returncode != 0
+    assert "cannot read agent settings" in done.stderr and "kind" in done.stderr
