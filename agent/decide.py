@@ -146,6 +146,8 @@ def _dead_members(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
         since = snapshot.unhealthy_since.get(member.id)
         if member.id == me.id or since is None or snapshot.now - since < window:
             continue
+        if snapshot.join_lock_holder and (member.is_learner or not member.started):
+            continue  # a join in progress: its entry is new, not dead
         remaining = [m for m in snapshot.voters if m.id != member.id]
         healthy = [m for m in remaining if m.healthy]
         if not remaining or len(healthy) < quorum(len(remaining)):

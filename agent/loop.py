@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.bootstrap import Bootstrap, BootstrapError, ClientFactory
 from agent.cloud import Cloud, CloudError
 from agent.decide import (
+    JOIN_LOCK,
     KILL_LOCK,
     MAKE_LOCK,
     Action,
@@ -113,12 +114,16 @@ class Agent:
 
     # --- observe -----------------------------------------------------------------------
 
-    def observe(self) -> Snapshot:
-        """One snapshot; the failmarker counts whether this node's own etcd answered."""
+    def observe(self, *, count: bool = True) -> Snapshot:
+        """One snapshot; the failmarker counts whether this node's own etcd answered.
+
+        `count=False` (the re-check after winning a lock) looks without counting again.
+        """
         now = self.clock()
         members: list[Member] | None = None
         own_ok = False
         holder: str | None = None
+        joiner: str | None = None
         client: EtcdClient | None = None
         for endpoints in ([self.own_url()], self._other_endpoints()):
             if not endpoints:
@@ -127,6 +132,7 @@ class Agent:
             try:
                 members = client.members(check_health=True)
                 holder = client.lock_holder(KILL_LOCK)
+                joiner = client.lock_holder(JOIN_LOCK)
             except EtcdError as error:
                 log.debug("etcd at %s: %s", endpoints, error)
                 members = None
@@ -141,14 +147,18 @@ class Agent:
             tuple(members) if members is not None else None,
             now,
         )
-        self.state.failmarker = failmarker
-        self.state.unhealthy_since = {f"{k:x}": v for k, v in since.items()}
+        if count:
+            self.state.failmarker = failmarker
+            self.state.unhealthy_since = {f"{k:x}": v for k, v in since.items()}
+        else:
+            failmarker = self.state.failmarker
         snapshot = Snapshot(
             now=now,
             me=self.me,
             members=tuple(members) if members is not None else None,
             metric=self.read_metric(self.settings.metric),
             kill_lock_holder=holder,
+            join_lock_holder=joiner,
             failmarker=failmarker,
             own_etcd_ok=own_ok,
             unhealthy_since=since,
@@ -246,7 +256,7 @@ class Agent:
         if lock is None:
             return f"lost the kill lock to {client.lock_holder(KILL_LOCK)}"
         # re-check with the lock won: membership may have changed meanwhile
-        fresh = replace(self.observe(), kill_lock_holder=None)
+        fresh = replace(self.observe(count=False), kill_lock_holder=None)
         again = decide(fresh, self.settings)
         me = fresh.my_member
         if again.kind != "leave" or me is None:

@@ -98,6 +98,8 @@ class Snapshot:
     """None when etcd could not be reached (that call failed)."""
     metric: MetricReading
     kill_lock_holder: str | None = None
+    join_lock_holder: str | None = None
+    """Who is joining right now (its learner/unstarted entry is not dead)."""
     failmarker: int = 0
     own_etcd_ok: bool = True
     """Whether this node's own etcd answered this cycle (the failmarker's call)."""

@@ -209,6 +209,17 @@ def test_unstarted_member_left_by_a_failed_join_is_removed_after_the_window():
     assert action.kind == "remove_dead"
 
 
+def test_a_join_in_progress_is_not_a_dead_member():
+    base = snap(3, me=1, leader=1)
+    joining = replace(
+        base,
+        members=(*base.members, unstarted(7)),
+        unhealthy_since={0x1007: 0.0},
+        join_lock_holder="node7",
+    )
+    assert act(joining).kind != "remove_dead"
+
+
 def test_track_unhealthy_keeps_first_time_and_ignores_blind_cycles():
     first = track_unhealthy({}, snap(3, unhealthy=(2,)).members, now=100.0)
     assert first == {0x1002: 100.0}
