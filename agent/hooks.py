@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("agent.hooks")
 
@@ -39,8 +41,53 @@ def hook_environment(
     return env
 
 
+HOOK_UNIT = "autoscale-hook@{name}.service"
+HOOK_ENV_DIR = Path("/run/autoscale-etcd")
+
+Runner = Callable[[Sequence[str], float], subprocess.CompletedProcess[str]]
+
+
+def _systemctl(command: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(command), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def run_hook_unit(
+    path: str | None,
+    env: Mapping[str, str],
+    timeout: float,
+    *,
+    env_dir: Path = HOOK_ENV_DIR,
+    runner: Runner = _systemctl,
+) -> HookResult:
+    """On a node: run the hook as `autoscale-hook@NAME.service`, outside the agent's sandbox.
+
+    The AUTOSCALE_* variables go to `<env_dir>/hook-NAME.env` (the unit's
+    EnvironmentFile); `systemctl start` of a oneshot unit returns when the hook has run.
+    """
+    if path is None:
+        return HookResult(True, "no hook configured")
+    name = os.path.basename(path)
+    env_dir.mkdir(parents=True, exist_ok=True)
+    env_file = env_dir / f"hook-{name}.env"
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        for key, value in sorted(env.items()):
+            handle.write(f"{key}={shlex.quote(value)}\n")
+    unit = HOOK_UNIT.format(name=name)
+    try:
+        done = runner(["systemctl", "start", unit], timeout + 30)
+    except subprocess.TimeoutExpired:
+        return HookResult(False, f"{unit} ran past {timeout:.0f}s")
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+        return HookResult(False, f"{unit} failed ({done.returncode}): {detail[0]}")
+    return HookResult(True, f"{unit} succeeded")
+
+
 def run_hook(path: str | None, env: Mapping[str, str], timeout: float) -> HookResult:
-    """Run one hook script; its output goes to the agent's log. Never raises."""
+    """Run one hook script as a child (tests, lab); its output goes to the log. Never raises."""
     if path is None:
         return HookResult(True, "no hook configured")
     if not os.access(path, os.X_OK):

@@ -26,7 +26,7 @@ from agent.decide import (
 )
 from agent.etcd import EtcdClient, EtcdError
 from agent.etcd_server import EtcdService, client_url
-from agent.hooks import hook_environment, run_hook
+from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.metrics import read_metric
 from agent.settings import AgentSettings, MetricSettings
 from agent.snapshot import Member, MetricReading, NodeIdentity, Snapshot
@@ -205,11 +205,7 @@ class Agent:
         return ""
 
     def _act_configure(self, action: Action, snapshot: Snapshot) -> str:
-        result = run_hook(
-            self.settings.hooks.configscript,
-            self._hook_env(snapshot),
-            self.settings.hooks.timeout,
-        )
+        result = self._run_hook(self.settings.hooks.configscript, self._hook_env(snapshot))
         if result.ok:
             self.state.configured = True
         return result.detail + ("" if result.ok else "; retried next cycle")
@@ -266,10 +262,8 @@ class Agent:
         if not self._client(fresh).fenced_remove(lock, me.id, record):
             return "the kill lock expired before the removal (fence failed): nothing removed"
         self._save(phase="leaving")
-        cleanup = run_hook(
-            self.settings.hooks.cleanupscript,
-            self._hook_env(fresh, reason=action.reason),
-            self.settings.hooks.timeout,
+        cleanup = self._run_hook(
+            self.settings.hooks.cleanupscript, self._hook_env(fresh, reason=action.reason)
         )
         cloud = self._leave_group(action.reason)
         self.service.stop()
@@ -308,6 +302,12 @@ class Agent:
     def _client(self, snapshot: Snapshot) -> EtcdClient:
         urls = [u for m in snapshot.members or () if m.healthy for u in m.client_urls]
         return self.client_factory(urls or [self.own_url()])
+
+    def _run_hook(self, path: str | None, env: dict[str, str]) -> HookResult:
+        """Through systemd where etcd is a unit (nodes), as a child process otherwise."""
+        if self.settings.etcd.service == "systemd":
+            return run_hook_unit(path, env, self.settings.hooks.timeout)
+        return run_hook(path, env, self.settings.hooks.timeout)
 
     def _hook_env(self, snapshot: Snapshot, reason: str | None = None) -> dict[str, str]:
         me = snapshot.my_member
