@@ -306,9 +306,10 @@ def run_scenario(
     plot_path: Path | None = None,
     out: TextIO | None = None,
     tty: bool | None = None,
+    etcd_binary: str | None = None,
 ) -> Outcome:
     scenario = SCENARIOS[name]
-    lab = Lab(stack, timings, root, stack_name=stack_name)
+    lab = Lab(stack, timings, root, stack_name=stack_name, etcd_binary=etcd_binary)
     display = Display(out, tty=tty) if out is not None else None
     if display is not None:
         lab.events.listeners.append(display.event)

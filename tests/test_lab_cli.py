@@ -1,0 +1,76 @@
+"""`python -m lab up --detach`, `status [--json]` and `down`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.settings import PROJECT_DIR
+from lab.nodes import pid_alive
+
+pytestmark = pytest.mark.etcd
+
+
+def lab(*args: str, root: Path, etcd_bin: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lab", *args, "--fast", "--root", str(root)],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "ETCD_BIN": etcd_bin},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_up_detach_status_down(tmp_path, etcd_bin):
+    root = tmp_path / "lab"
+    pids: list[tuple[int, str]] = []
+    try:
+        up = lab("up", "--detach", root=root, etcd_bin=etcd_bin)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "lab time: the stack's periods x 0.04" in up.stdout
+        assert "python -m lab down" in up.stdout
+        state = json.loads((root / "lab.json").read_text())
+        daemon = state["pid"]
+        assert int((root / "daemon.pid").read_text()) == daemon and pid_alive(daemon, "lab")
+        pids.append((daemon, "lab"))
+
+        shown = lab("status", "--json", root=root, etcd_bin=etcd_bin)
+        assert shown.returncode == 0, shown.stderr
+        status = json.loads(shown.stdout)
+        nodes = status["nodes"]
+        assert len(nodes) == 3 and status["daemon_pid"] == daemon
+        assert sum(n["leader"] for n in nodes) == 1 and status["leader"] is not None
+        for node in nodes:
+            assert node["member"] == "voter" and node["healthy"] is True
+            assert node["client_url"] == f"http://{node['ip']}:12379"
+            assert node["failmarker"] == 0 and node["load"] is not None
+            assert node["ip"].startswith(state["prefix"] + ".")
+            agent_dir = next(n["dir"] for n in state["nodes"] if n["name"] == node["name"])
+            assert pid_alive(node["agent_pid"], str(Path(agent_dir) / "agent.json"))
+            assert pid_alive(node["etcd_pid"], "etcd")
+            pids += [(node["agent_pid"], "agent.json"), (node["etcd_pid"], "etcd")]
+        assert status["kill_lock_holder"] is None
+
+        table = lab("status", root=root, etcd_bin=etcd_bin)
+        assert table.returncode == 0
+        assert all(n["name"] in table.stdout for n in nodes) and "voter*" in table.stdout
+
+        again = lab("up", "--detach", root=root, etcd_bin=etcd_bin)
+        assert again.returncode != 0 and "a lab is up already" in again.stderr
+
+        down = lab("down", root=root, etcd_bin=etcd_bin)
+        assert down.returncode == 0 and f"stopped the lab daemon (pid {daemon})" in down.stdout
+        assert not root.exists()
+        assert [pid for pid, needle in pids if pid_alive(pid, needle)] == []
+
+        gone = lab("status", root=root, etcd_bin=etcd_bin)
+        assert gone.returncode == 1 and "no lab is up" in gone.stderr
+    finally:
+        if root.exists():
+            lab("down", root=root, etcd_bin=etcd_bin)
