@@ -188,6 +188,8 @@ class LocalCloud:
         for old, new in plan.replaced:
             self.events.add("replace", old.name, f"by {new.name} ({new.ip})")
         for member in plan.deletes:
+            if member.status != "FAILED":
+                member.reason = "not FAILED: cut by the resize (Heat keeps the newest)"
             self.servers.delete(member)
             self.deleted.append(member)
         for member in plan.boots:

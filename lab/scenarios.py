@@ -403,8 +403,8 @@ def summarize(
     verdict = "every invariant held" if report["ok"] else "SOME INVARIANTS FAILED"
     print(f"result: {verdict}", file=out)
     if json_path is not None:
-        print(f"report: {json_path}", file=out)
+        print(f"report: {json_path.resolve()}", file=out)
     if plot_path is not None:
-        print(f"picture: {plot_path}", file=out)
+        print(f"picture: {plot_path.resolve()}", file=out)
     print(f"node logs: {report.get('logs')}", file=out)
     out.flush()
