@@ -2,19 +2,40 @@
 # Issues this node's etcd certificate for its own address from the cluster CA, then
 # deletes the CA key: a node can prove who it is, never issue for anyone else.
 # usage: issue-cert.sh PKI_DIR   (holds ca.crt and ca.key; writes node.crt, node.key)
+#
+# The certificate: a new EC P-256 key; subject CN = the host name; SANs = the node's
+# IPv4 (the address of its etcd URLs), 127.0.0.1 and the host name; extended key usage
+# serverAuth and clientAuth (the same certificate serves etcd's client and peer ports
+# and is the agent's client certificate); valid 3650 days. 127.0.0.1 is there because
+# etcd checks an incoming peer certificate's IP SANs against the connection's source
+# address, which is 127.0.0.1 for connections over loopback (the lab).
+#
+# The address is the agent's: EC2 metadata local-ipv4, else the first ipv4 network of
+# OpenStack's network_data.json (agent/cloud_openstack.py, _my_ipv4). The lab and the
+# tests set AUTOSCALE_NODE_IP, AUTOSCALE_NODE_NAME, AUTOSCALE_METADATA_URL and
+# AUTOSCALE_PKI_GROUP (the group that may read the key; default etcd) instead.
 set -eu
 pki="$1"
 [ -s "${pki}/node.crt" ] && [ ! -e "${pki}/ca.key" ] && exit 0
-ip="$(curl -fsS --retry 5 http://169.254.169.254/latest/meta-data/local-ipv4)"
-name="$(hostname)"
-ext="$(mktemp)"
+md="${AUTOSCALE_METADATA_URL:-http://169.254.169.254}"
+node_ip() {
+    curl -fsS --retry 5 "${md}/latest/meta-data/local-ipv4" && return 0
+    curl -fsS --retry 5 "${md}/openstack/latest/network_data.json" | python3 -c \
+        'import json,sys; print(next(n["ip_address"] for n in json.load(sys.stdin)["networks"] if n.get("type") == "ipv4"))'
+}
+ip="${AUTOSCALE_NODE_IP:-$(node_ip)}"
+name="${AUTOSCALE_NODE_NAME:-$(hostname)}"
+case "${ip}" in
+    *[!0-9.]* | "") echo "issue-cert.sh: not an IPv4 address: '${ip}'" >&2; exit 1 ;;
+esac
+umask 077
+ext="${pki}/node.ext"
 printf 'subjectAltName=IP:%s,IP:127.0.0.1,DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\n' \
     "${ip}" "${name}" >"${ext}"
-umask 077
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=${name}" \
     -keyout "${pki}/node.key" -out "${pki}/node.csr"
 openssl x509 -req -in "${pki}/node.csr" -CA "${pki}/ca.crt" -CAkey "${pki}/ca.key" \
     -CAcreateserial -days 3650 -extfile "${ext}" -out "${pki}/node.crt"
 rm -f "${ext}" "${pki}/node.csr" "${pki}/ca.key" "${pki}/ca.srl"
-chgrp etcd "${pki}/node.key" && chmod 0640 "${pki}/node.key"
+chgrp "${AUTOSCALE_PKI_GROUP:-etcd}" "${pki}/node.key" && chmod 0640 "${pki}/node.key"
 chmod 0644 "${pki}/node.crt" "${pki}/ca.crt"
