@@ -1,0 +1,131 @@
+"""The real agent on an https stack: etcd over TLS for clients and peers, client-cert-auth.
+
+Each node gets the certificate its boot would issue (infra/node/issue-cert.sh, through
+agent.tls) and the settings infra.settings.agent_settings gives an https stack (the
+schemes and the three TLS files); otherwise this is tests/test_agent_cluster.py's lab:
+agents in threads, etcd processes stopped by pid, the group in tests/memory_cloud.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.etcd import EtcdClient, EtcdError
+from agent.settings import AgentSettings, TlsFiles
+from agent.tls import CA, issue_node_cert, make_ca
+from tests.etcd_cluster import wait_until
+from tests.test_agent_cluster import PERIOD, Lab, Node
+
+pytestmark = pytest.mark.etcd
+
+
+class HttpsLab(Lab):
+    """tests/test_agent_cluster.Lab with https for clients and peers."""
+
+    def __init__(self, tmp: Path, etcd_bin: str, **scaling: float) -> None:
+        super().__init__(tmp, etcd_bin, **scaling)
+        self.ca: CA = make_ca(tmp / "deploy", "itest")
+        # the operator's client certificate (any address will do on the client port)
+        self.operator = issue_node_cert(self.ca, tmp / "operator", ip="127.0.0.1", name="op")
+
+    def settings(self, name: str) -> AgentSettings:
+        plain = super().settings(name)
+        ip = self.ips[int(name.removeprefix("node")) - 1]
+        tls = issue_node_cert(self.ca, self.tmp / name / "pki", ip=ip, name=name)
+        etcd = plain.etcd.model_dump()
+        etcd.update(client_scheme="https", peer_scheme="https", tls=tls.model_dump())
+        return plain.with_changes(etcd=etcd)
+
+    def urls(self) -> list[str]:
+        return [f"https://{ip}:{self.client_port}" for ip in self.ips]
+
+    def client(self, tls: TlsFiles | None = None) -> EtcdClient:
+        return EtcdClient(
+            self.urls(), timeout=1.0, tls=tls or self.operator, prefix="/autoscale-etcd/itest"
+        )
+
+
+@pytest.fixture
+def https_lab(tmp_path: Path, etcd_bin: str) -> Iterator[Callable[..., HttpsLab]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    labs: list[HttpsLab] = []
+
+    def make(**scaling: float) -> HttpsLab:
+        made = HttpsLab(tmp_path, etcd_bin, **scaling)
+        labs.append(made)
+        return made
+
+    yield make
+    for made in labs:
+        made.close()
+
+
+def _start(lab: HttpsLab, count: int, *, initial: bool = True) -> list[Node]:
+    nodes = [lab.add(initial=initial) for _ in range(count)]
+    for node in nodes:
+        node.start()
+    return nodes
+
+
+def _members_only(lab: HttpsLab, names: list[str], timeout: float) -> None:
+    assert wait_until(lambda: lab.voters() == sorted(names), timeout=timeout), lab.voters()
+    assert wait_until(
+        lambda: all(lab.state(name).phase == "member" for name in names), timeout=timeout
+    )
+
+
+def test_an_https_cluster_forms_lets_one_join_and_one_idle_node_leave(https_lab):
+    lab = https_lab(scaledownperiod=30.0)
+    first = _start(lab, 3)
+    _members_only(lab, ["node1", "node2", "node3"], timeout=30)
+    members = lab.client().members()
+    urls = {url for m in members for url in (*m.peer_urls, *m.client_urls)}
+    assert urls and all(url.startswith("https://") for url in urls)
+    # a late server joins over TLS (member add, learner catch-up on the peer port, promote)
+    late = _start(lab, 1, initial=False)
+    _members_only(lab, ["node1", "node2", "node3", "node4"], timeout=40)
+    assert lab.record.calls_of("scale_down") == []
+
+    # capacity 3, four members, all idle above 90 %: exactly one leaves (the lock's TTL)
+    for node in [*first, *late]:
+        lab.idle[node.name] = 97.0
+    assert wait_until(lambda: len(lab.record.calls_of("scale_down")) == 1, timeout=30)
+    leaver = lab.record.calls_of("scale_down")[0][1]
+    assert wait_until(lambda: len(lab.voters()) == 3, timeout=15)
+    assert leaver not in lab.voters()
+    assert wait_until(lambda: lab.state(leaver).phase == "left", timeout=10)
+    assert wait_until(lambda: not lab.nodes[leaver].service.is_running(), timeout=10)
+    time.sleep(4 * PERIOD)
+    assert len(lab.record.calls_of("scale_down")) == 1  # three left: nobody else goes
+
+    # certificates are checked: without the CA the members are not trusted
+    with pytest.raises(EtcdError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        EtcdClient(lab.urls(), timeout=1.0).members(check_health=False)
+
+
+def test_a_killed_https_member_is_removed_and_a_replacement_asked_for(https_lab):
+    lab = https_lab()
+    nodes = _start(lab, 3)
+    _members_only(lab, ["node1", "node2", "node3"], timeout=30)
+    victim = nodes[2]
+    victim.agent.stopped.set()
+    victim.service.kill()  # kill -9 of its etcd; its agent is gone too
+    killed_at = time.time()
+    assert wait_until(lambda: len(lab.record.calls_of("mark_unhealthy")) == 1, timeout=30)
+    mark = lab.record.calls_of("mark_unhealthy")[0]
+    assert mark[3] == f"srv-{victim.name}"
+    assert mark[0] - killed_at >= 2 * PERIOD  # the dead-member window, less one cycle's skew
+    assert lab.voters() == ["node1", "node2"]
+    assert lab.record.calls_of("scale_down")  # Heat removes the FAILED member
+    assert wait_until(lambda: len(lab.record.calls_of("scale_up")) == 1, timeout=15)
+
+    # the replacement boots with its own certificate and joins the two survivors
+    replacement = _start(lab, 1, initial=False)[0]
+    _members_only(lab, ["node1", "node2", replacement.name], timeout=40)
+    assert lab.state(replacement.name).phase == "member"
