@@ -2,6 +2,7 @@
 
 python -m agent --config FILE bootstrap      join or start the cluster, then exit
 python -m agent --config FILE run            bootstrap, then cycle until the node leaves
+                                             (role proxy: keep the gRPC proxy on the members)
 python -m agent --config FILE status [--json]
 python -m agent status --endpoints URL[,URL] [--cluster NAME] [--json]
 python -m agent metric NAME --netdata URL [--window S]
@@ -56,6 +57,13 @@ def _logging(level: str) -> None:
 
 def _agent(settings: AgentSettings):  # imports stay lazy for `metric`/`status`
     from agent.cloud import make_cloud
+
+    if settings.role == "proxy":
+        from agent.proxy import ProxyAgent, make_proxy_service
+
+        return ProxyAgent(
+            settings, cloud=make_cloud(settings), service=make_proxy_service(settings)
+        )
     from agent.etcd_server import make_service
     from agent.loop import Agent
 
@@ -79,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             as_json=args.json,
         )
     settings = _load(args.config)
+    if args.command == "bootstrap" and settings.role == "proxy":
+        print("a proxy has nothing to bootstrap (it is not a member); use run", file=sys.stderr)
+        return 2
     _logging(settings.log_level)
     agent = _agent(settings)
 

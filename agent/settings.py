@@ -106,6 +106,8 @@ class HookSettings(_Strict):
 
     configscript: str | None = None
     cleanupscript: str | None = None
+    proxyconfig: str | None = None
+    """Run once on a proxy node when its gRPC proxy first serves (role `proxy`)."""
     timeout: PositiveSeconds = 600
 
 

@@ -44,6 +44,22 @@ from agent.settings import (
 
 PROJECT = "autoscale-etcd"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+ETCD_SHA256SUMS = PROJECT_DIR / "packer" / "files" / "etcd-sha256sums.txt"
+"""The sha256 of every etcd release tarball the nodes and images accept (one list)."""
+_ETCD_SUM_LINE = re.compile(
+    r"^(?P<sha256>[0-9a-f]{64})  etcd-v(?P<version>\d+\.\d+\.\d+)-linux-[a-z0-9]+\.tar\.gz$"
+)
+
+
+@cache
+def etcd_checksums(path: Path = ETCD_SHA256SUMS) -> dict[str, tuple[str, ...]]:
+    """etcd version -> its `sha256sum -c` lines in `path` (one per architecture)."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = _ETCD_SUM_LINE.match(line.strip())
+        if match:
+            found.setdefault(match["version"], []).append(line.strip())
+    return {version: tuple(lines) for version, lines in found.items()}
 
 
 def _zero_one_bool(value: Any) -> Any:
@@ -288,6 +304,19 @@ def cross_check(values: Mapping[str, Any], base_dir: Path | None) -> list[Proble
                     "the cpu_util alarm (clouds before Stein) reads the meter cpu_util",
                 )
             )
+    if have("etcd_version", "prebuilt_image") and not values["prebuilt_image"]:
+        # A plain image downloads etcd at boot and installs it only if its sha256 is listed.
+        listed = sorted(etcd_checksums(), key=lambda v: tuple(int(p) for p in v.split(".")))
+        if values["etcd_version"] not in listed:
+            problems.append(
+                Problem(
+                    "etcd_version",
+                    values["etcd_version"],
+                    f"allowed: {', '.join(listed)} (the versions with a sha256 in"
+                    " packer/files/etcd-sha256sums.txt; add a release's lines from its"
+                    " SHA256SUMS to allow it)",
+                )
+            )
     if base_dir is not None:
         for key in ("configscript", "cleanupscript", "proxyconfig"):
             if values.get(key):
@@ -468,6 +497,9 @@ def agent_settings(
         hooks=HookSettings(
             configscript=f"{hook_dir}/configscript" if stack.configscript else None,
             cleanupscript=f"{hook_dir}/cleanupscript" if stack.cleanupscript else None,
+            proxyconfig=(
+                f"{hook_dir}/proxyconfig" if role == "proxy" and stack.proxyconfig else None
+            ),
         ),
         cloud=cloud,
     )
