@@ -78,10 +78,22 @@ def free_address() -> tuple[str, int]:
 class NetdataServer:
     """One netdata daemon whose config, cache, lib and log dirs are under `workdir`."""
 
-    def __init__(self, workdir: Path, *, binary: str | None = None, extra_config: str = ""):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        binary: str | None = None,
+        extra_config: str = "",
+        hostname: str = "netdata-test",
+        config_files: dict[str, str] | None = None,
+    ):
+        """`config_files`: file name -> text, written to its config dir before it starts
+        (e.g. `stream.conf`, which netdata reads from there)."""
         self.workdir = Path(workdir)
         self.binary = binary or find_netdata()
         self.extra_config = extra_config
+        self.hostname = hostname
+        self.config_files = dict(config_files or {})
         self.host = ""
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -100,7 +112,7 @@ class NetdataServer:
         return (
             "[global]\n"
             f"\trun as user = {user}\n"
-            "\thostname = netdata-test\n"
+            f"\thostname = {self.hostname}\n"
             "[db]\n\tmode = ram\n\tretention = 600\n\tupdate every = 1\n"
             "[directories]\n"
             f"\tconfig = {self.workdir / 'etc'}\n"
@@ -135,6 +147,8 @@ class NetdataServer:
     def _start_once(self, timeout: float) -> None:
         for sub in ("etc", "cache", "lib", "log"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        for name, text in self.config_files.items():
+            (self.workdir / "etc" / name).write_text(text, encoding="utf-8")
         config = self.workdir / "netdata.conf"
         config.write_text(self.config_text(), encoding="utf-8")
         env = {**os.environ, "DO_NOT_TRACK": "1", "DISABLE_TELEMETRY": "1"}
