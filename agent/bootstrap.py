@@ -182,9 +182,7 @@ class Bootstrap:
         ttl = max(60.0, 6 * scaling.lockattemptperiod)
         lock = client.acquire_lock(JOIN_LOCK, me.name, ttl)
         if lock is None:
-            raise NotYet(
-                f"join lock held by {client.lock_holder(JOIN_LOCK)}; one join at a time"
-            )
+            raise NotYet(f"join lock held by {client.lock_holder(JOIN_LOCK)}; one join at a time")
         try:
             members = client.members(check_health=True)
             stale = self._my_entry(members, me)

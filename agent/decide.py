@@ -15,7 +15,9 @@ from agent.metrics import crosses as metric_crosses
 from agent.settings import AgentSettings
 from agent.snapshot import Member, Snapshot
 
-ActionKind = Literal["wait", "leave", "remove_dead", "scale_up", "configure", "stop"]
+ActionKind = Literal[
+    "wait", "leave", "replace_self", "remove_dead", "scale_up", "configure", "stop"
+]
 
 FAILMARKER_UP = 5
 FAILMARKER_DOWN = 1
@@ -37,7 +39,7 @@ class Action:
 
     @property
     def removes(self) -> bool:
-        return self.kind in ("leave", "remove_dead")
+        return self.kind in ("leave", "replace_self", "remove_dead")
 
 
 def quorum(voters: int) -> int:
@@ -122,7 +124,7 @@ def _failmarker(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
                 " holds the kill lock; leave after it expires",
             )
         return Action(
-            "leave",
+            "replace_self",
             f"failmarker {snapshot.failmarker} > {tolerance} and the rest of the cluster is"
             f" healthy without this node ({len(healthy)}/{len(others)} healthy, leader elsewhere)",
             member=me,
@@ -251,13 +253,40 @@ def _scale_down(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
             f"metric crosses but {snapshot.kill_lock_holder} holds the kill lock"
             f" (one removal per {scaling.scaledownperiod:.0f}s)",
         )
+    not_oldest = _not_heats_next(snapshot)
+    if not_oldest is not None:
+        return Action("wait", f"metric crosses, but {not_oldest}")
     return Action(
         "leave",
         f"{len(voters)} members > capacity {scaling.capacity} and {settings.metric.name}"
-        f" {snapshot.metric.value:g} {settings.metric.comparator} {settings.metric.threshold:g}",
+        f" {snapshot.metric.value:g} {settings.metric.comparator} {settings.metric.threshold:g},"
+        " and this is the group's oldest server (the one Heat's scale-down deletes)",
         member=me,
         lock=KILL_LOCK,
     )
+
+
+def _not_heats_next(snapshot: Snapshot) -> str | None:
+    """Why this node is not the server a scale-down signal makes Heat delete (or None).
+
+    Heat's adjust() counts only members that are not FAILED, and resize() drops
+    FAILED members first, then the oldest (grouputils.get_members). So a node can
+    shrink the group by exactly itself only when it is the oldest server and no
+    member is FAILED or still building.
+    """
+    if snapshot.cloud_nodes is None:
+        return "the group's servers could not be listed"
+    others = [n for n in snapshot.cloud_nodes if n.status in ("FAILED", "BUILD")]
+    if others:
+        return f"{others[0].name} is {others[0].status}; the group settles first"
+    active = sorted(
+        (n for n in snapshot.cloud_nodes if n.status == "ACTIVE"),
+        key=lambda n: (n.created_at, n.name),
+    )
+    if not active or active[0].name != snapshot.me.name:
+        oldest = active[0].name if active else "none"
+        return f"Heat removes the oldest server ({oldest}) first, not this one"
+    return None
 
 
 RULES: tuple[Callable[[Snapshot, AgentSettings], Action | None], ...] = (

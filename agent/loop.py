@@ -174,7 +174,9 @@ class Agent:
 
     def _wants_cloud_view(self, snapshot: Snapshot) -> bool:
         me = snapshot.my_member
-        return bool(me and me.is_leader and len(snapshot.voters) < self.settings.scaling.capacity)
+        capacity = self.settings.scaling.capacity
+        below = bool(me and me.is_leader and len(snapshot.voters) < capacity)
+        return below or len(snapshot.voters) > capacity  # scale-down needs the group's order
 
     def _other_endpoints(self) -> list[str]:
         own = self.own_url()
@@ -229,7 +231,11 @@ class Agent:
         return f"removed {dead.name or hex(dead.id)} from etcd; " + self._replace_server(dead)
 
     def _replace_server(self, dead: Member) -> str:
-        """Mark the dead member's server unhealthy and signal scale-down: Heat replaces it."""
+        """Mark the dead member's server unhealthy, then signal scale-up: Heat replaces it.
+
+        Heat counts only healthy members, so after the mark a +1 resize keeps the size
+        and swaps the FAILED server for a new one (a -1 would delete a healthy one too).
+        """
         try:
             nodes = self.cloud.group_members()
             server = next(
@@ -240,13 +246,21 @@ class Agent:
                 return "its server is gone from the group already"
             if server.status != "FAILED":
                 self.cloud.mark_unhealthy(server.id, f"etcd member {dead.name} dead")
-            self.cloud.scale_down()
-            return f"server {server.name} marked unhealthy, scale-down signalled"
+            self.cloud.scale_up()
+            return f"server {server.name} marked unhealthy, scale-up signalled to replace it"
         except CloudError as error:
             return f"cloud call failed ({error}); the group keeps the server for now"
 
     def _act_leave(self, action: Action, snapshot: Snapshot) -> str:
-        client = self._client(snapshot)
+        """Scale-down: this is the oldest server; out of etcd, then Heat deletes it (-1)."""
+        return self._leave(action, via="scale_down")
+
+    def _act_replace_self(self, action: Action, snapshot: Snapshot) -> str:
+        """A failing node: out of etcd, marked unhealthy, and Heat replaces it (+1)."""
+        return self._leave(action, via="replace")
+
+    def _leave(self, action: Action, *, via: str) -> str:
+        client = self._client(self.observe(count=False))
         ttl = self.settings.scaling.scaledownperiod
         lock = client.acquire_lock(KILL_LOCK, self.me.name, ttl)
         if lock is None:
@@ -255,47 +269,60 @@ class Agent:
         fresh = replace(self.observe(count=False), kill_lock_holder=None)
         again = decide(fresh, self.settings)
         me = fresh.my_member
-        if again.kind != "leave" or me is None:
+        if again.kind != action.kind or me is None:
             client.release_lock(lock)
             return f"re-check after winning the lock: {again.kind} ({again.reason}); lock released"
-        record = {"member": me.name, "reason": action.reason, "time": fresh.now}
+        record = {"member": me.name, "reason": action.reason, "time": fresh.now, "via": via}
         if not self._client(fresh).fenced_remove(lock, me.id, record):
             return "the kill lock expired before the removal (fence failed): nothing removed"
-        self._save(phase="leaving")
+        self._save(phase="leaving", leave_via=via)
         cleanup = self._run_hook(
             self.settings.hooks.cleanupscript, self._hook_env(fresh, reason=action.reason)
         )
-        cloud = self._leave_group(action.reason)
         self.service.stop()
-        self._save(phase="left")
-        self.stopped.set()
+        cloud = self._ask_group_to_delete_me()
         return (
             f"removed itself from etcd (fenced by lock revision {lock.revision});"
             f" {cleanup.detail}; {cloud}"
         )
 
-    def _leave_group(self, reason: str) -> str:
-        """Rule 6: mark our own group member unhealthy, then signal the scale-down policy."""
-        last = ""
-        for _ in range(max(1, self.settings.scaling.retries)):
+    def _ask_group_to_delete_me(self) -> str:
+        """One try of the cloud side of leaving; repeated until the server is gone."""
+        try:
+            if self.state.leave_via == "replace":
+                self.cloud.mark_unhealthy(self.me.id, "failing node replaced")
+                self.cloud.scale_up()
+                return "own server marked unhealthy, scale-up signalled (Heat replaces it)"
+            self.cloud.scale_down()
+            return "scale-down signalled (Heat deletes the oldest server: this one)"
+        except CloudError as error:
+            return f"cloud call failed ({error}); retried until the server is gone"
+
+    def await_deletion(self) -> int:
+        """Out of etcd: keep asking the group until Heat has deleted this server.
+
+        A signal can be ignored (cooldown, an update in progress), so it is repeated
+        every few periods; the process ends with the server (or when told to stop).
+        """
+        period = self.settings.scaling.lockattemptperiod
+        while not self.stopped.wait(3 * period):
             try:
-                self.cloud.mark_unhealthy(self.me.id, reason)
-                self.cloud.scale_down()
-                return "marked unhealthy and scale-down signalled"
+                mine = [n for n in self.cloud.group_members() if n.id == self.me.id]
             except CloudError as error:
-                last = str(error)
-                self.sleep(min(2.0, self.settings.scaling.lockattemptperiod))
-        return f"cloud calls failed ({last}); the server is out of etcd but still in the group"
+                log.warning("leaving: group unreadable: %s", error)
+                continue
+            if not mine:
+                self._save(phase="left")
+                log.info("leaving: this server is no longer in the group")
+                return 0
+            log.info("leaving: still in the group; %s", self._ask_group_to_delete_me())
+        return 0
 
     def _act_stop(self, action: Action, snapshot: Snapshot) -> str:
         self.service.stop()
         self._save(phase="left")
         self.stopped.set()
-        try:
-            self.cloud.mark_unhealthy(self.me.id, "removed from the etcd cluster")
-            return "etcd stopped; own server marked unhealthy for Heat to replace"
-        except CloudError as error:
-            return f"etcd stopped; marking own server unhealthy failed: {error}"
+        return "etcd stopped; the agent that removed it asked the group to replace it"
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -330,23 +357,37 @@ class Agent:
 
     def run(self) -> int:
         """Bootstrap, then cycle until this node leaves or is told to stop. Exit code."""
+        if self.state.phase == "leaving":
+            return self.await_deletion()
         try:
             self.bootstrap()
         except BootstrapError as error:
             log.error("%s", error)
-            self._save(phase="failed" if self.state.phase != "left" else "left")
-            return 0 if self.state.phase == "left" else 1
+            if self.state.phase == "left":
+                return 0
+            self._save(phase="failed")
+            self._give_up_server(str(error))
+            return 1
         period = self.settings.scaling.lockattemptperiod
-        while not self.stopped.is_set():
+        while not self.stopped.is_set() and self.state.phase == "member":
             started = self.clock()
             try:
                 self.cycle()
             except Exception:  # one bad cycle must not kill the agent
                 log.exception("cycle failed")
-            if self.stopped.is_set():
+            if self.stopped.is_set() or self.state.phase != "member":
                 break
             self.stopped.wait(max(0.0, period - (self.clock() - started)))
+        if self.state.phase == "leaving" and not self.stopped.is_set():
+            return self.await_deletion()
         return 0
+
+    def _give_up_server(self, why: str) -> None:
+        """A node that cannot join is marked unhealthy: the leader's scale-up replaces it."""
+        try:
+            self.cloud.mark_unhealthy(self.me.id, f"could not join: {why}"[:250])
+        except CloudError as error:
+            log.warning("could not mark this server unhealthy: %s", error)
 
 
 def describe(snapshot: Snapshot, settings: AgentSettings) -> str:

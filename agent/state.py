@@ -26,6 +26,8 @@ class AgentState:
     """Wall-clock time of this agent's last scale-up call."""
     unhealthy_since: dict[str, float] = field(default_factory=dict)
     """member id (hex) -> wall-clock time it was first seen unhealthy, in a row."""
+    leave_via: str | None = None
+    """How this node leaves the group: "scale_down" (Heat deletes it) or "replace"."""
     last_cycle: str = ""
     """The sentence the last cycle logged."""
     updated: float = 0.0

@@ -11,7 +11,8 @@ parameters. Secrets are `hidden: true` parameters that Heat itself writes into t
 user-data with `str_replace`, so the template body never holds one.
 
 Resource names are an interface: the agents call the policies and mark members
-unhealthy by these names through Heat's API (`GROUP`, `SCALE_DOWN`, `SCALE_UP`).
+unhealthy by these names through Heat's API (`GROUP`, `SCALE_DOWN`, `SCALE_UP`), and the
+nodes fetch the agent from `AGENT_BUNDLE`'s metadata at boot (`AgentBundle`).
 Reference: https://docs.openstack.org/heat/latest/template_guide/openstack.html
 """
 
@@ -32,6 +33,11 @@ SCALE_UP = "scale_up"
 SCALE_DOWN = "scale_down"
 ALARM = "scale_up_alarm"
 PROXY_GROUP = "proxy_group"
+AGENT_BUNDLE = "agent_bundle"
+
+# Heat's default `max_template_size` (heat.conf [DEFAULT]): the largest template text
+# it parses, in bytes. The request body around it may be up to `max_json_body_size` (1 MiB).
+MAX_TEMPLATE_SIZE = 524288
 
 Hot = dict[str, Any]
 
@@ -154,6 +160,43 @@ class Server:
 
 
 @dataclass(frozen=True)
+class AgentBundle:
+    """The agent bundle, held by the stack for its nodes to fetch at boot.
+
+    Heat answers a resource's template `metadata` to "Show resource metadata"
+    (`GET /v1/{project}/stacks/{name}/{id}/resources/agent_bundle/metadata`, what
+    infra/node/fetch-agent.py calls). Heat stores that metadata when it creates the
+    resource and keeps it through updates in place: an `OS::Heat::None` or
+    `OS::Heat::Value` would serve the first bundle forever (tests/test_infra_heat.py runs
+    Heat's engine to show it). So the holder is an `OS::Heat::RandomString` whose `salt`
+    is the bundle's sha256: Heat replaces it whenever the bundle changes (what `salt` is
+    documented for), and the replacement is created with the new metadata. Its random
+    string is not used. The groups depend on it, so on a stack update the new bundle is
+    in place before a new member boots.
+    https://docs.openstack.org/heat/latest/template_guide/openstack.html#OS::Heat::RandomString
+    """
+
+    sha256: str
+    """sha256 of the zipapp, the same as the nodes' user-data names."""
+    content: str
+    """The zipapp, gzip-compressed then base64-encoded."""
+    size: int
+    """Bytes of the zipapp."""
+
+    def to_hot(self) -> Hot:
+        return {
+            "type": "OS::Heat::RandomString",
+            "properties": {"salt": self.sha256},
+            "metadata": {
+                "sha256": self.sha256,
+                "size": self.size,
+                "encoding": "gzip+base64",
+                "content": self.content,
+            },
+        }
+
+
+@dataclass(frozen=True)
 class AutoScalingGroup:
     member: Server
     min_size: int
@@ -163,10 +206,12 @@ class AutoScalingGroup:
     max_batch_size: int = 1
     min_in_service: int = 0
     pause_time: int = 0
+    depends_on: tuple[str, ...] = ()
 
     def to_hot(self) -> Hot:
         return {
             "type": "OS::Heat::AutoScalingGroup",
+            **({"depends_on": list(self.depends_on)} if self.depends_on else {}),
             "properties": {
                 "min_size": self.min_size,
                 "max_size": self.max_size,
@@ -186,10 +231,12 @@ class AutoScalingGroup:
 class ResourceGroup:
     member: Server
     count: int
+    depends_on: tuple[str, ...] = ()
 
     def to_hot(self) -> Hot:
         return {
             "type": "OS::Heat::ResourceGroup",
+            **({"depends_on": list(self.depends_on)} if self.depends_on else {}),
             "properties": {"count": self.count, "resource_def": self.member.to_hot()},
         }
 
@@ -296,6 +343,8 @@ class ClusterTemplate:
     member_user_data: UserData
     proxy_user_data: UserData | None = None
     description: str = "autoscale-etcd: the members' autoscaling group, its policies and alarm"
+    agent_bundle: AgentBundle | None = None
+    """The bundle the nodes fetch at boot (their user-data names its sha256)."""
 
     def parameters(self) -> list[Parameter]:
         s = self.settings
@@ -383,7 +432,11 @@ class ClusterTemplate:
         # Rolling replacement (e.g. a new agent bundle): one member at a time, never below
         # min_cluster, and a pause long enough for the agents to remove the old member.
         pause = (s.dead_member_periods + 2) * s.lockattemptperiod
-        resources: Hot = {
+        bundle = (AGENT_BUNDLE,) if self.agent_bundle is not None else ()
+        resources: Hot = {}
+        if self.agent_bundle is not None:
+            resources[AGENT_BUNDLE] = self.agent_bundle.to_hot()
+        resources |= {
             GROUP: AutoScalingGroup(
                 member=self.member(),
                 min_size=s.min_cluster,
@@ -393,15 +446,19 @@ class ClusterTemplate:
                 max_batch_size=1,
                 min_in_service=s.min_cluster,
                 pause_time=pause,
+                depends_on=bundle,
             ).to_hot(),
             SCALE_UP: ScalingPolicy(GROUP, +1, s.scaleupcooldown).to_hot(),
-            SCALE_DOWN: ScalingPolicy(GROUP, -1, s.scaledownperiod).to_hot(),
+            # No cooldown of its own: Heat keeps one cooldown per group, so a scale-down
+            # cooldown would hold back replacements; the agents' kill lock (TTL
+            # scaledownperiod) spaces removals instead.
+            SCALE_DOWN: ScalingPolicy(GROUP, -1, 0).to_hot(),
         }
         scale_up_alarm = alarm(s)
         if scale_up_alarm is not None:
             resources[ALARM] = scale_up_alarm
         if s.proxies > 0:
-            resources[PROXY_GROUP] = ResourceGroup(self.proxy(), s.proxies).to_hot()
+            resources[PROXY_GROUP] = ResourceGroup(self.proxy(), s.proxies, bundle).to_hot()
         return resources
 
     def outputs(self) -> Hot:

@@ -76,8 +76,24 @@ def snap(
         members=members,
         metric=metric,
         configured=True,
+        cloud_nodes=group(count),
     )
     return replace(base, **changes)
+
+
+def group(count: int, *, oldest_first: int = 1, **status: str) -> tuple[CloudNode, ...]:
+    """The group's servers; node<oldest_first> was created first, then the others in order."""
+    order = [oldest_first] + [n for n in range(1, count + 1) if n != oldest_first]
+    return tuple(
+        CloudNode(
+            id=f"srv{n}",
+            name=f"node{n}",
+            ip=f"127.0.0.{n}",
+            status=status.get(f"node{n}", "ACTIVE"),  # type: ignore[arg-type]
+            created_at=float(rank),
+        )
+        for rank, n in enumerate(order)
+    )
 
 
 def act(snapshot: Snapshot, settings: AgentSettings = NO_HOOK) -> Action:
@@ -87,22 +103,34 @@ def act(snapshot: Snapshot, settings: AgentSettings = NO_HOOK) -> Action:
 # --- scale-down ------------------------------------------------------------------
 
 
-def test_idle_node_above_capacity_leaves_under_the_kill_lock():
-    action = act(snap(5, me=2, metric=IDLE))
+def test_idle_oldest_server_above_capacity_leaves_under_the_kill_lock():
+    action = act(snap(5, me=2, metric=IDLE, cloud_nodes=group(5, oldest_first=2)))
     assert action.kind == "leave" and action.lock == KILL_LOCK
     assert action.member is not None and action.member.name == "node2"
     assert "5 members > capacity 3" in action.reason
 
 
+def test_only_the_server_heat_would_delete_leaves():
+    """Heat's scale-down deletes FAILED members first, then the oldest: only that one may go."""
+    younger = act(snap(5, me=2, metric=IDLE))  # node1 is older
+    assert younger.kind == "wait" and "oldest server (node1)" in younger.reason
+    failed = act(snap(5, me=1, metric=IDLE, cloud_nodes=group(5, node4="FAILED")))
+    assert failed.kind == "wait" and "node4 is FAILED" in failed.reason
+    building = act(snap(5, me=1, metric=IDLE, cloud_nodes=group(5, node5="BUILD")))
+    assert building.kind == "wait"
+    blind = act(snap(5, me=1, metric=IDLE, cloud_nodes=None))
+    assert blind.kind == "wait" and "could not be listed" in blind.reason
+
+
 @pytest.mark.parametrize(
     ("snapshot", "why"),
     [
-        (snap(3, me=2), "at capacity"),
-        (snap(2, me=2), "below capacity"),
-        (snap(5, me=2, metric=BUSY), "busy: 12 is not > 90"),
-        (snap(5, me=2, metric=BROKEN), "metric unreadable"),
-        (snap(5, me=2, kill_lock_holder="node4"), "someone else removes first"),
-        (snap(5, me=2, unhealthy=(4,)), "a member is unhealthy"),
+        (snap(3, me=1), "at capacity"),
+        (snap(2, me=1), "below capacity"),
+        (snap(5, me=1, metric=BUSY), "busy: 12 is not > 90"),
+        (snap(5, me=1, metric=BROKEN), "metric unreadable"),
+        (snap(5, me=1, kill_lock_holder="node4"), "someone else removes first"),
+        (snap(5, me=1, unhealthy=(4,)), "a member is unhealthy"),
     ],
 )
 def test_no_scale_down(snapshot, why):
@@ -123,11 +151,11 @@ def test_no_scale_down_while_a_member_joins():
 
 def test_comparators_compare_numbers():
     low = NO_HOOK.with_changes(metric={"comparator": "<", "threshold": 10})
-    assert act(snap(5, me=2, metric=MetricReading("M", 9.5)), low).kind == "leave"
-    assert act(snap(5, me=2, metric=MetricReading("M", 10.0)), low).kind != "leave"
+    assert act(snap(5, me=1, metric=MetricReading("M", 9.5)), low).kind == "leave"
+    assert act(snap(5, me=1, metric=MetricReading("M", 10.0)), low).kind != "leave"
     # as strings, "9.5" > "10" would be true: numbers are compared
     high = NO_HOOK.with_changes(metric={"comparator": ">", "threshold": 10})
-    assert act(snap(5, me=2, metric=MetricReading("M", 9.5)), high).kind != "leave"
+    assert act(snap(5, me=1, metric=MetricReading("M", 9.5)), high).kind != "leave"
 
 
 # --- failmarker ------------------------------------------------------------------
@@ -139,9 +167,9 @@ def test_failmarker_counts_plus_five_minus_one_floor_zero():
     assert next_failmarker(0, etcd_call_ok=True) == 0
 
 
-def test_failmarker_above_tolerance_leaves_when_rest_is_healthy():
+def test_failmarker_above_tolerance_asks_for_its_replacement_when_rest_is_healthy():
     action = act(snap(3, me=2, leader=1, failmarker=25, own_etcd_ok=False, metric=BUSY))
-    assert action.kind == "leave" and action.lock == KILL_LOCK
+    assert action.kind == "replace_self" and action.lock == KILL_LOCK
     assert "failmarker 25 > 20" in action.reason
 
 
@@ -286,6 +314,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
             st.dictionaries(st.integers(0x1001, 0x1007), st.floats(0, 1000), max_size=3)
         ),
         configured=True,
+        cloud_nodes=draw(st.one_of(st.none(), st.just(group(count, oldest_first=me)))),
     )
 
 
@@ -293,7 +322,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
 @given(snapshots())
 def test_no_scale_down_removal_at_or_below_capacity(snapshot):
     action = decide(snapshot, NO_HOOK)
-    if action.kind == "leave" and snapshot.failmarker <= NO_HOOK.scaling.failtolerance:
+    if action.kind == "leave":
         assert len(snapshot.voters) > NO_HOOK.scaling.capacity
 
 
@@ -301,9 +330,7 @@ def test_no_scale_down_removal_at_or_below_capacity(snapshot):
 @given(snapshots())
 def test_no_removal_on_a_metric_error(snapshot):
     broken = replace(snapshot, metric=BROKEN)
-    action = decide(broken, NO_HOOK)
-    if action.kind == "leave":
-        assert "failmarker" in action.reason  # only a failing node may leave, never on the metric
+    assert decide(broken, NO_HOOK).kind != "leave"  # a failing node may be replaced, no more
 
 
 @settings(max_examples=300, deadline=None)
@@ -330,8 +357,7 @@ def test_a_removal_always_keeps_quorum(snapshot):
 @given(snapshots())
 def test_no_scale_down_while_someone_holds_the_kill_lock(snapshot):
     held = replace(snapshot, kill_lock_holder="someone-else")
-    action = decide(held, NO_HOOK)
-    assert not (action.kind == "leave")
+    assert decide(held, NO_HOOK).kind not in ("leave", "replace_self")
 
 
 @settings(max_examples=60, deadline=None)
@@ -363,6 +389,7 @@ def test_never_two_removals_inside_one_scaledownperiod(idle, offsets):
                 metric=IDLE if idle[n - 1] else BUSY,
                 kill_lock_holder=holder,
                 configured=True,
+                cloud_nodes=tuple(c for c in group(5) if alive[int(c.name[4:])]),
             )
             action = decide(snapshot, NO_HOOK)
             if action.kind == "leave" and now >= lock_until:
@@ -371,5 +398,6 @@ def test_never_two_removals_inside_one_scaledownperiod(idle, offsets):
                 removals.append(now)
     assert all(b - a >= period for a, b in itertools.pairwise(removals))
     assert sum(alive.values()) >= NO_HOOK.scaling.capacity
-    if sum(idle) >= 2:
+    # Heat's order: the oldest leaves first, so the idle ones leave only while the oldest is
+    if idle[0] and idle[1]:
         assert len(removals) == 2

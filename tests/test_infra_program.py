@@ -166,7 +166,9 @@ def test_dev_group_sizes_cooldowns_and_policies_follow_the_settings(dev):
     up = dev.template["resources"][heat.SCALE_UP]["properties"]
     down = dev.template["resources"][heat.SCALE_DOWN]["properties"]
     assert (up["scaling_adjustment"], up["cooldown"]) == (1, s.scaleupcooldown)
-    assert (down["scaling_adjustment"], down["cooldown"]) == (-1, s.scaledownperiod)
+    # Heat keeps one cooldown per group: the scale-down policy has none, so it never holds
+    # back a replacement; the agents' kill lock spaces removals by scaledownperiod
+    assert (down["scaling_adjustment"], down["cooldown"]) == (-1, 0)
     alarm = dev.template["resources"][heat.ALARM]
     assert alarm["type"] == "OS::Aodh::GnocchiAggregationByResourcesAlarm"
     assert alarm["properties"]["metric"] == "cpu"
@@ -272,7 +274,7 @@ def test_metrics_stack_template_has_proxies_prometheus_alarm_and_volume(metrics)
     assert "image" not in metrics.member
     group = resources[heat.GROUP]["properties"]
     assert (group["min_size"], group["max_size"], group["cooldown"]) == (3, 7, 300)
-    assert resources[heat.SCALE_DOWN]["properties"]["cooldown"] == 400
+    assert resources[heat.SCALE_DOWN]["properties"]["cooldown"] == 0
     assert metrics.outputs["etcd_client_endpoints"] == [
         "https://10.42.0.101:2379",
         "https://10.42.0.102:2379",
