@@ -9,7 +9,9 @@ It plays, on a random 127.0.0.x port:
 - Heat v1 under /heat/v1/{project} (and the same under /heat-internal/... and
   /heat-r2/... for the internal interface and a second region): find stack (302), show
   stack, show resource, list resources (with the physical_resource_id filter), mark a
-  resource unhealthy, signal a resource (https://docs.openstack.org/api-ref/orchestration/v1/);
+  resource unhealthy, signal a resource, show resource metadata (`resource_metadata`
+  holds the parent stack's; any other known resource has none)
+  (https://docs.openstack.org/api-ref/orchestration/v1/);
 - Nova: GET /compute/v2.1/servers/{id} (https://docs.openstack.org/api-ref/compute/);
 - a pre-signed scale-up webhook: POST /webhook/scale-up?Signature=....
 
@@ -114,6 +116,8 @@ class FakeOpenStack:
             ),
         ]
         self.me = self.members[0]
+        self.resource_metadata: dict[str, dict[str, Any]] = {}
+        """Metadata of resources of the parent stack, by resource name (e.g. agent_bundle)."""
         self.local_ipv4: str | None = self.me.ip
         self.token_lifetime = timedelta(hours=1)
         self.requests: list[Recorded] = []
@@ -476,6 +480,12 @@ class FakeOpenStack:
                 return 200, {}, {"resource": resource}
             if method == "PATCH":
                 return self._mark_unhealthy(nested, rest[1], body)
+        if len(rest) == 3 and rest[0] == "resources" and rest[2] == "metadata" and method == "GET":
+            if not nested and rest[1] in self.resource_metadata:
+                return 200, {}, {"metadata": self.resource_metadata[rest[1]]}
+            if self._resource(nested, rest[1]) is None:
+                return not_found
+            return 200, {}, {"metadata": {}}
         if len(rest) == 3 and rest[0] == "resources" and rest[2] == "signal" and method == "POST":
             resource = self._resource(nested, rest[1])
             if resource is None:

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Fetch the agent bundle from this node's Heat stack and install it; standard library only.
+
+cloud-init runs it once, at first boot, before it starts the agent:
+
+    fetch-agent.py --config /etc/autoscale-etcd/agent.json --sha256 HEX \
+        --out /opt/autoscale-etcd/agent.pyz
+
+1. Keystone v3 "Authenticating with an application credential" (`POST /v3/auth/tokens`)
+   with the `cloud` part of the agent settings file (auth_url, the credential, region,
+   interface, verify_tls); the token is the `X-Subject-Token` header and Heat is the
+   catalog's `orchestration` endpoint at that interface and region.
+   https://docs.openstack.org/api-ref/identity/v3/#authenticating-with-an-application-credential
+2. Heat "Show resource metadata": `GET {heat}/stacks/{name}/{id}/resources/{resource}/metadata`
+   answers `{"metadata": {"sha256", "size", "encoding": "gzip+base64", "content"}}`
+   (infra/heat.py, AgentBundle). https://docs.openstack.org/api-ref/orchestration/v1/
+3. The decoded bundle's sha256 must be the one given (the node's user-data names it):
+   a node never runs another bundle. Nothing is written otherwise.
+4. The file is written next to its target and renamed over it (mode 0755), so it
+   replaces any older copy (an image's) and is never seen half-written.
+
+Any failure (network, HTTP status, a bundle that is not the named one) is retried with
+exponential backoff until `--deadline` seconds have passed. Redirects are not followed
+(the token goes nowhere else). The credential secret and the token never reach the output.
+Exit status: 0 installed, 1 gave up, 2 bad arguments or settings file.
+
+It cannot import the agent (it is what fetches it); agent/cloud_openstack.py makes the
+same Keystone call with requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import gzip
+import hashlib
+import json
+import os
+import random
+import ssl
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+MAX_DELAY = 60.0
+
+
+class Failure(Exception):
+    """One attempt failed; worth another."""
+
+
+class BadSettings(Exception):
+    """The settings file or the arguments are wrong; no retry helps."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def log(message: str) -> None:
+    print(f"fetch-agent: {message}", file=sys.stderr, flush=True)
+
+
+def read_cloud(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            cloud = json.load(handle)["cloud"]
+        wanted = ("auth_url", "application_credential_id", "application_credential_secret")
+        missing = [key for key in (*wanted, "stack_id") if not cloud.get(key)]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BadSettings(f"{path}: no usable cloud settings ({type(error).__name__})") from None
+    if cloud.get("kind", "openstack") != "openstack" or missing:
+        raise BadSettings(f"{path}: not OpenStack settings, or missing {', '.join(missing)}")
+    if "/" not in cloud["stack_id"].strip("/"):
+        raise BadSettings(f"{path}: stack_id must be 'name/id', got {cloud['stack_id']!r}")
+    return cloud
+
+
+class Client:
+    def __init__(self, cloud: dict[str, Any], timeout: float) -> None:
+        self.cloud = cloud
+        self.timeout = timeout
+        self.secrets = [cloud["application_credential_secret"]]
+        context = ssl.create_default_context()
+        if cloud.get("verify_tls") is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self.opener = urllib.request.build_opener(
+            _NoRedirect, urllib.request.HTTPSHandler(context=context)
+        )
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def call(
+        self, what: str, url: str, body: Any = None, token: str | None = None
+    ) -> tuple[Any, Any]:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        if token is not None:
+            headers["X-Auth-Token"] = token
+        request = urllib.request.Request(url, data=data, headers=headers)
+        try:
+            with self.opener.open(request, timeout=self.timeout) as response:
+                return response.headers, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            try:
+                excerpt = " ".join(error.read(300).decode("utf-8", "replace").split())
+            except OSError:
+                excerpt = ""
+            raise Failure(self.scrub(f"{what}: HTTP {error.code} {excerpt}".rstrip())) from None
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise Failure(self.scrub(f"{what}: {type(error).__name__}: {reason}")) from None
+
+    def authenticate(self) -> tuple[str, str]:
+        """A token and Heat's endpoint (Keystone v3, application credential)."""
+        base = self.cloud["auth_url"].rstrip("/")
+        url = (base if base.endswith("/v3") else base + "/v3") + "/auth/tokens"
+        credential = {
+            "id": self.cloud["application_credential_id"],
+            "secret": self.cloud["application_credential_secret"],
+        }
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": credential,
+                }
+            }
+        }
+        headers, answer = self.call("keystone POST /v3/auth/tokens", url, body=body)
+        token = headers.get("X-Subject-Token")
+        catalog = (answer.get("token") or {}).get("catalog") if isinstance(answer, dict) else None
+        if not token or not isinstance(catalog, list):
+            raise Failure("keystone POST /v3/auth/tokens: no X-Subject-Token or no catalog")
+        self.secrets.append(token)
+        want = (self.cloud.get("interface", "public"), self.cloud.get("region", "RegionOne"))
+        for service in catalog:
+            if not isinstance(service, dict) or service.get("type") != "orchestration":
+                continue
+            for endpoint in service.get("endpoints") or []:
+                if not isinstance(endpoint, dict):
+                    continue
+                region = endpoint.get("region_id") or endpoint.get("region")
+                if (endpoint.get("interface"), region) == want and endpoint.get("url"):
+                    return token, endpoint["url"].rstrip("/")
+        raise Failure(f"keystone catalog: no orchestration endpoint for {want[0]} in {want[1]}")
+
+    def metadata(self, resource: str) -> dict[str, Any]:
+        """Heat "Show resource metadata" of `resource` in this node's stack."""
+        token, heat = self.authenticate()
+        name, stack_id = self.cloud["stack_id"].strip("/").split("/", 1)
+        path = "/".join(quote(part, safe="") for part in (name, stack_id, "resources", resource))
+        what = f"heat show resource metadata ({resource})"
+        _, answer = self.call(what, f"{heat}/stacks/{path}/metadata", token=token)
+        metadata = answer.get("metadata") if isinstance(answer, dict) else None
+        if not isinstance(metadata, dict):
+            raise Failure(f"{what}: no metadata object in the answer")
+        return metadata
+
+
+def unpack(metadata: dict[str, Any], sha256: str) -> bytes:
+    """The bundle's bytes, only if their sha256 is `sha256`."""
+    if metadata.get("encoding") != "gzip+base64" or not isinstance(metadata.get("content"), str):
+        raise Failure("the stack's bundle is not gzip+base64 content")
+    try:
+        data = gzip.decompress(base64.b64decode(metadata["content"], validate=True))
+    except (binascii.Error, OSError, EOFError) as error:
+        raise Failure(f"the stack's bundle does not decode: {error}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise Failure(
+            f"the stack's bundle has sha256 {actual}, this node's user-data names {sha256}:"
+            " not installed"
+        )
+    return data
+
+
+def install(data: bytes, out: str) -> None:
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".agent-", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, out)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def sha256_arg(text: str) -> str:
+    text = text.strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise argparse.ArgumentTypeError("64 hex digits expected")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fetch-agent.py")
+    parser.add_argument("--config", required=True, help="the agent settings file (JSON)")
+    parser.add_argument("--sha256", required=True, type=sha256_arg, help="the bundle's sha256")
+    parser.add_argument("--out", required=True, help="where the bundle goes")
+    parser.add_argument("--resource", default="agent_bundle", help="the Heat resource")
+    parser.add_argument("--deadline", type=float, default=900.0, help="seconds of retries")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--first-delay", type=float, default=2.0, help="first backoff, seconds")
+    args = parser.parse_args(argv)
+    try:
+        client = Client(read_cloud(args.config), args.timeout)
+    except BadSettings as error:
+        log(str(error))
+        return 2
+    deadline = time.monotonic() + args.deadline
+    delay = args.first_delay
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            data = unpack(client.metadata(args.resource), args.sha256)
+            install(data, args.out)
+            log(f"installed {args.out}: {len(data)} bytes, sha256 {args.sha256}")
+            return 0
+        except Failure as error:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log(f"attempt {attempt}: {error}; giving up after {args.deadline:g} s")
+                return 1
+            wait = min(delay * random.uniform(0.5, 1.0), left)
+            log(f"attempt {attempt}: {error}; again in {wait:.1f} s")
+            time.sleep(wait)
+            delay = min(delay * 2, MAX_DELAY)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
