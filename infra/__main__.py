@@ -18,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     render.add_argument("--out", required=True, type=Path, help="directory to write into")
     args = parser.parse_args(argv)
 
+    from infra.heat import AGENT_BUNDLE, MAX_TEMPLATE_SIZE
     from infra.render import run_program, write_render
     from infra.userdata import BUDGET
 
@@ -30,7 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in paths.values():
         print(f"{path}  ({path.stat().st_size} bytes)")
     size = paths["user-data.yaml"].stat().st_size
+    template = paths["heat-template.yaml"].stat().st_size
+    bundle = paths["agent.pyz"].stat().st_size
     print(f"{len(run.resources)} resources; member user-data {size} bytes (budget {BUDGET})")
+    print(
+        f"agent bundle {bundle} bytes, in the Heat stack's {AGENT_BUNDLE} metadata (gzip+base64);"
+        f" Heat template {template} bytes (Heat's max_template_size {MAX_TEMPLATE_SIZE})"
+    )
     return 0
 
 

@@ -2,7 +2,9 @@
 
 `MemberGroup` renders the HOT of `infra.heat.ClusterTemplate` (with the members' and
 proxies' user-data of `infra.userdata`) and deploys it with
-`openstack.orchestration.StackV1`. Every value only the cloud knows is a stack
+`openstack.orchestration.StackV1`. The stack also holds the agent bundle the nodes
+fetch at boot (`heat.AgentBundle`; their user-data names its sha256). Every value only
+the cloud knows is a stack
 parameter (StackV1 passes them as strings); the secrets among them (the agents'
 credential secret, the netdata API key, the CA key) are hidden parameters, so the
 template body holds none. Heat's outputs come back as strings (JSON for lists and maps).
@@ -19,6 +21,7 @@ import pulumi
 import pulumi_openstack as openstack
 
 from infra import heat
+from infra.bundle import agent_bundle
 from infra.heat import P
 from infra.settings import StackSettings
 from infra.tls import b64
@@ -28,14 +31,30 @@ STACK_TIMEOUT_MINUTES = 30
 
 
 def cluster_template(stack: StackSettings, cluster_name: str) -> heat.ClusterTemplate:
-    """The Heat template of a stack: a pure function of its settings (no cloud needed)."""
+    """The Heat template of a stack: a pure function of its settings and the agent's
+    sources (no cloud needed). The nodes' user-data and the stack's `agent_bundle` name
+    the same bundle."""
+    bundle = agent_bundle()
+    member = member_user_data(stack, cluster_name=cluster_name, bundle=bundle)
+    proxy = proxy_user_data(stack, cluster_name=cluster_name, bundle=bundle)
     return heat.ClusterTemplate(
         settings=stack,
-        member_user_data=member_user_data(stack, cluster_name=cluster_name).heat(),
-        proxy_user_data=(
-            proxy_user_data(stack, cluster_name=cluster_name).heat() if stack.proxies else None
-        ),
+        member_user_data=member.heat(),
+        proxy_user_data=proxy.heat() if stack.proxies else None,
+        agent_bundle=heat.AgentBundle(bundle.sha256, bundle.packed, len(bundle.zipapp)),
     )
+
+
+def template_text(template: heat.ClusterTemplate) -> str:
+    """The HOT text StackV1 sends; refused here when Heat would refuse it for its size."""
+    text = heat.to_yaml(template.to_hot())
+    size = len(text.encode("utf-8"))
+    if size > heat.MAX_TEMPLATE_SIZE:
+        raise ValueError(
+            f"the Heat template is {size} bytes, above Heat's default max_template_size"
+            f" ({heat.MAX_TEMPLATE_SIZE}); the agent bundle is {len(agent_bundle().packed)}"
+        )
+    return text
 
 
 def heat_output(outputs: Sequence[Any], key: str) -> Any:
@@ -94,7 +113,7 @@ class MemberGroup(pulumi.ComponentResource):
         self.stack = openstack.orchestration.StackV1(
             f"{name}-heat",
             name=args.cluster_name,
-            template_opts={"Bin": heat.to_yaml(self.template.to_hot())},
+            template_opts={"Bin": template_text(self.template)},
             parameters=parameters,
             timeout=STACK_TIMEOUT_MINUTES,
             disable_rollback=True,

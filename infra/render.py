@@ -9,6 +9,8 @@ writes:
 - `user-data.yaml`: an etcd member's cloud-config, as Heat receives it (tokens such
   as `@@CREDENTIAL_SECRET@@` are what Heat fills in at server creation);
 - `agent-settings.json`: the member's agent settings file, secret masked;
+- `agent.pyz`: the agent bundle the Heat stack holds for the nodes to fetch at boot
+  (checked against the sha256 the member's user-data names);
 - `resources.json`: type, name, parent and inputs of every resource, secrets masked,
   and the stack's outputs.
 
@@ -19,6 +21,8 @@ in a subprocess per stack.
 from __future__ import annotations
 
 import base64
+import gzip
+import hashlib
 import json
 import runpy
 from collections.abc import Mapping
@@ -309,16 +313,28 @@ def _secret_free(text: str, run: ProgramRun) -> str:
     return text
 
 
+def bundle_of(template: Mapping[str, Any], sha256: str) -> bytes:
+    """The agent bundle in a cluster template's metadata, if it is the one named `sha256`."""
+    from infra.heat import AGENT_BUNDLE
+
+    metadata = template["resources"][AGENT_BUNDLE]["metadata"]
+    data = gzip.decompress(base64.b64decode(metadata["content"], validate=True))
+    if not hashlib.sha256(data).hexdigest() == metadata["sha256"] == sha256:
+        raise AssertionError(f"the template's agent bundle is not the one ({sha256}) nodes fetch")
+    return data
+
+
 def write_render(run: ProgramRun, out: Path) -> dict[str, Path]:
-    """Write the four files of `python -m infra render`; returns their paths."""
+    """Write the five files of `python -m infra render`; returns their paths."""
     from agent.settings import AgentSettings
     from infra.heat import GROUP
-    from infra.userdata import AGENT_CONFIG
+    from infra.userdata import AGENT_CONFIG, named_bundle
 
     out.mkdir(parents=True, exist_ok=True)
     (stack,) = run.of_type("openstack:orchestration/stackV1:StackV1")
     template_text = stack.inputs["templateOpts"]["Bin"]
-    member = yaml.safe_load(template_text)["resources"][GROUP]["properties"]["resource"]
+    template = yaml.safe_load(template_text)
+    member = template["resources"][GROUP]["properties"]["resource"]
     user_data = member["properties"]["user_data"]["str_replace"]["template"]
     node_files = yaml.safe_load(user_data)["write_files"]
     (agent_file,) = [f for f in node_files if f["path"] == AGENT_CONFIG]
@@ -351,4 +367,6 @@ def write_render(run: ProgramRun, out: Path) -> dict[str, Path]:
         path = out / name
         path.write_text(_secret_free(text, run), encoding="utf-8")
         paths[name] = path
+    paths["agent.pyz"] = out / "agent.pyz"
+    paths["agent.pyz"].write_bytes(bundle_of(template, named_bundle(user_data)))
     return paths

@@ -1,11 +1,18 @@
 """cloud-init for every node role: one `#cloud-config` document each (member, proxy, metrics).
 
-A member's user-data holds the agent (a zipapp, `gz+b64`), its settings file (the
-`AgentSettings` JSON from `infra.settings.agent_settings()`, mode 0600), the systemd
-units of `infra/units/`, the user's hooks, netdata streaming to the metrics server
-when there is one, and, on a plain image, the installs a Packer image already has
-(`infra/node/install.sh`: netdata, a pinned etcd release, the agent's virtualenv with
-the pins of pyproject.toml's [project.dependencies]).
+A member's user-data holds its agent settings file (the `AgentSettings` JSON from
+`infra.settings.agent_settings()`, mode 0600), the systemd units of `infra/units/`, the
+user's hooks, netdata streaming to the metrics server when there is one, and, on a
+plain image, the installs a Packer image already has (`infra/node/install.sh`: netdata,
+a pinned etcd release checked against the repository's sha256 list, the agent's
+virtualenv with the pins of pyproject.toml's [project.dependencies]).
+
+The agent itself is not in the user-data: the Heat stack holds it (`infra.heat.AgentBundle`)
+and `infra/node/fetch-agent.py`, written here, fetches it at first boot with the
+agent's application credential, installs it only if its sha256 is the one this
+user-data names (`infra.bundle.Bundle.sha256`), and only then is the agent started. A
+node therefore runs the bundle of the program that made its user-data, whatever image
+it boots from.
 
 What only the cloud knows at deploy time is written here as a token, `@@NAME@@`, and
 Heat's `str_replace` puts the value in when it creates a server: the application
@@ -13,15 +20,14 @@ credential's secret reaches Heat as a hidden parameter and lands only in the age
 settings file on the node. `HEAT_VALUES` maps each token to its HOT value.
 
 Nova refuses user-data above 65,535 bytes once base64-encoded; this project keeps
-each document under `BUDGET` bytes (32 KiB) as rendered.
+each document under `BUDGET` bytes (32 KiB) as rendered, whatever the agent's size.
 Reference: https://cloudinit.readthedocs.io/en/latest/reference/modules.html
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
+import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,19 +38,23 @@ import yaml
 
 from agent.settings import AgentSettings, OpenStackCloud
 from infra import heat
-from infra.bundle import build_zipapp
+from infra.bundle import Bundle, agent_bundle, minified
 from infra.settings import (
     NODE_HOOK_DIR,
     NODE_TLS_DIR,
     PROJECT_DIR,
     StackSettings,
     agent_settings,
+    etcd_checksums,
     script_path,
 )
 
 BUDGET = 32 * 1024
 NODE_DIR = "/opt/autoscale-etcd"
 AGENT_PYZ = f"{NODE_DIR}/agent.pyz"
+FETCHER = f"{NODE_DIR}/fetch-agent.py"
+ETCD_SUMS = f"{NODE_DIR}/etcd-sha256sums.txt"
+VENV_PYTHON = f"{NODE_DIR}/venv/bin/python3"
 AGENT_CONFIG = "/etc/autoscale-etcd/agent.json"
 NETDATA_STREAM_STAGED = "/etc/autoscale-etcd/netdata-stream.conf"
 UNIT_DIR = "/etc/systemd/system"
@@ -138,9 +148,43 @@ def compact_json(settings: AgentSettings) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def _gz_b64_file(path: str, data: bytes, permissions: str) -> dict[str, Any]:
-    packed = base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
-    return {"path": path, "permissions": permissions, "encoding": "gz+b64", "content": packed}
+def fetch_command(sha256: str) -> list[str]:
+    """The node's fetch of the agent bundle named by `sha256` (infra/node/fetch-agent.py)."""
+    return [
+        VENV_PYTHON,
+        FETCHER,
+        "--config",
+        AGENT_CONFIG,
+        "--resource",
+        heat.AGENT_BUNDLE,
+        "--sha256",
+        sha256,
+        "--out",
+        AGENT_PYZ,
+    ]
+
+
+def named_bundle(text: str) -> str:
+    """The sha256 of the agent bundle a rendered cloud-config fetches (its runcmd)."""
+    for command in yaml.safe_load(text).get("runcmd", []):
+        if command[:2] == ["sh", "-c"] and FETCHER in command[2]:
+            words = shlex.split(command[2])
+            return words[words.index("--sha256") + 1]
+    raise ValueError("this cloud-config fetches no agent bundle")
+
+
+def fetcher_source() -> str:
+    """fetch-agent.py as the node gets it: docstrings and comments left out."""
+    name = "fetch-agent.py"
+    return minified((NODE_SCRIPTS_DIR / name).read_text(encoding="utf-8"), name)
+
+
+def etcd_sums(version: str) -> str:
+    """The lines of packer/files/etcd-sha256sums.txt for `version` (every architecture)."""
+    lines = etcd_checksums().get(version)
+    if not lines:
+        raise ValueError(f"etcd {version} has no sha256 in the repository's list")
+    return "\n".join(lines) + "\n"
 
 
 def _unit_files(role: Literal["member", "proxy"]) -> list[dict[str, Any]]:
@@ -187,12 +231,13 @@ def _node_document(
     cluster_name: str,
     role: Literal["member", "proxy"],
     base_dir: Path,
+    bundle: Bundle,
 ) -> dict[str, Any]:
     https = "https" in (stack.etcdclientscheme, stack.etcdpeerscheme)
     settings = node_agent_settings(stack, cluster_name=cluster_name, role=role)
     files: list[dict[str, Any]] = [
-        _gz_b64_file(AGENT_PYZ, build_zipapp(), "0755"),
         _file(AGENT_CONFIG, compact_json(settings), "0600"),
+        _file(FETCHER, fetcher_source()),
         *_unit_files(role),
     ]
     hooks = ("configscript", "cleanupscript") if role == "member" else ("proxyconfig",)
@@ -200,8 +245,13 @@ def _node_document(
     runcmd: list[list[str]] = []
     if not stack.prebuilt_image:
         install = without_comments((NODE_SCRIPTS_DIR / "install.sh").read_text("utf-8"))
-        files.append(_file(f"{NODE_DIR}/install.sh", install, "0755"))
-        runcmd.append(["sh", f"{NODE_DIR}/install.sh", stack.etcd_version, *agent_requirements()])
+        files += [
+            _file(f"{NODE_DIR}/install.sh", install, "0755"),
+            _file(ETCD_SUMS, etcd_sums(stack.etcd_version)),
+        ]
+        runcmd.append(
+            ["sh", f"{NODE_DIR}/install.sh", stack.etcd_version, ETCD_SUMS, *agent_requirements()]
+        )
     runcmd.append(["install", "-d", "-o", "etcd", "-g", "etcd", "-m", "0700", ETCD_DATA_DIR])
     if https:
         issue = without_comments((NODE_SCRIPTS_DIR / "issue-cert.sh").read_text("utf-8"))
@@ -235,7 +285,9 @@ def _node_document(
             ],
             ["systemctl", "restart", "netdata"],
         ]
-    runcmd += [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", AGENT_UNIT]]
+    # The agent starts only once its bundle is fetched and checked.
+    fetch_then_start = f"{shlex.join(fetch_command(bundle.sha256))} && systemctl enable --now"
+    runcmd += [["systemctl", "daemon-reload"], ["sh", "-c", f"{fetch_then_start} {AGENT_UNIT}"]]
     return {
         "users": [
             "default",
@@ -282,16 +334,38 @@ class NodeUserData:
 
 
 def member_user_data(
-    stack: StackSettings, *, cluster_name: str, base_dir: Path = PROJECT_DIR
+    stack: StackSettings,
+    *,
+    cluster_name: str,
+    base_dir: Path = PROJECT_DIR,
+    bundle: Bundle | None = None,
 ) -> NodeUserData:
-    document = _node_document(stack, cluster_name=cluster_name, role="member", base_dir=base_dir)
+    """An etcd member's cloud-config; it names `bundle` (default: this checkout's agent)."""
+    document = _node_document(
+        stack,
+        cluster_name=cluster_name,
+        role="member",
+        base_dir=base_dir,
+        bundle=bundle or agent_bundle(),
+    )
     return NodeUserData("member", render(document, f"autoscale-etcd member of {cluster_name}"))
 
 
 def proxy_user_data(
-    stack: StackSettings, *, cluster_name: str, base_dir: Path = PROJECT_DIR
+    stack: StackSettings,
+    *,
+    cluster_name: str,
+    base_dir: Path = PROJECT_DIR,
+    bundle: Bundle | None = None,
 ) -> NodeUserData:
-    document = _node_document(stack, cluster_name=cluster_name, role="proxy", base_dir=base_dir)
+    """An etcd gRPC proxy's cloud-config; it names `bundle` (default: this checkout's agent)."""
+    document = _node_document(
+        stack,
+        cluster_name=cluster_name,
+        role="proxy",
+        base_dir=base_dir,
+        bundle=bundle or agent_bundle(),
+    )
     return NodeUserData("proxy", render(document, f"etcd gRPC proxy of {cluster_name}"))
 
 
