@@ -5,11 +5,18 @@ The way Heat's unit tests do it (heat/tests/common.py, heat/tests/utils.py): par
 `heat.engine.stack.Stack`, call `validate()`, with the clients that would ask the cloud
 (image, flavor, network look-ups, Nova limits) replaced by fakes. Any attempt to reach
 a cloud fails the test. The member server is also validated as a stack of its own.
+
+The agent bundle the stack holds for its nodes is checked against Heat's engine itself
+(an in-memory sqlite database, as Heat's own tests use): after a stack update with a
+new bundle, "Show resource metadata" answers the new one; and the template stays under
+Heat's `max_template_size`.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import io
 import subprocess
 import sys
@@ -19,7 +26,8 @@ import pytest
 import yaml
 
 from infra import heat
-from infra.cluster import cluster_template
+from infra.bundle import Bundle, agent_bundle
+from infra.cluster import cluster_template, template_text
 from infra.render import find_stack_file, stack_config
 from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
 
@@ -157,6 +165,11 @@ def _undeclared_param(doc: dict) -> None:
     del doc["parameters"][heat.P.SERVER_GROUP]
 
 
+def _bundle_typo(doc: dict) -> None:
+    props = doc["resources"][heat.AGENT_BUNDLE]["properties"]
+    props["sallt"] = props.pop("salt")
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -165,6 +178,7 @@ def _undeclared_param(doc: dict) -> None:
         (_bad_get_attr, "signal_ur1"),
         (_member_typo, "user_data_fromat"),
         (_undeclared_param, "server_group"),
+        (_bundle_typo, "sallt"),
     ],
 )
 def test_a_typo_is_caught_by_the_same_validation(mutate, message, heat_validate):
@@ -224,3 +238,124 @@ def test_secrets_reach_heat_only_as_hidden_parameters_put_into_user_data():
 def test_to_yaml_round_trips():
     template = cluster_template(settings_of("dev"), "autoscale-etcd-dev").to_hot()
     assert yaml.safe_load(io.StringIO(heat.to_yaml(template))) == template
+
+
+# --- the agent bundle in the stack --------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_stack_holds_the_bundle_its_nodes_name_and_the_groups_wait_for_it(stack):
+    s = settings_of(stack)
+    resources = cluster_template(s, f"autoscale-etcd-{stack}").to_hot()["resources"]
+    bundle = agent_bundle()
+    held = resources[heat.AGENT_BUNDLE]
+    assert held["type"] == "OS::Heat::RandomString"
+    assert held["properties"] == {"salt": bundle.sha256}  # a new bundle replaces it
+    assert held["metadata"] == {
+        "sha256": bundle.sha256,
+        "size": len(bundle.zipapp),
+        "encoding": "gzip+base64",
+        "content": bundle.packed,
+    }
+    assert resources[heat.GROUP]["depends_on"] == [heat.AGENT_BUNDLE]
+    if s.proxies:
+        assert resources[heat.PROXY_GROUP]["depends_on"] == [heat.AGENT_BUNDLE]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_template_is_within_heat_s_max_template_size(stack):
+    from heat.common import config  # noqa: F401  (registers max_template_size)
+    from oslo_config import cfg
+
+    assert cfg.CONF.max_template_size == heat.MAX_TEMPLATE_SIZE  # Heat's default
+    text = template_text(cluster_template(settings_of(stack), f"autoscale-etcd-{stack}"))
+    size = len(text.encode())
+    # room for the agent to grow: a few times its size today
+    assert size + 4 * len(agent_bundle().packed) < heat.MAX_TEMPLATE_SIZE, size
+
+
+def test_a_template_heat_would_refuse_for_its_size_is_refused_first():
+    from heat.common import template_format
+
+    template = cluster_template(settings_of("dev"), "autoscale-etcd-dev")
+    # an agent whose gzip+base64 form is 600,000 bytes
+    big = heat.ClusterTemplate(
+        template.settings,
+        template.member_user_data,
+        agent_bundle=heat.AgentBundle("0" * 64, _incompressible(600_000), 450_000),
+    )
+    with pytest.raises(Exception, match="exceeds maximum allowed size"):
+        template_format.parse(heat.to_yaml(big.to_hot()))
+    with pytest.raises(ValueError, match="max_template_size"):
+        template_text(big)
+
+
+def _incompressible(size: int) -> str:
+    blocks = (hashlib.sha256(str(i).encode()).digest() for i in range(size // 32 + 1))
+    return base64.b64encode(b"".join(blocks)).decode()[:size]
+
+
+@pytest.fixture(scope="module")
+def heat_engine():
+    """create_then_update(first, second) -> the metadata Heat answers after the update.
+
+    Heat's engine on an in-memory sqlite database (the way heat/tests/utils.py sets it
+    up), the legacy update path; the answer is what "Show resource metadata" returns
+    (heat/engine/service.py describe_stack_resource -> api.format_stack_resource).
+    """
+    pytest.importorskip("heat")
+    from heat.common import context, messaging
+    from heat.db import api as db_api
+    from heat.db import models
+    from heat.engine import api, resources, template
+    from heat.engine import stack as parser
+    from oslo_config import cfg
+    from oslo_db import options
+
+    messaging.setup("fake://", optional=True)
+    resources.initialise()
+    options.set_defaults(cfg.CONF, connection="sqlite://")
+    cfg.CONF.set_override("deferred_auth_method", "password")  # no Keystone trust
+    engine = db_api.get_engine()
+    models.BASE.metadata.create_all(engine)
+    ctx = context.RequestContext.from_dict(
+        {
+            "tenant_id": "test_tenant_id",
+            "tenant": "test_tenant",
+            "username": "test_username",
+            "user_id": "test_user",
+            "password": "",
+            "roles": ["member"],
+            "is_admin": False,
+            "auth_url": "http://127.0.0.1:9/v3",
+        }
+    )
+
+    def stack_of(resource: dict) -> template.Template:
+        return template.Template(
+            {"heat_template_version": heat.HOT_VERSION, "resources": {"bundle": resource}}
+        )
+
+    def create_then_update(first: dict, second: dict) -> dict:
+        name = f"bundle-{hashlib.sha256(repr(first).encode()).hexdigest()[:12]}"
+        stack = parser.Stack(ctx, name, stack_of(first))
+        stack.store()
+        stack.create()
+        assert stack.state == (stack.CREATE, stack.COMPLETE), stack.status_reason
+        stack.update(parser.Stack(ctx, name, stack_of(second)))
+        assert stack.state == (stack.UPDATE, stack.COMPLETE), stack.status_reason
+        loaded = parser.Stack.load(ctx, stack_id=stack.id)
+        return api.format_stack_resource(loaded.resource_get("bundle"))["metadata"]
+
+    yield create_then_update
+    cfg.CONF.clear_override("deferred_auth_method")
+
+
+def test_after_a_stack_update_heat_answers_the_new_bundle(heat_engine):
+    old, new = Bundle(b"agent, version 1"), Bundle(b"agent, version 2")
+    first = heat.AgentBundle(old.sha256, old.packed, len(old.zipapp)).to_hot()
+    second = heat.AgentBundle(new.sha256, new.packed, len(new.zipapp)).to_hot()
+    assert heat_engine(first, second) == second["metadata"]
+    # why not OS::Heat::None: Heat keeps a resource's metadata through updates in place
+    stale = heat_engine({**first, "type": "OS::Heat::None"}, {**second, "type": "OS::Heat::None"})
+    assert stale == first["metadata"]

@@ -6,6 +6,7 @@ keeps global state; the test reads what it wrote (resources.json, heat-template.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from infra import heat
 from infra.credentials import ACCESS_RULES
 from infra.render import MASK, find_stack_file, stack_config
 from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
+from infra.userdata import BUDGET, named_bundle
 
 SG = "openstack:networking/secGroup:SecGroup"
 RULE = "openstack:networking/secGroupRule:SecGroupRule"
@@ -328,3 +330,16 @@ def test_no_secret_in_rendered_files(name, request):
             assert template["parameters"][param]["hidden"] is True
     agent = json.loads((rendered.out / "agent-settings.json").read_text())
     assert agent["cloud"]["application_credential_secret"] == "**********"
+
+
+@pytest.mark.parametrize("name", ["dev", "metrics", "ownnet"])
+def test_render_writes_the_bundle_the_stack_holds_and_the_nodes_fetch(name, request):
+    rendered: Rendered = request.getfixturevalue(name)
+    user_data = (rendered.out / "user-data.yaml").read_text()
+    assert len(user_data.encode()) <= BUDGET
+    named = named_bundle(user_data)
+    pyz = (rendered.out / "agent.pyz").read_bytes()
+    assert hashlib.sha256(pyz).hexdigest() == named
+    held = rendered.template["resources"][heat.AGENT_BUNDLE]
+    assert held["metadata"]["sha256"] == named and held["properties"]["salt"] == named
+    assert rendered.template["resources"][heat.GROUP]["depends_on"] == [heat.AGENT_BUNDLE]

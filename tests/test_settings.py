@@ -15,6 +15,7 @@ from infra.settings import (
     SettingsError,
     StackSettings,
     agent_settings,
+    etcd_checksums,
     load_stack_file,
     parse_settings,
     size_warnings,
@@ -201,6 +202,31 @@ def test_size_warnings_follow_etcd_advice():
     even = size_warnings(parse(capacity=4).model_dump())
     assert any(w.startswith("capacity = 4 is even") for w in even)
     assert parse().sizes_warnings() == []
+
+
+def test_an_etcd_version_without_a_listed_sha256_is_refused_before_anything_is_made(
+    tmp_path: Path,
+):
+    listed = etcd_checksums()
+    assert "3.5.17" in listed and "3.5.99" not in listed
+    error = problems_of(etcd_version="3.5.99")
+    assert error.keys == ["etcd_version"]
+    sentence = error.problems[0].sentence()
+    assert "autoscale-etcd:etcd_version = '3.5.99'" in sentence
+    assert "etcd-sha256sums.txt" in sentence
+    for version in listed:  # names every allowed version
+        assert version in sentence
+    with pytest.raises(ValueError, match="etcd_version"):
+        StackSettings(**REQUIRED, etcd_version="3.5.99")
+    # a listed version is taken; the list is the repository's own, every line checked
+    assert parse(etcd_version="3.5.21").etcd_version == "3.5.21"
+    assert all(len(lines) >= 1 for lines in listed.values())
+    # the list is read line by line: `sha256sum -c` lines count, comments do not
+    other = tmp_path / "sums.txt"
+    other.write_text(f"{'a' * 64}  etcd-v3.5.18-linux-amd64.tar.gz\n# a comment\n")
+    assert etcd_checksums(other) == {"3.5.18": (f"{'a' * 64}  etcd-v3.5.18-linux-amd64.tar.gz",)}
+    # a Packer image already has its etcd: nothing is downloaded, so nothing to check
+    assert parse(etcd_version="3.5.99", prebuilt_image=True).etcd_version == "3.5.99"
 
 
 def test_secure_values_are_refused_in_a_stack_file(tmp_path: Path):

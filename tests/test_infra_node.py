@@ -1,0 +1,408 @@
+"""What cloud-init runs on a node, run for real: the agent fetcher, a plain image's installs.
+
+- `fetch-agent.py`, exactly as a member's user-data ships it, against the fake Keystone
+  and Heat of tests/fake_openstack.py, with the node's own agent settings file (Heat's
+  str_replace done with the fake's values): it authenticates with the application
+  credential, reads the `agent_bundle` metadata the cluster template holds, installs
+  the bundle only when it is the one the user-data names, retries failures, and never
+  prints the secret or the token. Its Heat call is one the credential's access rules
+  allow (keystonemiddleware's own matching).
+- `install.sh`, as the user-data ships it, in a fake root with recording stubs for the
+  package managers, curl and the interpreters: EL9 gets python3.11, etcd is installed
+  only when its sha256 is in the list the user-data carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import heat
+from infra.bundle import Bundle, agent_bundle
+from infra.cluster import cluster_template
+from infra.credentials import ACCESS_RULES
+from infra.render import find_stack_file, stack_config
+from infra.settings import parse_settings, strip_namespace
+from infra.userdata import (
+    AGENT_CONFIG,
+    AGENT_PYZ,
+    ETCD_SUMS,
+    FETCHER,
+    VENV_PYTHON,
+    Token,
+    member_user_data,
+)
+from tests.fake_openstack import CREDENTIAL_ID, CREDENTIAL_SECRET, FakeOpenStack
+
+METADATA_PATH = "/resources/agent_bundle/metadata"
+
+
+def settings_of(stack: str):
+    return parse_settings(strip_namespace(stack_config(find_stack_file(stack))))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenStack]:
+    server = FakeOpenStack()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Node:
+    """A member's files and its fetch command, as cloud-init would run them, under tmp."""
+
+    dir: Path
+    argv: list[str]
+
+    @property
+    def pyz(self) -> Path:
+        return self.dir / "agent.pyz"
+
+    def fetch(self, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.argv, *extra], capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+
+def heat_substituted(text: str, fake: FakeOpenStack) -> str:
+    """The user-data as Heat hands it to Nova: every token replaced (here: the fake's)."""
+    values = {
+        Token.AUTH_URL: fake.url + "/v3",
+        Token.REGION: "RegionOne",
+        Token.CREDENTIAL_ID: CREDENTIAL_ID,
+        Token.CREDENTIAL_SECRET: CREDENTIAL_SECRET,
+        Token.STACK: f"{fake.stack_name}/{fake.stack_id}",
+    }
+    for token, value in values.items():
+        text = text.replace(token, value)
+    return text
+
+
+@pytest.fixture
+def node(fake, tmp_path) -> Node:
+    """The dev stack's member: the stack holds this checkout's bundle, as Heat would."""
+    s = settings_of("dev")
+    template = cluster_template(s, "autoscale-etcd-dev").to_hot()
+    fake.resource_metadata[heat.AGENT_BUNDLE] = template["resources"][heat.AGENT_BUNDLE]["metadata"]
+    document = yaml.safe_load(
+        heat_substituted(member_user_data(s, cluster_name="autoscale-etcd-dev").text, fake)
+    )
+    files = {f["path"]: f["content"] for f in document["write_files"]}
+    places = {
+        VENV_PYTHON: sys.executable,
+        FETCHER: str(tmp_path / "fetch-agent.py"),
+        AGENT_CONFIG: str(tmp_path / "agent.json"),
+        AGENT_PYZ: str(tmp_path / "agent.pyz"),
+    }
+    for path in (FETCHER, AGENT_CONFIG):
+        Path(places[path]).write_text(files[path])
+    (last,) = [cmd for cmd in document["runcmd"] if cmd[:2] == ["sh", "-c"] and FETCHER in cmd[2]]
+    fetch = shlex.split(last[2].split(" && ")[0])
+    argv = [places.get(word, word) for word in fetch]
+    assert set(places.values()) <= set(argv)
+    return Node(tmp_path, [*argv, "--first-delay", "0.05"])
+
+
+def test_fetches_the_named_bundle_with_the_app_credential_and_it_runs(fake, node):
+    node.pyz.write_text("an older copy, e.g. an image's\n")
+    result = node.fetch("--deadline", "10")
+    assert result.returncode == 0, result.stderr
+    assert node.pyz.read_bytes() == agent_bundle().zipapp
+    assert stat.S_IMODE(node.pyz.stat().st_mode) == 0o755
+    assert not [p for p in node.dir.iterdir() if p.name.startswith(".agent-")]
+    # Keystone: the application credential of the settings file, nothing else
+    (auth,) = fake.calls("POST", "/v3/auth/tokens")
+    identity = auth.body["auth"]["identity"]
+    assert identity["methods"] == ["application_credential"]
+    assert identity["application_credential"] == {"id": CREDENTIAL_ID, "secret": CREDENTIAL_SECRET}
+    # Heat: Show resource metadata of agent_bundle in this node's stack, with that token
+    (get,) = fake.calls("GET", METADATA_PATH)
+    assert get.path.startswith("/heat/v1/") and f"/stacks/{fake.stack_name}/{fake.stack_id}" in (
+        get.path
+    )
+    assert get.headers["x-auth-token"] == fake.issued_tokens[0]
+    assert len(fake.requests) == 2
+    # never the secret or the token in what cloud-init logs
+    for secret in (CREDENTIAL_SECRET, fake.issued_tokens[0]):
+        assert secret not in result.stdout + result.stderr
+    assert agent_bundle().sha256 in result.stderr
+    # the file it installed is the agent
+    run = subprocess.run(
+        [sys.executable, str(node.pyz), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert "bootstrap" in run.stdout
+
+
+def test_the_credential_s_access_rules_allow_the_fetch(fake, node):
+    """keystonemiddleware's own matching of access rules, on the path the fetcher called."""
+    from keystonemiddleware.auth_token import _path_matches
+
+    assert node.fetch("--deadline", "10").returncode == 0
+    (get,) = fake.calls("GET", METADATA_PATH)
+    path = get.path.removeprefix("/heat")  # the fake's Heat lives under /heat
+    assert path.startswith("/v1/")
+
+    def allowed(method: str, request_path: str) -> bool:
+        return any(
+            rule.service == "orchestration"
+            and rule.method == method
+            and _path_matches(request_path, rule.path)
+            for rule in ACCESS_RULES
+        )
+
+    assert allowed("GET", path)
+    # the rules are not "anything": no writes to the metadata, no stack deletion
+    assert not allowed("PUT", path) and not allowed("POST", path)
+    assert not allowed("DELETE", path.split("/resources/")[0])
+
+
+def test_retries_a_503_from_heat_and_from_keystone(fake, node):
+    fake.fail("GET", METADATA_PATH, 503, times=2)
+    fake.fail("POST", "/v3/auth/tokens", 503, times=1)
+    result = node.fetch("--deadline", "20")
+    assert result.returncode == 0, result.stderr
+    assert node.pyz.read_bytes() == agent_bundle().zipapp
+    assert len(fake.calls("GET", METADATA_PATH)) == 3
+    assert len(fake.calls("POST", "/v3/auth/tokens")) == 4
+    assert result.stderr.count("HTTP 503") == 3
+    assert "attempt 4" not in result.stderr and "installed" in result.stderr
+
+
+def test_refuses_a_bundle_that_is_not_the_named_one(fake, node):
+    other = Bundle(b"#!/usr/bin/env python3\nprint('not the agent the user-data names')\n")
+    fake.resource_metadata[heat.AGENT_BUNDLE] = heat.AgentBundle(
+        other.sha256, other.packed, len(other.zipapp)
+    ).to_hot()["metadata"]
+    node.pyz.write_text("an older copy\n")
+    result = node.fetch("--deadline", "0.5")
+    assert result.returncode == 1
+    assert node.pyz.read_text() == "an older copy\n"  # nothing written
+    assert f"has sha256 {other.sha256}" in result.stderr
+    assert f"names {agent_bundle().sha256}" in result.stderr
+    assert "giving up" in result.stderr
+    assert len(fake.calls("GET", METADATA_PATH)) >= 2  # retried until the deadline
+
+
+def test_a_bad_secret_is_refused_and_never_printed(fake, node):
+    config = node.dir / "agent.json"
+    wrong = "wr0ng-Secret-that-must-not-be-printed"
+    config.write_text(config.read_text().replace(CREDENTIAL_SECRET, wrong))
+    # an answer that echoes the secret must not make the fetcher print it either
+    fake.fail("POST", "/v3/auth/tokens", 500, body=f"cannot check {wrong}", times=1)
+    result = node.fetch("--deadline", "0.3")
+    assert result.returncode == 1
+    assert "HTTP 401" in result.stderr and "HTTP 500" in result.stderr
+    assert wrong not in result.stdout + result.stderr
+    assert not fake.calls("GET", METADATA_PATH)
+    assert not node.pyz.exists()
+
+
+def test_a_broken_settings_file_or_checksum_fails_at_once(fake, node):
+    (node.dir / "agent.json").write_text('{"cloud": {"kind": "local", "url": "http://x"}}')
+    result = node.fetch("--deadline", "30", timeout=10)
+    assert result.returncode == 2 and "not OpenStack settings" in result.stderr
+    assert not fake.requests
+    bad = list(node.argv)
+    bad[bad.index("--sha256") + 1] = "abc"
+    result = subprocess.run(bad, capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2 and "64 hex digits" in result.stderr
+
+
+# --- install.sh on a plain image -----------------------------------------------------
+
+STUB = '#!/bin/sh\nprintf "%s\\n" "${0##*/} $*" >>"$STUB_LOG"\n'
+PYTHON_STUB = """
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+    mkdir -p "$3/bin"
+    printf '#!/bin/sh\\nexec "%s" "$@"\\n' "$0" >"$3/bin/python3"
+    printf '#!/bin/sh\\nprintf "%%s\\\\n" "pip $*" >>"$STUB_LOG"\\n' >"$3/bin/pip"
+    chmod +x "$3/bin/python3" "$3/bin/pip"
+    exit 0
+fi
+if [ "$1" = -c ]; then
+    exec "$STUB_REAL_PYTHON" -c "import sys; sys.version_info = ($VERSION); exec(sys.argv[1])" "$2"
+fi
+exec "$STUB_REAL_PYTHON" "$@"
+"""
+STUBS = {
+    "package-manager": "exit 0\n",
+    "curl": """
+out=""; url=""
+while [ $# -gt 0 ]; do
+    case $1 in -o) out=$2; shift ;; -*) ;; *) url=$1 ;; esac
+    shift
+done
+cp "$STUB_DOWNLOADS/${url##*/}" "$out"
+""",
+    "uname": '[ "$1" = -m ] && echo "${STUB_MACHINE:-x86_64}"\n',
+}
+HOST_TOOLS = "awk cat chmod cp grep gzip install mkdir mktemp rm sha256sum tar".split()
+
+
+def fake_etcd_tarball(downloads: Path, version: str, arch: str = "amd64") -> str:
+    """A release-shaped tarball whose `etcd --version` answers like the real one."""
+    name = f"etcd-v{version}-linux-{arch}"
+    staging = downloads / "staging" / name
+    staging.mkdir(parents=True)
+    for tool in ("etcd", "etcdctl"):
+        (staging / tool).write_text(f'#!/bin/sh\necho "{tool} Version: {version}"\n')
+        (staging / tool).chmod(0o755)
+    tarball = downloads / f"{name}.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(staging, arcname=name)
+    return hashlib.sha256(tarball.read_bytes()).hexdigest()
+
+
+@dataclass
+class Image:
+    """A plain image in a fake root: which package manager and interpreters it has."""
+
+    base: Path
+    manager: str  # apt-get or dnf
+    pythons: dict[str, str]  # command -> version tuple, e.g. {"python3": "3, 9, 18"}
+
+    def __post_init__(self) -> None:
+        self.root = self.base / "root"
+        self.bin = self.base / "bin"
+        self.downloads = self.base / "downloads"
+        self.log = self.base / "calls.log"
+        self.own = self.base / "own-sums.txt"
+        for directory in (self.root, self.bin, self.downloads, self.base / "tmp"):
+            directory.mkdir(parents=True)
+        self.log.touch()
+        for tool in HOST_TOOLS:
+            (self.bin / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+        stubs = {**STUBS, self.manager: STUBS["package-manager"]}
+        del stubs["package-manager"]
+        for command, version in self.pythons.items():
+            stubs[command] = f"VERSION='{version}'\n" + PYTHON_STUB.lstrip("\n")
+        for name, body in stubs.items():
+            (self.bin / name).write_text(STUB + body.lstrip("\n"))
+            (self.bin / name).chmod(0o755)
+        document = yaml.safe_load(member_user_data(settings_of("dev"), cluster_name="c").text)
+        files = {f["path"]: f["content"] for f in document["write_files"]}
+        self.script = self.base / "install.sh"
+        self.script.write_text(files["/opt/autoscale-etcd/install.sh"])
+        self.sums = self.base / "etcd-sha256sums.txt"
+        self.sums.write_text(files[ETCD_SUMS])  # the repository's lines for 3.5.17
+        (install,) = [
+            c for c in document["runcmd"] if c[:2] == ["sh", "/opt/autoscale-etcd/install.sh"]
+        ]
+        self.args = install[2:]
+
+    def run(self, *, sums: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+        args = [self.args[0], str(sums or self.sums), *self.args[2:]]
+        return subprocess.run(
+            ["/bin/sh", str(self.script), *args],
+            env={
+                "PATH": str(self.bin),
+                "TMPDIR": str(self.base / "tmp"),
+                "AUTOSCALE_ROOT": str(self.root),
+                "STUB_LOG": str(self.log),
+                "STUB_DOWNLOADS": str(self.downloads),
+                "STUB_REAL_PYTHON": sys.executable,
+                **env,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+    def own_sums(self, version: str = "3.5.17", arch: str = "amd64") -> Path:
+        """Downloads the fake tarball; returns a list with its sha256 (the user-data's list
+        holds the real tarball's)."""
+        digest = fake_etcd_tarball(self.downloads, version, arch)
+        self.own.write_text(f"{digest}  etcd-v{version}-linux-{arch}.tar.gz\n")
+        return self.own
+
+
+def test_el9_uses_python3_11_and_installs_etcd_whose_sha256_is_listed(tmp_path):
+    image = Image(tmp_path, "dnf", {"python3": "3, 9, 18", "python3.11": "3, 11, 9"})
+    result = image.run(sums=image.own_sums())
+    assert result.returncode == 0, result.stderr
+    calls = image.calls()
+    assert "dnf install -y -q netdata python3.11 python3.11-pip openssl" in calls
+    assert not any(c.startswith("dnf install -y -q curl") for c in calls)  # curl-minimal will do
+    venv = image.root / "opt/autoscale-etcd/venv"
+    assert f"python3.11 -m venv {venv}" in calls
+    assert not any(c.startswith("python3 -m venv") for c in calls)
+    assert any(c.startswith("pip install") and "pydantic==" in c for c in calls)
+    etcd = image.root / "usr/local/bin/etcd"
+    assert subprocess.run([etcd, "--version"], capture_output=True, text=True).stdout == (
+        "etcd Version: 3.5.17\n"
+    )
+    # a second boot step finds etcd and the venv in place: no download, no new venv
+    before = len(calls)
+    assert image.run(sums=image.own).returncode == 0
+    again = image.calls()[before:]
+    assert not any(c.startswith(("curl", "python3.11 -m venv")) for c in again), again
+
+
+def test_ubuntu_uses_python3_and_refuses_a_too_old_one(tmp_path):
+    image = Image(tmp_path / "noble", "apt-get", {"python3": "3, 12, 3"})
+    result = image.run(sums=image.own_sums())
+    assert result.returncode == 0, result.stderr
+    assert any(c.startswith("apt-get") and "python3-venv" in c for c in image.calls())
+    assert f"python3 -m venv {image.root / 'opt/autoscale-etcd/venv'}" in image.calls()
+    old = Image(tmp_path / "jammy", "apt-get", {"python3": "3, 10, 12"})
+    result = old.run(sums=old.own_sums())
+    assert result.returncode != 0
+    assert "python3 is older than 3.11" in result.stderr
+    assert not (old.root / "opt/autoscale-etcd/venv").exists()
+
+
+def test_an_el9_venv_of_python_3_9_is_made_again_with_3_11(tmp_path):
+    image = Image(tmp_path, "dnf", {"python3": "3, 9, 18", "python3.11": "3, 11, 9"})
+    venv = image.root / "opt/autoscale-etcd/venv"
+    assert subprocess.run([image.bin / "python3", "-m", "venv", venv]).returncode == 0
+    assert image.run(sums=image.own_sums()).returncode == 0
+    assert f"python3.11 -m venv {venv}" in image.calls()
+
+
+def test_etcd_is_refused_unless_its_sha256_is_in_the_user_data_s_list(tmp_path):
+    image = Image(tmp_path, "apt-get", {"python3": "3, 12, 3"})
+    image.own_sums()  # the download is the fake tarball; the list is the real one
+    result = image.run()
+    assert result.returncode != 0
+    assert "sha256 mismatch for etcd-v3.5.17-linux-amd64.tar.gz" in result.stderr
+    assert not (image.root / "usr/local/bin/etcd").exists()
+    # a machine whose architecture has no line: refused before any download
+    before = len(image.calls())
+    result = image.run(sums=image.own, STUB_MACHINE="aarch64")
+    assert result.returncode != 0
+    assert "no sha256 for etcd-v3.5.17-linux-arm64.tar.gz" in result.stderr
+    assert not any(c.startswith("curl") for c in image.calls()[before:])
+    assert not os.path.exists(image.root / "usr/local/bin/etcd")
+
+
+def test_install_sh_is_shellcheck_clean(tmp_path):
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    script = Path(__file__).resolve().parent.parent / "infra" / "node" / "install.sh"
+    result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    broken = tmp_path / "install.sh"
+    broken.write_text(script.read_text().replace('"${sums}"', "$sums_file", 1))
+    assert subprocess.run([shellcheck, str(broken)], capture_output=True).returncode != 0
