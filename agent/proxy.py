@@ -199,6 +199,10 @@ class ProxyService(Protocol):
 
     def stop(self) -> None: ...
 
+    def recent_log(self, chars: int = 3000) -> str:
+        """The end of what the proxy logged (why it exited, if it did)."""
+        ...
+
 
 def _run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(command), capture_output=True, text=True, check=False, timeout=60)
@@ -232,6 +236,10 @@ class SystemdProxy:
 
     def stop(self) -> None:
         self._run(["systemctl", "stop", self.unit])
+
+    def recent_log(self, chars: int = 3000) -> str:
+        command = ["journalctl", "--unit", self.unit, "--output=cat", "--no-pager", "-n", "50"]
+        return self._run(command).stdout[-chars:]
 
 
 class SubprocessProxy:
@@ -463,8 +471,9 @@ class ProxyAgent:
         if members is None:
             sentence = f"no etcd answer ({source})"
             if current is not None and not self.service.is_running():
+                why = self._last_log_line()
                 self.service.apply(current)
-                sentence += f"; proxy was down: restarted on its endpoints {_show(current)}"
+                sentence += f"; proxy was down ({why}): restarted on its endpoints {_show(current)}"
             else:
                 sentence += "; proxy endpoints unchanged"
         else:
@@ -477,8 +486,9 @@ class ProxyAgent:
                 was = _show(current) if current else "none"
                 sentence += f"; proxy endpoints {was} -> {_show(wanted)}: proxy (re)started"
             elif not self.service.is_running():
+                why = self._last_log_line()
                 self.service.apply(wanted)
-                sentence += f"; proxy was down: started on {_show(wanted)}"
+                sentence += f"; proxy was down ({why}): started on {_show(wanted)}"
             else:
                 sentence += f"; proxy endpoints unchanged ({len(wanted.endpoints)})"
         if not self.state.configured and self.service.current() is not None:
@@ -492,7 +502,8 @@ class ProxyAgent:
     def _configure(self, members: list[Member] | None) -> str:
         """Run the proxyconfig hook once the proxy serves; retried each cycle until it succeeds."""
         if not self.serving(self.serve_timeout):
-            return f"proxy at {self.url} not serving yet; proxyconfig waits"
+            why = "" if self.service.is_running() else f" (exited: {self._last_log_line()})"
+            return f"proxy at {self.url} not serving yet{why}; proxyconfig waits"
         config = self.service.current()
         if members:
             endpoints = member_endpoints(members)
@@ -512,6 +523,10 @@ class ProxyAgent:
             self.state.configured = True
             return f"proxy serves at {self.url}; proxyconfig: {result.detail}"
         return f"proxyconfig: {result.detail}; retried next cycle"
+
+    def _last_log_line(self) -> str:
+        lines = [line.strip() for line in self.service.recent_log().splitlines() if line.strip()]
+        return lines[-1][:200] if lines else "no log"
 
     def _run_hook(self, path: str | None, env: dict[str, str]) -> HookResult:
         """Through systemd on a node (outside the agent's sandbox), as a child otherwise."""

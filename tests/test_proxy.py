@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from agent.__main__ import main as agent_main
-from agent.etcd import EtcdError
+from agent.etcd import EtcdClient, EtcdError
+from agent.etcd_server import SubprocessEtcd, etcd_config, write_config
 from agent.proxy import (
     ProxyAgent,
     ProxyConfig,
@@ -43,12 +44,14 @@ from agent.settings import (
     TlsFiles,
 )
 from agent.snapshot import CloudNode, Member, NodeIdentity
+from agent.tls import CA, issue_node_cert, make_ca
 from infra.settings import NODE_HOOK_DIR
 from infra.userdata import AGENT_CONFIG, UNITS_DIR, proxy_user_data
 from tests.etcd_cluster import (
     EtcdCluster,
     all_etcd_binaries,
     distro_etcd_binary,
+    free_address,
     wait_until,
 )
 
@@ -270,8 +273,12 @@ def test_proxy_serves_and_follows_membership(etcd_cluster, etcd_version_bin: str
         loop.start()
 
         def endpoints_follow() -> bool:
-            current = service.current()
-            return current is not None and list(current.endpoints) == sorted(cluster.endpoints)
+            """The env file and the running proxy's command line name the members now."""
+            current, pid = service.current(), service.pid
+            wanted = sorted(cluster.endpoints)
+            if current is None or list(current.endpoints) != wanted or pid is None:
+                return False
+            return f"--endpoints={','.join(wanted)}" in cmdline(pid)
 
         # replace two of the three original members, one at a time
         for old in list(cluster.nodes[:2]):
@@ -287,7 +294,7 @@ def test_proxy_serves_and_follows_membership(etcd_cluster, etcd_version_bin: str
 
         # the running proxy was restarted on the new members (its command line says so)
         assert service.pid != pid_before
-        assert f"--endpoints={','.join(sorted(cluster.endpoints))}" in cmdline(service.pid)
+        assert endpoints_follow()
 
         # the last original member dies: a proxy still on the original endpoints would
         # have none left; this one serves through the two new members
@@ -430,6 +437,9 @@ class FakeService:
     def stop(self) -> None:
         self.running = False
 
+    def recent_log(self, chars: int = 3000) -> str:
+        return "listen tcp: address already in use\n"
+
 
 class NoEtcd:
     def __init__(self, endpoints: list[str]) -> None:
@@ -476,6 +486,7 @@ def test_unreachable_cluster_keeps_the_endpoints_and_restarts_a_dead_proxy(tmp_p
     service.running = False
     sentence = agent.cycle()
     assert service.applied == [old]
+    assert "proxy was down (listen tcp: address already in use)" in sentence
     assert "restarted on its endpoints" in sentence
 
 
@@ -501,3 +512,118 @@ def test_proxy_user_data_names_the_hook_the_agent_runs():
     assert settings.hooks.proxyconfig in files
     assert files[settings.hooks.proxyconfig]["permissions"] == "0750"
     assert json.loads(files[AGENT_CONFIG]["content"])["etcd"]["service"] == "systemd"
+
+
+# --- https: the proxy talks TLS to the members and to its clients ------------------------------
+
+
+def proxy_cert_without_cn(ca: CA, pki: Path, ip: str) -> TlsFiles:
+    """A certificate of the cluster CA for the proxy's address whose subject has no CN."""
+    pki.mkdir(parents=True)
+    (pki / "ext").write_text(
+        f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n", encoding="utf-8"
+    )
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    request = ["-subj", "/O=autoscale-etcd/OU=proxy", "-keyout", "proxy.key", "-out", "proxy.csr"]
+    signer = ["-CA", str(ca.cert_file), "-CAkey", str(ca.key_file), "-CAcreateserial"]
+    issue = ["-in", "proxy.csr", "-days", "1", "-extfile", "ext", "-out", "proxy.crt"]
+    for command in (["req", "-new", *key, *request], ["x509", "-req", *signer, *issue]):
+        subprocess.run(["openssl", *command], cwd=pki, check=True, capture_output=True)
+    return TlsFiles(
+        ca_file=str(ca.cert_file), cert_file=str(pki / "proxy.crt"), key_file=str(pki / "proxy.key")
+    )
+
+
+@pytest.mark.etcd
+def test_https_proxy_with_client_certificates(tmp_path: Path, etcd_version_bin: str):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    ca = make_ca(tmp_path / "deploy", "proxied")
+    ip, client_port, peer_port = free_address()
+    member_tls = issue_node_cert(ca, tmp_path / "member-pki", ip=ip, name="m1")
+    member = EtcdSettings(
+        client_port=client_port,
+        peer_port=peer_port,
+        client_scheme="https",
+        peer_scheme="https",
+        tls=member_tls,
+        data_dir=str(tmp_path / "m1"),
+        service="subprocess",
+        heartbeat_ms=50,
+        election_ms=500,
+    )
+    initial = {"m1": f"https://{ip}:{peer_port}"}
+    config_path = tmp_path / "m1.yaml"
+    write_config(
+        config_path,
+        etcd_config(name="m1", ip=ip, settings=member, initial_cluster=initial, state="new"),
+    )
+    etcd = SubprocessEtcd(etcd_version_bin, stop_timeout=5)
+    etcd.start(config_path)
+    pip = proxy_ip({ip}, client_port)
+    me = NodeIdentity(id="proxy-1", name="proxy-1", ip=pip)
+    cloud = StaticNodes(me, [CloudNode("m1", "m1", ip, "ACTIVE", 0.0)])
+    services: list[SubprocessProxy] = []
+    try:
+        wait_until(
+            lambda: EtcdClient([f"https://{ip}:{client_port}"], tls=member_tls).members(),
+            15,
+            message="the https member",
+        )
+
+        def agent_with(
+            tls: TlsFiles, name: str, serve_timeout: float = 10
+        ) -> tuple[ProxyAgent, SubprocessProxy]:
+            plain = settings_for(
+                tmp_path / name, binary=etcd_version_bin, client_port=client_port, hook=None
+            )
+            etcd_settings = plain.etcd.model_copy(update={"client_scheme": "https", "tls": tls})
+            settings = plain.with_changes(etcd=etcd_settings.model_dump())
+            service = SubprocessProxy(etcd_version_bin, tmp_path / name / "run")
+            (tmp_path / name / "run").mkdir(parents=True)
+            services.append(service)
+            agent = ProxyAgent(settings, cloud=cloud, service=service, serve_timeout=serve_timeout)
+            return agent, service
+
+        # a certificate with a CN, like a member's: etcd 3.4/3.5 refuse it as the proxy's
+        # client certificate ("cert has non empty Common Name"), the proxy exits
+        with_cn = issue_node_cert(ca, tmp_path / "cn-pki", ip=pip, name="proxy-1")
+        agent, service = agent_with(with_cn, "with-cn", serve_timeout=1)
+        assert "not serving yet" in agent.cycle()
+        wait_until(lambda: not service.is_running(), 10, message="the proxy to exit")
+        assert "non empty Common Name" in service.recent_log()
+        # the next cycle starts it again and says why it was down
+        again = agent.cycle()
+        assert "proxy was down (" in again and "non empty Common Name" in again
+        assert not agent.state.configured
+
+        # the same CA, no CN: the proxy serves over https
+        agent, service = agent_with(proxy_cert_without_cn(ca, tmp_path / "pki", pip), "no-cn")
+        sentence = agent.cycle()
+        assert agent.url == f"https://{pip}:{client_port}"
+        assert service.current().endpoints == (f"https://{ip}:{client_port}",)
+        assert "proxy serves at" in sentence, service.recent_log()
+        client_cert = [f"--cacert={ca.cert_file}", f"--cert={member_tls.cert_file}"]
+        client_cert.append(f"--key={member_tls.key_file}")
+        assert etcdctl(agent.url, *client_cert, "put", "/tls/proxy", "yes").returncode == 0
+        got = etcdctl(agent.url, *client_cert, "get", "/tls/proxy", "--print-value-only")
+        assert got.stdout.strip() == "yes"
+        # a client without a certificate of the cluster CA is refused by the proxy
+        refused = etcdctl(agent.url, f"--cacert={ca.cert_file}", "get", "/tls/proxy")
+        assert refused.returncode != 0
+    finally:
+        for service in services:
+            service.stop()
+        etcd.kill()
+
+
+class StaticNodes:
+    def __init__(self, me: NodeIdentity, nodes: list[CloudNode]) -> None:
+        self.me = me
+        self.nodes = nodes
+
+    def whoami(self) -> NodeIdentity:
+        return self.me
+
+    def group_members(self) -> list[CloudNode]:
+        return list(self.nodes)
