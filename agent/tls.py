@@ -116,14 +116,16 @@ def issue_node_cert(
     name: str,
     metadata_url: str | None = None,
     group: str | None = None,
+    role: str = "member",
 ) -> TlsFiles:
     """Give a node its certificate the way its boot does.
 
     The CA certificate and key are put in `pki_dir` as cloud-init writes them (the key
     mode 0600), then `issue-cert.sh pki_dir` runs: it issues `node.crt`/`node.key` for
     `ip` (or, if `ip` is None, for the address `metadata_url` says, as on a cloud) and
-    deletes its copy of the CA key. `group` may read the key (default: the caller's own
-    group; on a node it is `etcd`). Running it again once done changes nothing.
+    deletes its copy of the CA key; `role` is its ROLE argument (member, or proxy: no CN).
+    `group` may read the key (default: the caller's own group; on a node it is `etcd`).
+    Running it again once done changes nothing.
     """
     pki_dir = Path(pki_dir)
     pki_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +150,7 @@ def issue_node_cert(
         env["AUTOSCALE_NODE_IP"] = ip
     if metadata_url is not None:
         env["AUTOSCALE_METADATA_URL"] = metadata_url
-    _run(["sh", str(ISSUE_CERT_SCRIPT), str(pki_dir)], env=env, what="issue-cert.sh")
+    _run(["sh", str(ISSUE_CERT_SCRIPT), str(pki_dir), role], env=env, what="issue-cert.sh")
     return files
 
 

@@ -270,7 +270,7 @@ def _node_document(
             },
             _file(f"{NODE_DIR}/issue-cert.sh", issue, "0755"),
         ]
-        runcmd.append(["sh", f"{NODE_DIR}/issue-cert.sh", NODE_TLS_DIR])
+        runcmd.append(["sh", f"{NODE_DIR}/issue-cert.sh", NODE_TLS_DIR, role])
     if stack.metrics_server:
         files.append(_file(NETDATA_STREAM_STAGED, netdata_child_stream(), "0600"))
         runcmd += [

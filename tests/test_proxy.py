@@ -44,9 +44,9 @@ from agent.settings import (
     TlsFiles,
 )
 from agent.snapshot import CloudNode, Member, NodeIdentity
-from agent.tls import CA, issue_node_cert, make_ca
-from infra.settings import NODE_HOOK_DIR
-from infra.userdata import AGENT_CONFIG, UNITS_DIR, proxy_user_data
+from agent.tls import issue_node_cert, make_ca
+from infra.settings import NODE_HOOK_DIR, NODE_TLS_DIR
+from infra.userdata import AGENT_CONFIG, UNITS_DIR, member_user_data, proxy_user_data
 from tests.etcd_cluster import (
     EtcdCluster,
     all_etcd_binaries,
@@ -502,9 +502,22 @@ def test_proxy_user_data_names_the_hook_the_agent_runs():
     from infra.settings import parse_settings
 
     stack = parse_settings(
-        {"image": "img", "instance_type": "m1", "net_name": "net", "proxies": 2}, source="t"
+        {
+            "image": "img",
+            "instance_type": "m1",
+            "net_name": "net",
+            "proxies": 2,
+            "etcdclientscheme": "https",
+        },
+        source="t",
     )
     document = yaml.safe_load(proxy_user_data(stack, cluster_name="c").text)
+    # the proxy's certificate is issued without a CN (etcd's gRPC proxy refuses one)
+    issue = [c for c in document["runcmd"] if any("issue-cert.sh" in str(w) for w in c)]
+    assert [c[-2:] for c in issue] == [[NODE_TLS_DIR, "proxy"]]
+    member = yaml.safe_load(member_user_data(stack, cluster_name="c").text)
+    issue = [c for c in member["runcmd"] if any("issue-cert.sh" in str(w) for w in c)]
+    assert [c[-2:] for c in issue] == [[NODE_TLS_DIR, "member"]]
     files = {f["path"]: f for f in document["write_files"]}
     settings = AgentSettings.from_json(files[AGENT_CONFIG]["content"])
     assert settings.role == "proxy"
@@ -515,23 +528,6 @@ def test_proxy_user_data_names_the_hook_the_agent_runs():
 
 
 # --- https: the proxy talks TLS to the members and to its clients ------------------------------
-
-
-def proxy_cert_without_cn(ca: CA, pki: Path, ip: str) -> TlsFiles:
-    """A certificate of the cluster CA for the proxy's address whose subject has no CN."""
-    pki.mkdir(parents=True)
-    (pki / "ext").write_text(
-        f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n", encoding="utf-8"
-    )
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    request = ["-subj", "/O=autoscale-etcd/OU=proxy", "-keyout", "proxy.key", "-out", "proxy.csr"]
-    signer = ["-CA", str(ca.cert_file), "-CAkey", str(ca.key_file), "-CAcreateserial"]
-    issue = ["-in", "proxy.csr", "-days", "1", "-extfile", "ext", "-out", "proxy.crt"]
-    for command in (["req", "-new", *key, *request], ["x509", "-req", *signer, *issue]):
-        subprocess.run(["openssl", *command], cwd=pki, check=True, capture_output=True)
-    return TlsFiles(
-        ca_file=str(ca.cert_file), cert_file=str(pki / "proxy.crt"), key_file=str(pki / "proxy.key")
-    )
 
 
 @pytest.mark.etcd
@@ -585,9 +581,10 @@ def test_https_proxy_with_client_certificates(tmp_path: Path, etcd_version_bin: 
             agent = ProxyAgent(settings, cloud=cloud, service=service, serve_timeout=serve_timeout)
             return agent, service
 
-        # a certificate with a CN, like a member's: etcd 3.4/3.5 refuse it as the proxy's
+        # a member's certificate (CN = host name): etcd 3.4/3.5 refuse it as the proxy's
         # client certificate ("cert has non empty Common Name"), the proxy exits
         with_cn = issue_node_cert(ca, tmp_path / "cn-pki", ip=pip, name="proxy-1")
+        assert "CN" in cert_subject(with_cn.cert_file)
         agent, service = agent_with(with_cn, "with-cn", serve_timeout=1)
         assert "not serving yet" in agent.cycle()
         wait_until(lambda: not service.is_running(), 10, message="the proxy to exit")
@@ -597,8 +594,10 @@ def test_https_proxy_with_client_certificates(tmp_path: Path, etcd_version_bin: 
         assert "proxy was down (" in again and "non empty Common Name" in again
         assert not agent.state.configured
 
-        # the same CA, no CN: the proxy serves over https
-        agent, service = agent_with(proxy_cert_without_cn(ca, tmp_path / "pki", pip), "no-cn")
+        # what a proxy node's boot issues (issue-cert.sh PKI_DIR proxy): no CN, and it serves
+        proxy_tls = issue_node_cert(ca, tmp_path / "pki", ip=pip, name="proxy-1", role="proxy")
+        assert "CN" not in cert_subject(proxy_tls.cert_file)
+        agent, service = agent_with(proxy_tls, "no-cn")
         sentence = agent.cycle()
         assert agent.url == f"https://{pip}:{client_port}"
         assert service.current().endpoints == (f"https://{ip}:{client_port}",)
@@ -615,6 +614,16 @@ def test_https_proxy_with_client_certificates(tmp_path: Path, etcd_version_bin: 
         for service in services:
             service.stop()
         etcd.kill()
+
+
+def cert_subject(path: str) -> str:
+    done = subprocess.run(
+        ["openssl", "x509", "-in", path, "-noout", "-subject", "-nameopt", "RFC2253"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 class StaticNodes:

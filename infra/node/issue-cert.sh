@@ -1,12 +1,15 @@
 #!/bin/sh
 # Issues this node's etcd certificate for its own address from the cluster CA, then
 # deletes the CA key: a node can prove who it is, never issue for anyone else.
-# usage: issue-cert.sh PKI_DIR   (holds ca.crt and ca.key; writes node.crt, node.key)
+# usage: issue-cert.sh PKI_DIR [ROLE]   (holds ca.crt and ca.key; writes node.crt, node.key)
 #
-# The certificate: a new EC P-256 key; subject CN = the host name; SANs = the node's
-# IPv4 (the address of its etcd URLs), 127.0.0.1 and the host name; extended key usage
-# serverAuth and clientAuth (the same certificate serves etcd's client and peer ports
-# and is the agent's client certificate); valid 3650 days. 127.0.0.1 is there because
+# The certificate: a new EC P-256 key; subject CN = the host name (ROLE member, the
+# default) or no CN at all (ROLE proxy: etcd's gRPC proxy, 3.4 and 3.5, refuses a client
+# certificate whose subject has a Common Name: "cert has non empty Common Name");
+# SANs = the node's IPv4 (the address of its etcd URLs), 127.0.0.1 and the host name;
+# extended key usage serverAuth and clientAuth (the same certificate serves etcd's
+# client and peer ports, or the proxy's, and is the agent's (and proxy's) client
+# certificate); valid 3650 days. 127.0.0.1 is there because
 # etcd checks an incoming peer certificate's IP SANs against the connection's source
 # address, which is 127.0.0.1 for connections over loopback (the lab).
 #
@@ -25,6 +28,11 @@ node_ip() {
 }
 ip="${AUTOSCALE_NODE_IP:-$(node_ip)}"
 name="${AUTOSCALE_NODE_NAME:-$(hostname)}"
+case "${2:-member}" in
+    member) subject="/CN=${name}" ;;
+    proxy) subject="/O=autoscale-etcd/OU=proxy" ;;
+    *) echo "issue-cert.sh: ROLE is member or proxy, not '$2'" >&2; exit 1 ;;
+esac
 case "${ip}" in
     *[!0-9.]* | "") echo "issue-cert.sh: not an IPv4 address: '${ip}'" >&2; exit 1 ;;
 esac
@@ -32,7 +40,7 @@ umask 077
 ext="${pki}/node.ext"
 printf 'subjectAltName=IP:%s,IP:127.0.0.1,DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\n' \
     "${ip}" "${name}" >"${ext}"
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=${name}" \
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "${subject}" \
     -keyout "${pki}/node.key" -out "${pki}/node.csr"
 openssl x509 -req -in "${pki}/node.csr" -CA "${pki}/ca.crt" -CAkey "${pki}/ca.key" \
     -CAcreateserial -days 3650 -extfile "${ext}" -out "${pki}/node.crt"
