@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _stack(args: argparse.Namespace) -> tuple[StackSettings, LabTimings]:
     path = stack_file(args.stack)
+    if not path.is_file():  # the test stacks (e.g. https) live in tests/stacks
+        path = PROJECT_DIR / "tests" / "stacks" / path.name
     try:
         stack = load_stack_file(path)
     except FileNotFoundError:

@@ -36,6 +36,7 @@ from lab.localcloud import AddressPool, AlarmSpec, LocalCloud
 from lab.netdata_stub import NETDATA_PORT, Mode
 from lab.nodes import Node, Nova
 from lab.timings import LabTimings, find_etcd_binary, group_spec
+from lab.tls import LabPki
 
 STATE_FILE = "lab.json"
 IDLE_LOAD = 2.0
@@ -134,6 +135,11 @@ class Lab:
         self.prefix = prefix or pick_prefix((stack.etcdclientport, stack.etcdpeerport))
         self.events = EventLog()
         self.log = log
+        self.pki = LabPki.for_stack(
+            stack, self.root / "pki", self.cluster_name, client_ip=f"{self.prefix}.1"
+        )
+        self.client_tls = self.pki.client if self.pki else None
+        """The lab's own client certificate on an https stack (None: http)."""
         self.nova = Nova(
             self.root,
             stack,
@@ -145,6 +151,7 @@ class Lab:
             netdata_port=NETDATA_PORT,
         )
         self.nova.default_load = IDLE_LOAD
+        self.nova.pki = self.pki
         self.cloud = LocalCloud(
             min_size=self.spec.min_size,
             max_size=self.spec.max_size,
@@ -254,6 +261,7 @@ class Lab:
             urls,
             timeout=max(0.5, min(2.0, self.timings.lockattemptperiod / 2)),
             prefix=f"/autoscale-etcd/{self.cluster_name}",
+            tls=self.client_tls,
         )
 
     # --- waiting ---------------------------------------------------------------------------------
@@ -430,6 +438,7 @@ class Lab:
             "prefix": self.prefix,
             "cloud_url": self.nova.cloud_url,
             "etcd_binary": self.etcd_binary,
+            "client_tls": self.client_tls.model_dump() if self.client_tls else None,
             "nodes": nodes,
             "updated": time.time(),
         }

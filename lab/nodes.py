@@ -34,6 +34,7 @@ from lab.events import EventLog
 from lab.group import Member
 from lab.netdata_stub import NETDATA_PORT, Mode, NetdataStub, NodeMetrics
 from lab.timings import LabTimings, install_hooks, node_settings
+from lab.tls import LabPki
 
 
 def pid_alive(pid: int | None, needle: str | None = None) -> bool:
@@ -154,6 +155,8 @@ class Nova:
         self.events = events
         self.python = python
         self.netdata_port = netdata_port
+        self.pki: LabPki | None = None
+        """The cluster CA of an https stack (None: http)."""
         self.cloud_url = ""
         self.nodes: dict[str, Node] = {}
         self.gone: list[Node] = []
@@ -186,6 +189,9 @@ class Nova:
             netdata_url=stub.url,
             etcd_binary=self.etcd_binary,
         )
+        if self.pki is not None and settings.etcd.tls is not None:
+            # as the node's boot does: infra/node/issue-cert.sh for its own address
+            self.pki.issue(settings.etcd.tls, ip=member.ip, name=member.name)
         config = node_dir / "agent.json"
         settings.write(config)
         node = Node(member=member, dir=node_dir, settings=settings, metrics=metrics, stub=stub)

@@ -277,7 +277,7 @@ def final_views(lab: Lab) -> list[dict[str, Any]]:
         if node.etcd_pid() is None:
             continue
         try:
-            with EtcdClient([node.client_url], timeout=2.0) as client:
+            with EtcdClient([node.client_url], timeout=2.0, tls=lab.client_tls) as client:
                 status = client.status(node.client_url)
                 members = client.members(check_health=False)
         except EtcdError as error:
@@ -315,7 +315,7 @@ def run_scenario(
         lab.events.listeners.append(display.event)
         lab.on_sample.append(display.sample)
     run = Run(lab, timings, stack)
-    writer = Writer(lab.endpoints, interval=0.05)
+    writer = Writer(lab.endpoints, interval=0.05, tls=lab.client_tls)
     lab.acked = lambda: len(writer.acked)
     facts: RunFacts | None = None
     try:

@@ -25,6 +25,7 @@ from agent.state import AgentState
 from lab.cluster import STATE_FILE
 from lab.netdata_stub import NETDATA_PORT
 from lab.nodes import kill_pid, pid_alive
+from lab.tls import client_tls_from_state
 
 
 class NoLab(RuntimeError):
@@ -56,7 +57,9 @@ def status(root: Path) -> dict[str, Any]:
     holder = error = None
     if urls:
         try:
-            with EtcdClient(urls, timeout=1.0, prefix=f"/autoscale-etcd/{state['cluster']}") as c:
+            prefix = f"/autoscale-etcd/{state['cluster']}"
+            tls = client_tls_from_state(state)
+            with EtcdClient(urls, timeout=1.0, prefix=prefix, tls=tls) as c:
                 members = {m.name: m for m in c.members(check_health=True)}
                 holder = c.lock_holder(KILL_LOCK)
         except EtcdError as failure:

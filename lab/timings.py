@@ -222,5 +222,6 @@ def node_settings(
         cluster_name=cluster_name,
         cloud=LocalCloud(url=cloud_url, node_id=node_id),
         hook_dir=str(node_dir / "hooks"),
+        tls_dir=str(node_dir / "pki"),
         adjust=adjust,
     )

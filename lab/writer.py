@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.etcd import EtcdClient, EtcdError
+from agent.settings import TlsFiles
 
 PREFIX = "/lab/writes/"
 
@@ -38,9 +39,15 @@ class WriteResult:
 
 class Writer:
     def __init__(
-        self, endpoints: Callable[[], list[str]], *, interval: float = 0.05, timeout: float = 1.0
+        self,
+        endpoints: Callable[[], list[str]],
+        *,
+        interval: float = 0.05,
+        timeout: float = 1.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.endpoints = endpoints
+        self.tls = tls
         self.interval = interval
         self.timeout = timeout
         self.acked: list[int] = []
@@ -61,7 +68,7 @@ class Writer:
             if urls and urls != known:
                 if client is not None:
                     client.close()
-                client, known = EtcdClient(urls, timeout=self.timeout), urls
+                client, known = EtcdClient(urls, timeout=self.timeout, tls=self.tls), urls
             if client is None:
                 self._stop.wait(self.interval)
                 continue
@@ -90,7 +97,7 @@ class Writer:
             urls = self.endpoints()
             if urls:
                 try:
-                    with EtcdClient(urls, timeout=max(2.0, self.timeout)) as client:
+                    with EtcdClient(urls, timeout=max(2.0, self.timeout), tls=self.tls) as client:
                         stored = client.get_prefix(PREFIX)
                 except EtcdError as error:
                     last = str(error)
