@@ -39,6 +39,8 @@ class ClusterCA(pulumi.ComponentResource):
             is_ca_certificate=True,
             validity_period_hours=TEN_YEARS_HOURS,
             allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+            # OpenSSL's strict verification (Python >= 3.13, urllib3) wants a CA's SKID
+            set_subject_key_id=True,
             subject=tls.SelfSignedCertSubjectArgs(
                 common_name=f"{args.cluster_name} etcd CA", organization="autoscale-etcd"
             ),

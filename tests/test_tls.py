@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -273,6 +274,9 @@ def test_the_lab_ca_is_the_ca_the_program_declares(ca):
     text = cert_text(ca.cert_file)
     assert "ASN1 OID: prime256v1" in text
     assert cert["isCaCertificate"] is True
+    # a subject key identifier: strict verification refuses a chain whose CA has none
+    assert cert["setSubjectKeyId"] is True
+    assert "Subject Key Identifier" in text
     assert re.search(r"Basic Constraints: critical\s+CA:TRUE", text)
     uses = {
         "cert_signing": "Certificate Sign",
@@ -438,6 +442,15 @@ def test_three_members_over_https_serve_the_agent_and_refuse_strangers(https_clu
     client.release_lock(lock)
     assert other.acquire_lock("kill", "m2", ttl=10) is not None
 
+    # the certificates pass OpenSSL's strict checks too (Python >= 3.13 and urllib3 turn
+    # VERIFY_X509_STRICT on by default)
+    strict = ssl.create_default_context(cafile=files[0].ca_file)
+    strict.verify_flags |= ssl.VERIFY_X509_STRICT
+    strict.load_cert_chain(files[1].cert_file, files[1].key_file)
+    ip = https_cluster.ips[0]
+    with socket.create_connection((ip, https_cluster.client_port), timeout=3) as raw:
+        with strict.wrap_socket(raw, server_hostname=ip) as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
     # no CA: the members' certificates are not trusted
     with pytest.raises(EtcdError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         EtcdClient(urls, timeout=2.0).members(check_health=False)
