@@ -532,7 +532,9 @@ class EtcdClient:
         gone once the lease expired, and has another create revision if someone else took
         the lock since); only if it holds does it record the removal (under
         `<prefix>/removals/<member hex>` and `<prefix>/last-removal`), and only then is the
-        member removed. False: the fence failed, nothing was recorded or removed."""
+        member removed. False: the fence failed, nothing was recorded or removed. If etcd
+        then refuses the removal (e.g. "unhealthy cluster" in the 5 s after a member
+        connected), the record is taken back and the error raised."""
         text = json.dumps(dict(record), sort_keys=True)
         body = {
             "compare": [
@@ -552,8 +554,33 @@ class EtcdClient:
         if not self.txn(body).get("succeeded", False):
             log.warning("fenced removal of %x refused: lock %s no longer held", member_id, lock.key)
             return False
-        self.remove_member(member_id)
+        try:
+            self.remove_member(member_id)
+        except EtcdError:
+            self._take_back(member_id, text)
+            raise
         return True
+
+    def _take_back(self, member_id: int, text: str) -> None:
+        """Delete the removal record of a removal etcd refused (if it is still ours)."""
+        for key in (self.removal_key(member_id), self.last_removal_key):
+            try:
+                self.txn(
+                    {
+                        "compare": [
+                            {
+                                "key": _b64(key),
+                                "target": "VALUE",
+                                "result": "EQUAL",
+                                "value": _b64(text),
+                            }
+                        ],
+                        "success": [{"request_delete_range": {"key": _b64(key)}}],
+                        "failure": [],
+                    }
+                )
+            except EtcdError as error:
+                log.warning("could not take back the removal record %s: %s", key, error)
 
     def last_removal(self) -> dict[str, Any] | None:
         text = self.get(self.last_removal_key)

@@ -273,7 +273,12 @@ class Agent:
             client.release_lock(lock)
             return f"re-check after winning the lock: {again.kind} ({again.reason}); lock released"
         record = {"member": me.name, "reason": action.reason, "time": fresh.now, "via": via}
-        if not self._client(fresh).fenced_remove(lock, me.id, record):
+        try:
+            fenced = self._client(fresh).fenced_remove(lock, me.id, record)
+        except EtcdError as error:
+            client.release_lock(lock)  # nothing was removed: let the next try come soon
+            return f"etcd refused the removal ({error}); lock released, tried again later"
+        if not fenced:
             return "the kill lock expired before the removal (fence failed): nothing removed"
         self._save(phase="leaving", leave_via=via)
         cleanup = self._run_hook(
