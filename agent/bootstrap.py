@@ -167,9 +167,13 @@ class Bootstrap:
             return None
 
     def _start_listed(self, client: EtcdClient, me: NodeIdentity, members: list[Member]) -> Joined:
-        peers = {m.name: m.peer_urls[0] for m in members if m.started and m.peer_urls}
-        peers[me.name] = peer_url(me.ip, self.settings.etcd)
         wipe_data_dir(self.data_dir)
+        return self._start_existing(client, me, members)
+
+    def _start_existing(self, client: EtcdClient, me: NodeIdentity, listed: list[Member]) -> Joined:
+        """Start etcd on this node's (added) entry, then promote it if it is a learner."""
+        peers = {m.name: m.peer_urls[0] for m in listed if m.started and m.peer_urls}
+        peers[me.name] = peer_url(me.ip, self.settings.etcd)
         self._start(me, peers, "existing")
         member = self._wait_member(me, client)
         if member.is_learner:
@@ -196,16 +200,8 @@ class Bootstrap:
                 raise NotYet(f"not adding while {names} is unstarted or unhealthy")
             self.service.stop()
             wipe_data_dir(self.data_dir)
-            my_peer = peer_url(me.ip, self.settings.etcd)
-            _added, listed = self._add(client, my_peer)
-            peers = {m.name: m.peer_urls[0] for m in listed if m.started and m.peer_urls}
-            peers[me.name] = my_peer
-            self._start(me, peers, "existing")
-            started = self._wait_member(me, client)
-            if started.is_learner:
-                self._promote(client, started)
-                started = self._wait_member(me, client, voter=True)
-            return Joined(started, "joined")
+            _added, listed = self._add(client, peer_url(me.ip, self.settings.etcd))
+            return self._start_existing(client, me, listed)
         finally:
             try:
                 client.release_lock(lock)
