@@ -1,18 +1,23 @@
-# autoscale-etcd node image: Ubuntu 24.04 with etcd, netdata, the agent's venv and
-# the systemd units, so a replacement node skips every install at boot.
+# autoscale-etcd node images with etcd, netdata, the agent's venv and the systemd units,
+# so a replacement node skips every install at boot. One template, one way of provisioning,
+# two sources (build one at a time with -only):
 #
-#   packer build -var source_image="Ubuntu 24.04" -var flavor=m1.small \
-#       -var 'networks=["<network uuid>"]' packer/ubuntu-24.04.pkr.hcl
+#   openstack.ubuntu   Ubuntu 24.04
+#   openstack.rocky    Rocky Linux 9, or AlmaLinux 9 with -var ssh_username=almalinux
+#
+#   packer build -only=openstack.ubuntu -var source_image="Ubuntu 24.04" -var flavor=m1.small \
+#       -var 'networks=["<network uuid>"]' packer/node-image.pkr.hcl
+#   packer build -only=openstack.rocky -var source_image="Rocky-9-GenericCloud" ... (the same)
 #
 # Credentials are the OpenStack builder's usual ones: OS_CLOUD (clouds.yaml) or the
 # OS_* variables of an openrc file. Nothing secret is written in this file.
 # Written for Packer 1.6+ (the openstack builder is built in up to 1.9; later
-# releases need `packer plugins install github.com/hashicorp/openstack`).
-# Keep the provisioning in step with rocky-9.pkr.hcl (tests/test_packer.py checks).
+# releases need `packer plugins install github.com/hashicorp/openstack`). Packer 1.6 lets a
+# build's source block only add arguments the shared source leaves unset, not override them.
 
 variable "source_image" {
   type        = string
-  description = "Name of the Glance image to start from (an Ubuntu 24.04 cloud image)."
+  description = "Name of the Glance image to start from: an Ubuntu 24.04 cloud image for openstack.ubuntu, a Rocky 9 or Alma 9 GenericCloud image for openstack.rocky."
 }
 
 variable "flavor" {
@@ -29,12 +34,13 @@ variable "networks" {
 variable "image_name" {
   type        = string
   default     = ""
-  description = "Name of the image made; default autoscale-etcd-ubuntu-24.04-etcd<version>-<time>."
+  description = "Name of the image made; default autoscale-etcd-<ubuntu-24.04|rocky-9>-etcd<version>-<time>."
 }
 
 variable "ssh_username" {
-  type    = string
-  default = "ubuntu"
+  type        = string
+  default     = ""
+  description = "User of the source image; default ubuntu (openstack.ubuntu), rocky (openstack.rocky)."
 }
 
 variable "floating_ip_network" {
@@ -63,18 +69,26 @@ variable "etcd_sha256" {
 
 locals {
   built_at   = formatdate("YYYYMMDD-hhmm", timestamp())
-  image_name = var.image_name != "" ? var.image_name : "autoscale-etcd-ubuntu-24.04-etcd${var.etcd_version}-${local.built_at}"
   upload_dir = "/tmp/autoscale-etcd"
+  # per source of the build: the release in the image's name, the cloud image's user
+  releases = { ubuntu = "ubuntu-24.04", rocky = "rocky-9" }
+  ssh_usernames = {
+    ubuntu = var.ssh_username != "" ? var.ssh_username : "ubuntu"
+    rocky  = var.ssh_username != "" ? var.ssh_username : "rocky"
+  }
+  image_names = {
+    for name, release in local.releases : name => (
+      var.image_name != "" ? var.image_name : "autoscale-etcd-${release}-etcd${var.etcd_version}-${local.built_at}"
+    )
+  }
 }
 
-source "openstack" "autoscale_etcd" {
+source "openstack" "node" {
   source_image_name   = var.source_image
   flavor              = var.flavor
   networks            = var.networks
   floating_ip_network = var.floating_ip_network
   security_groups     = var.security_groups
-  image_name          = local.image_name
-  ssh_username        = var.ssh_username
   ssh_timeout         = "15m"
   image_tags          = ["autoscale-etcd"]
   metadata = {
@@ -83,7 +97,17 @@ source "openstack" "autoscale_etcd" {
 }
 
 build {
-  sources = ["source.openstack.autoscale_etcd"]
+  source "source.openstack.node" {
+    name         = "ubuntu"
+    image_name   = local.image_names.ubuntu
+    ssh_username = local.ssh_usernames.ubuntu
+  }
+
+  source "source.openstack.node" {
+    name         = "rocky"
+    image_name   = local.image_names.rocky
+    ssh_username = local.ssh_usernames.rocky
+  }
 
   provisioner "shell" {
     inline = [
@@ -120,7 +144,7 @@ build {
       "AUTOSCALE_SOURCE=${local.upload_dir}",
       "ETCD_VERSION=${var.etcd_version}",
       "ETCD_SHA256=${var.etcd_sha256}",
-      "IMAGE_NAME=${local.image_name}",
+      "IMAGE_NAME=${local.image_names[source.name]}",
       "IMAGE_BUILT_AT=${local.built_at}",
     ]
     execute_command = "chmod +x {{ .Path }}; sudo -E env {{ .Vars }} sh -eu {{ .Path }}"
