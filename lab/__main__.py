@@ -5,6 +5,8 @@ python -m lab status [--json]          the nodes of the lab that is up
 python -m lab down                     stop everything the lab started, remove its files
 python -m lab scenario NAME [--json FILE] [--plot FILE]
                                        burst, node-loss, etcd-outage, partition, bad-metrics
+python -m lab metrics [--seconds N]    a real netdata parent and child with the stack's
+                                       rendered stream.conf: what the parent serves
 
 Common options: --stack NAME (Pulumi.<NAME>.yaml, default dev), --fast (the tests'
 time factor) or --factor F, --root DIR (default .lab).
@@ -61,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     scenario.add_argument("--json", type=Path, help="write the JSON report here")
     scenario.add_argument("--plot", type=Path, help="write the timeline PNG here")
     scenario.add_argument("--keep", action="store_true", help="keep the nodes' logs")
+    metrics = sub.add_parser("metrics", parents=[common], help="a real netdata parent and child")
+    metrics.add_argument("--seconds", type=float, default=20.0, help="how long the pair runs")
+    metrics.add_argument("--keep", action="store_true", help="keep the daemons' files")
     sub.add_parser("_serve", parents=[common])  # the detached lab's own process
     return parser
 
@@ -115,6 +120,32 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     )
     if outcome.ok and not args.keep:
         shutil.rmtree(root, ignore_errors=True)
+    return 0 if outcome.ok else 1
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from lab.metrics_pair import run_pair
+
+    stack, _ = _stack(args)
+    root = args.root / f"metrics-{os.getpid()}"
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        outcome = run_pair(stack, root, stack_name=args.stack, seconds=args.seconds, out=sys.stdout)
+    except (FileNotFoundError, RuntimeError) as error:  # no netdata, or it did not start
+        print(error, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if outcome.ok and not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"the daemons' configs and logs: {root}")
     return 0 if outcome.ok else 1
 
 
@@ -219,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "up": cmd_up,
         "status": cmd_status,
         "down": cmd_down,
+        "metrics": cmd_metrics,
         "_serve": lambda a: _serve(a, show=False),
     }
     return handlers[args.command](args)

@@ -1,10 +1,11 @@
 """The metrics server: a real netdata parent receives a real netdata child's stream.
 
-Both are Debian's netdata 1.37 on random 127.0.0.x addresses (tests/netdata_server.py), and
+Both are Debian's netdata 1.37 on random 127.0.0.x addresses (lab/netdata_real.py), and
 both run the `stream.conf` the program renders, taken from the cloud-config documents of
 infra/userdata.py: the metrics server's (the parent: an `[<API key>]` section) and a
 member's and a proxy's (the child: `[stream]` with destination and API key). Only the
-placeholders Heat or the program fill in are replaced, as they would be at deploy time.
+placeholders Heat or the program fill in are replaced, as they would be at deploy time
+(lab/metrics_pair.py does both, shared with `python -m lab metrics`).
 
 netdata's streaming reference: https://learn.netdata.cloud/docs/streaming/ and the
 commented /usr/lib/netdata/conf.d/stream.conf of the package; the parent lists the hosts it
@@ -19,33 +20,19 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-import yaml
 
 from agent.metrics import read_metric
 from agent.settings import MetricSettings
 from infra.settings import parse_settings
-from infra.userdata import (
-    NETDATA_PORT,
-    NETDATA_STREAM_STAGED,
-    Token,
-    member_user_data,
-    metrics_user_data,
-    proxy_user_data,
-)
+from infra.userdata import Token
+from lab.metrics_pair import child_conf, parent_conf, rendered_stream_confs
+from lab.netdata_real import NetdataServer, find_netdata
 from tests.etcd_cluster import wait_until
-from tests.netdata_server import NetdataServer, find_netdata
 
 CHILD = "member-1"
 INTRUDER = "intruder"
 
 pytestmark = pytest.mark.netdata
-
-
-def _stream_conf(user_data_text: str) -> str:
-    """The stream.conf a cloud-config document stages for netdata (write_files)."""
-    document = yaml.safe_load(user_data_text)
-    (entry,) = [f for f in document["write_files"] if f["path"] == NETDATA_STREAM_STAGED]
-    return entry["content"]
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +48,7 @@ def rendered() -> dict[str, str]:
         },
         source="test",
     )
-    return {
-        "metrics": _stream_conf(metrics_user_data(stack, cluster_name="c").text),
-        "member": _stream_conf(member_user_data(stack, cluster_name="c").text),
-        "proxy": _stream_conf(proxy_user_data(stack, cluster_name="c").text),
-    }
-
-
-def child_conf(rendered_child: str, parent: NetdataServer, api_key: str) -> str:
-    """Heat's str_replace of the child's tokens, the parent's test port in place of 19999."""
-    destination = f"{Token.METRICS_HOST}:{NETDATA_PORT}"
-    assert destination in rendered_child
-    assert Token.NETDATA_API_KEY in rendered_child
-    return rendered_child.replace(destination, f"{parent.host}:{parent.port}").replace(
-        Token.NETDATA_API_KEY, api_key
-    )
+    return rendered_stream_confs(stack, cluster_name="c")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +66,7 @@ def netdata_pair(
         base / "parent",
         hostname="metrics-server",
         # infra.metrics.MetricsServer puts the stack's key in place of the token
-        config_files={"stream.conf": rendered["metrics"].replace(Token.NETDATA_API_KEY, api_key)},
+        config_files={"stream.conf": parent_conf(rendered["metrics"], api_key)},
     )
     servers = [parent]
     try:
@@ -101,13 +74,17 @@ def netdata_pair(
         child = NetdataServer(
             base / "child",
             hostname=CHILD,
-            config_files={"stream.conf": child_conf(rendered["member"], parent, api_key)},
+            config_files={
+                "stream.conf": child_conf(rendered["member"], parent.host, parent.port, api_key)
+            },
         )
         servers.append(child)
         intruder = NetdataServer(
             base / "intruder",
             hostname=INTRUDER,
-            config_files={"stream.conf": child_conf(rendered["proxy"], parent, wrong_key)},
+            config_files={
+                "stream.conf": child_conf(rendered["proxy"], parent.host, parent.port, wrong_key)
+            },
         )
         servers.append(intruder)
         child.start()
