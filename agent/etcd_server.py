@@ -15,14 +15,14 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from agent.child import ChildProcess
 from agent.settings import EtcdSettings
+from agent.systemd import Runner, SystemdUnit, run_command
 
 StartFailure = Literal["already-bootstrapped", "cluster-id-mismatch", "removed", "other"]
 
@@ -173,15 +173,15 @@ class SubprocessEtcd:
     """etcd as a detached process: `<binary> --config-file <path>`.
 
     The log (`etcd.log`) and the pid file (`etcd.pid`) sit beside the config file, so
-    another process (the lab, a restarted agent) can find and stop it by pid.
+    another process (the lab, a restarted agent) can find and stop it by pid
+    (agent/child.py: a pid counts only while it runs etcd on this config).
     """
 
     def __init__(self, binary: str = "etcd", *, stop_timeout: float = 10.0) -> None:
         self.binary = binary
         self.stop_timeout = stop_timeout
-        self._process: subprocess.Popen[bytes] | None = None
         self._config_path: Path | None = None
-        self._log_offset = 0
+        self._child: ChildProcess | None = None
 
     @property
     def config_path(self) -> Path | None:
@@ -189,139 +189,64 @@ class SubprocessEtcd:
 
     @property
     def log_path(self) -> Path | None:
-        return None if self._config_path is None else self._config_path.parent / LOG_FILE
+        return None if self._child is None else self._child.log_path
 
     @property
     def pid_path(self) -> Path | None:
-        return None if self._config_path is None else self._config_path.parent / PID_FILE
+        return None if self._child is None else self._child.pid_path
 
     def attach(self, config_path: Path) -> None:
         """Know the config (and so the pid and log files) without starting anything."""
-        self._config_path = Path(config_path).resolve()
+        resolved = Path(config_path).resolve()
+        if self._child is not None and resolved == self._config_path:
+            return
+        self._config_path = resolved
+        marker = str(resolved).encode()
+        self._child = ChildProcess(
+            resolved.parent / PID_FILE,
+            resolved.parent / LOG_FILE,
+            identity=lambda cmdline: marker in cmdline,
+            stop_timeout=self.stop_timeout,
+        )
 
     def start(self, config_path: Path) -> None:
         if self.is_running():
             self.stop()
         self.attach(config_path)
-        assert self.log_path is not None and self.pid_path is not None
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            self._process = subprocess.Popen(
-                [self.binary, "--config-file", str(self._config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self.pid_path.write_text(f"{self._process.pid}\n", encoding="utf-8")
+        assert self._child is not None
+        self._child.spawn([self.binary, "--config-file", str(self._config_path)])
 
     @property
     def pid(self) -> int | None:
-        if self._process is not None:
-            return self._process.pid
-        if self.pid_path is None:
-            return None
-        try:
-            return int(self.pid_path.read_text(encoding="utf-8").strip())
-        except (OSError, ValueError):
-            return None
+        return None if self._child is None else self._child.pid
 
     def is_running(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        pid = self.pid
-        return pid is not None and self._is_our_etcd(pid)
-
-    def _is_our_etcd(self, pid: int) -> bool:
-        """The pid is alive (not a zombie) and runs etcd on our config (no pid reuse)."""
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-            return False
-        return str(self._config_path).encode() in cmdline
+        return self._child is not None and self._child.is_running()
 
     def signal(self, signum: int) -> None:
         """Send a signal to the running etcd (SIGSTOP/SIGCONT in tests, SIGKILL for chaos)."""
-        pid = self.pid
-        if pid is None or not self.is_running():
+        if self._child is None or not self._child.is_running():
             raise ProcessLookupError(f"etcd ({self._config_path}) is not running")
-        os.kill(pid, signum)
+        self._child.signal(signum)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after `stop_timeout`; waits until the process is gone."""
-        pid = self.pid
-        if pid is not None and self.is_running():
-            for signum in (signal.SIGTERM, signal.SIGCONT):
-                try:
-                    os.kill(pid, signum)
-                except ProcessLookupError:
-                    break
-            if not self._wait_gone(self.stop_timeout):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self._wait_gone(self.stop_timeout)
-        if self._process is not None:
-            self._process.poll()
-        if self.pid_path is not None:
-            self.pid_path.unlink(missing_ok=True)
-        self._process = None
+        if self._child is not None:
+            self._child.stop()
 
     def kill(self) -> None:
         """SIGKILL at once (a crash), and reap it."""
-        pid = self.pid
-        if pid is not None and self.is_running():
-            os.kill(pid, signal.SIGKILL)
-            self._wait_gone(self.stop_timeout)
-        if self._process is not None:
-            self._process.poll()
+        if self._child is not None:
+            self._child.kill()
 
     def wait(self, timeout: float) -> int | None:
         """Wait for etcd to exit by itself; its exit code (None if still running)."""
-        if self._process is not None:
-            try:
-                return self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
-        return 0 if self._wait_gone(timeout) else None
-
-    def _wait_gone(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._process is not None:
-                try:
-                    self._process.wait(max(0.0, min(0.05, deadline - time.monotonic())))
-                    return True
-                except subprocess.TimeoutExpired:
-                    pass
-            elif not self.is_running():
-                return True
-            else:
-                time.sleep(0.05)
-            if time.monotonic() >= deadline:
-                return not self.is_running()
+        if self._child is None:
+            return 0
+        return self._child.wait(timeout)
 
     def recent_log(self) -> str:
-        if self.log_path is None:
-            return ""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._log_offset)
-                return log.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-
-
-Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
-
-
-def _run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(command), capture_output=True, text=True, check=False, timeout=60)
+        return "" if self._child is None else self._child.read_log(since_start=True)
 
 
 class SystemdEtcd:
@@ -332,20 +257,12 @@ class SystemdEtcd:
         *,
         unit: str = SYSTEMD_UNIT,
         config_path: Path = SYSTEMD_CONFIG,
-        runner: Runner = _run,
+        runner: Runner = run_command,
     ) -> None:
         self.unit = unit
         self.config_path = Path(config_path)
-        self._run = runner
+        self.systemd = SystemdUnit(unit, runner)
         self._started_at: float | None = None
-
-    def _check(self, command: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        result = self._run(command)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}"
-            )
-        return result
 
     def start(self, config_path: Path) -> None:
         if Path(config_path) != self.config_path:
@@ -353,32 +270,20 @@ class SystemdEtcd:
                 f"{self.unit} reads {self.config_path}; write the config there, not {config_path}"
             )
         self._started_at = time.time()
-        # a unit that hit its start limit (e.g. a removed member) must be reset first
-        self._run(["systemctl", "reset-failed", self.unit])
-        self._check(["systemctl", "restart", self.unit])
+        self.systemd.restart()
 
     def stop(self) -> None:
-        self._check(["systemctl", "stop", self.unit])
+        self.systemd.stop()
 
     def is_running(self) -> bool:
-        return self._run(["systemctl", "is-active", "--quiet", self.unit]).returncode == 0
+        return self.systemd.is_active()
 
     @property
     def pid(self) -> int | None:
-        result = self._run(["systemctl", "show", "--property=MainPID", "--value", self.unit])
-        try:
-            value = int(result.stdout.strip())
-        except ValueError:
-            return None
-        return value or None
+        return self.systemd.main_pid()
 
     def recent_log(self) -> str:
-        command = ["journalctl", "--unit", self.unit, "--output=cat", "--no-pager"]
-        if self._started_at is not None:
-            command.append(f"--since=@{int(self._started_at)}")
-        else:
-            command.append("--lines=200")
-        return self._run(command).stdout
+        return self.systemd.journal(since=self._started_at, lines=200)
 
 
 def make_service(settings: EtcdSettings) -> SystemdEtcd | SubprocessEtcd:

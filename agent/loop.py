@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 from agent.bootstrap import Bootstrap, BootstrapError, ClientFactory
@@ -69,16 +70,14 @@ class Agent:
         self.state_dir = Path(settings.state_dir)
         self.state = AgentState.load(self.state_dir)
         self.stopped = threading.Event()
-        self._me: NodeIdentity | None = None
         self._known_endpoints: list[str] = []
 
     # --- identity and config ---------------------------------------------------------
 
-    @property
+    @cached_property
     def me(self) -> NodeIdentity:
-        if self._me is None:
-            self._me = self.cloud.whoami()
-        return self._me
+        """This node, as the cloud knows it (asked once it answers)."""
+        return self.cloud.whoami()
 
     @property
     def config_path(self) -> Path:

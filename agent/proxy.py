@@ -33,26 +33,27 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
 import requests
 
 from agent.bootstrap import ClientFactory
+from agent.child import ChildProcess
 from agent.cloud import Cloud, CloudError
 from agent.etcd import EtcdError, normalize_url
-from agent.etcd_server import Runner, client_url
+from agent.etcd_server import client_url
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.loop import etcd_client_factory
 from agent.settings import AgentSettings
 from agent.snapshot import Member, NodeIdentity
 from agent.state import AgentState
+from agent.systemd import Runner, SystemdUnit, run_command
 
 log = logging.getLogger("agent.proxy")
 
@@ -204,53 +205,48 @@ class ProxyService(Protocol):
         ...
 
 
-def _run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(command), capture_output=True, text=True, check=False, timeout=60)
-
-
 class SystemdProxy:
     """The node's `etcd-autoscale-proxy.service`, which reads `/etc/autoscale-etcd/proxy.env`."""
 
     def __init__(
-        self, *, unit: str = PROXY_UNIT, env_path: Path = PROXY_ENV, runner: Runner = _run
+        self, *, unit: str = PROXY_UNIT, env_path: Path = PROXY_ENV, runner: Runner = run_command
     ) -> None:
         self.unit = unit
         self.env_path = Path(env_path)
-        self._run = runner
+        self.systemd = SystemdUnit(unit, runner)
 
     def current(self) -> ProxyConfig | None:
         return read_env_file(self.env_path)
 
     def apply(self, config: ProxyConfig) -> None:
         write_env_file(self.env_path, config)
-        self._run(["systemctl", "reset-failed", self.unit])
-        result = self._run(["systemctl", "restart", self.unit])
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"systemctl restart {self.unit} failed ({result.returncode}):"
-                f" {result.stderr.strip()}"
-            )
+        self.systemd.restart()
 
     def is_running(self) -> bool:
-        return self._run(["systemctl", "is-active", "--quiet", self.unit]).returncode == 0
+        return self.systemd.is_active()
 
     def stop(self) -> None:
-        self._run(["systemctl", "stop", self.unit])
+        self.systemd.stop(check=False)
 
     def recent_log(self, chars: int = 3000) -> str:
-        command = ["journalctl", "--unit", self.unit, "--output=cat", "--no-pager", "-n", "50"]
-        return self._run(command).stdout[-chars:]
+        return self.systemd.journal(lines=50)[-chars:]
 
 
 class SubprocessProxy:
     """The proxy as a detached child process (tests, lab). `proxy.env`, `proxy.log` and
-    `proxy.pid` live in `directory`, so another process can find and stop it by pid."""
+    `proxy.pid` live in `directory`, so another process can find and stop it by pid
+    (agent/child.py: a pid counts only while it runs a grpc-proxy where `proxy.env` says)."""
 
     def __init__(self, binary: str, directory: Path, *, stop_timeout: float = 5.0) -> None:
         self.binary = binary
         self.directory = Path(directory)
         self.stop_timeout = stop_timeout
-        self._process: subprocess.Popen[bytes] | None = None
+        self.child = ChildProcess(
+            self.directory / "proxy.pid",
+            self.directory / "proxy.log",
+            identity=self._is_our_proxy,
+            stop_timeout=stop_timeout,
+        )
 
     @property
     def env_path(self) -> Path:
@@ -258,11 +254,11 @@ class SubprocessProxy:
 
     @property
     def log_path(self) -> Path:
-        return self.directory / "proxy.log"
+        return self.child.log_path
 
     @property
     def pid_path(self) -> Path:
-        return self.directory / "proxy.pid"
+        return self.child.pid_path
 
     def current(self) -> ProxyConfig | None:
         return read_env_file(self.env_path)
@@ -273,84 +269,27 @@ class SubprocessProxy:
     def apply(self, config: ProxyConfig) -> None:
         self.stop()
         write_env_file(self.env_path, config)
-        with open(self.log_path, "ab") as output:
-            self._process = subprocess.Popen(
-                self.command(config),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self.pid_path.write_text(f"{self._process.pid}\n", encoding="utf-8")
+        self.child.spawn(self.command(config), cwd=self.directory)
 
     @property
     def pid(self) -> int | None:
-        if self._process is not None:
-            return self._process.pid
-        try:
-            return int(self.pid_path.read_text(encoding="utf-8").strip())
-        except (OSError, ValueError):
-            return None
+        return self.child.pid
 
     def is_running(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        pid = self.pid
-        return pid is not None and self._is_our_proxy(pid)
+        return self.child.is_running()
 
-    def _is_our_proxy(self, pid: int) -> bool:
-        """Alive, not a zombie, and a grpc-proxy listening where our env file says."""
+    def _is_our_proxy(self, cmdline: list[bytes]) -> bool:
+        """A grpc-proxy listening where our env file says."""
         config = self.current()
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-            return False
         listen = f"--listen-addr={config.listen}".encode() if config else None
         return b"grpc-proxy" in cmdline and (listen is None or listen in cmdline)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after `stop_timeout`; waits until it is gone."""
-        pid = self.pid
-        if pid is not None and self.is_running():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            if not self._wait_gone(self.stop_timeout):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self._wait_gone(self.stop_timeout)
-        if self._process is not None:
-            self._process.poll()
-        self._process = None
-        self.pid_path.unlink(missing_ok=True)
-
-    def _wait_gone(self, timeout: float) -> bool:
-        if self._process is not None:
-            try:
-                self._process.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout
-        while self.is_running():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        self.child.stop()
 
     def recent_log(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return self.child.read_log(since_start=False)[-chars:]
 
 
 def make_proxy_service(settings: AgentSettings) -> SystemdProxy | SubprocessProxy:
@@ -385,13 +324,11 @@ class ProxyAgent:
         self.state_dir = Path(settings.state_dir)
         self.state = AgentState.load(self.state_dir)
         self.stopped = threading.Event()
-        self._me: NodeIdentity | None = None
 
-    @property
+    @cached_property
     def me(self) -> NodeIdentity:
-        if self._me is None:
-            self._me = self.cloud.whoami()
-        return self._me
+        """This node, as the cloud knows it (asked once it answers)."""
+        return self.cloud.whoami()
 
     @property
     def url(self) -> str:
