@@ -31,6 +31,7 @@ import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -333,40 +334,37 @@ class NodeUserData:
         return heat.UserData(self.text, params)
 
 
-def member_user_data(
+_NODE_COMMENTS = {
+    "member": "autoscale-etcd member of {cluster}",
+    "proxy": "etcd gRPC proxy of {cluster}",
+}
+
+
+def node_user_data(
+    role: Literal["member", "proxy"],
     stack: StackSettings,
     *,
     cluster_name: str,
     base_dir: Path = PROJECT_DIR,
     bundle: Bundle | None = None,
 ) -> NodeUserData:
-    """An etcd member's cloud-config; it names `bundle` (default: this checkout's agent)."""
+    """An etcd member's or gRPC proxy's cloud-config; it names `bundle` (default: this
+    checkout's agent)."""
     document = _node_document(
         stack,
         cluster_name=cluster_name,
-        role="member",
+        role=role,
         base_dir=base_dir,
         bundle=bundle or agent_bundle(),
     )
-    return NodeUserData("member", render(document, f"autoscale-etcd member of {cluster_name}"))
+    comment = _NODE_COMMENTS[role].format(cluster=cluster_name)
+    return NodeUserData(role, render(document, comment))
 
 
-def proxy_user_data(
-    stack: StackSettings,
-    *,
-    cluster_name: str,
-    base_dir: Path = PROJECT_DIR,
-    bundle: Bundle | None = None,
-) -> NodeUserData:
-    """An etcd gRPC proxy's cloud-config; it names `bundle` (default: this checkout's agent)."""
-    document = _node_document(
-        stack,
-        cluster_name=cluster_name,
-        role="proxy",
-        base_dir=base_dir,
-        bundle=bundle or agent_bundle(),
-    )
-    return NodeUserData("proxy", render(document, f"etcd gRPC proxy of {cluster_name}"))
+member_user_data = partial(node_user_data, "member")
+"""An etcd member's cloud-config: `node_user_data("member", ...)`."""
+proxy_user_data = partial(node_user_data, "proxy")
+"""An etcd gRPC proxy's cloud-config: `node_user_data("proxy", ...)`."""
 
 
 def metrics_user_data(stack: StackSettings, *, cluster_name: str) -> NodeUserData:
