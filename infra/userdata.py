@@ -226,6 +226,18 @@ def netdata_parent_stream() -> str:
     )
 
 
+_INSTALL_STREAM_CONF = (
+    "install",
+    "-m",
+    "0640",
+    "-g",
+    "netdata",
+    NETDATA_STREAM_STAGED,
+    "/etc/netdata/stream.conf",
+)
+"""Puts the staged stream.conf (a member's, a proxy's or the parent's) where netdata reads it."""
+
+
 def _node_document(
     stack: StackSettings,
     *,
@@ -275,15 +287,7 @@ def _node_document(
     if stack.metrics_server:
         files.append(_file(NETDATA_STREAM_STAGED, netdata_child_stream(), "0600"))
         runcmd += [
-            [
-                "install",
-                "-m",
-                "0640",
-                "-g",
-                "netdata",
-                NETDATA_STREAM_STAGED,
-                "/etc/netdata/stream.conf",
-            ],
+            list(_INSTALL_STREAM_CONF),
             ["systemctl", "restart", "netdata"],
         ]
     # The agent starts only once its bundle is fetched and checked.
@@ -373,15 +377,7 @@ def metrics_user_data(stack: StackSettings, *, cluster_name: str) -> NodeUserDat
     if not stack.prebuilt_image:
         runcmd.append(["sh", "-c", "command -v netdata || apt-get install -y netdata"])
     runcmd += [
-        [
-            "install",
-            "-m",
-            "0640",
-            "-g",
-            "netdata",
-            NETDATA_STREAM_STAGED,
-            "/etc/netdata/stream.conf",
-        ],
+        list(_INSTALL_STREAM_CONF),
         ["sh", "-c", "printf '[web]\\n    bind to = *\\n' > /etc/netdata/netdata.conf"],
         ["systemctl", "restart", "netdata"],
     ]
