@@ -51,6 +51,16 @@ def pid_alive(pid: int | None, needle: str | None = None) -> bool:
     return needle is None or needle.encode() in cmdline
 
 
+def pids_of(needle: str) -> list[int]:
+    """Every running process whose command line holds `needle` (a scan of /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            if pid_alive(int(entry.name), needle):
+                found.append(int(entry.name))
+    return found
+
+
 def kill_pid(pid: int | None, needle: str, *, graceful: float = 0.0) -> bool:
     """Stop one process by pid (checked against `needle`): SIGTERM first if `graceful`."""
     if not pid_alive(pid, needle):
@@ -88,6 +98,7 @@ class Node:
     frozen: bool = False
     exit_code: int | None = None
     notes: list[str] = field(default_factory=list)
+    _etcd_scan: tuple[float, int | None] = field(default=(0.0, None), repr=False)
 
     @property
     def name(self) -> str:
@@ -110,12 +121,26 @@ class Node:
         return str((self.state_dir / "etcd.yaml").resolve())
 
     def etcd_pid(self) -> int | None:
-        """etcd's pid from the agent's pid file, if that pid really is this node's etcd."""
+        """etcd's pid from the agent's pid file, if that pid really is this node's etcd;
+        else the etcd /proc shows running on this node's config (the pid file may name a
+        later start that failed while the first etcd ran on), looked up at most once a
+        second."""
         try:
-            pid = int((self.state_dir / PID_FILE).read_text(encoding="utf-8").strip())
+            pid: int | None = int((self.state_dir / PID_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid, self.etcd_config) else None
+            pid = None
+        if pid_alive(pid, self.etcd_config):
+            return pid
+        now = time.monotonic()
+        seen_at, seen = self._etcd_scan
+        if now - seen_at > 1.0 or (seen is not None and not pid_alive(seen, self.etcd_config)):
+            found = pids_of(self.etcd_config)
+            self._etcd_scan = (now, found[0] if found else None)
+        return self._etcd_scan[1]
+
+    def etcd_pids(self) -> list[int]:
+        """Every etcd running on this node's config (a power-off stops them all)."""
+        return pids_of(self.etcd_config)
 
     def agent_alive(self) -> bool:
         if self.agent is not None:
@@ -230,7 +255,8 @@ class Nova:
                 node.exit_code = node.agent.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        kill_pid(node.etcd_pid(), node.etcd_config, graceful=graceful)
+        for pid in node.etcd_pids():
+            kill_pid(pid, node.etcd_config, graceful=graceful)
         if node.stub is not None:
             node.stub.stop()
             node.stub = None
@@ -258,7 +284,8 @@ class Nova:
         """kill -9 the whole node: agent, etcd, its netdata; the server stays in the group."""
         node = self.nodes[server_id]
         kill_pid(node.agent_pid, str(node.dir / "agent.json"))
-        kill_pid(node.etcd_pid(), node.etcd_config)
+        for pid in node.etcd_pids():
+            kill_pid(pid, node.etcd_config)
         if node.stub is not None:
             node.stub.stop()
             node.stub = None
