@@ -7,6 +7,8 @@ python -m lab scenario NAME [--json FILE] [--plot FILE]
                                        burst, node-loss, etcd-outage, partition, bad-metrics
 python -m lab metrics [--seconds N]    a real netdata parent and child with the stack's
                                        rendered stream.conf: what the parent serves
+python -m lab chaos --rounds N --seed S [--json FILE] [--plan]
+                                       seeded random faults, the invariants after each round
 
 Common options: --stack NAME (Pulumi.<NAME>.yaml, default dev), --fast (the tests'
 time factor) or --factor F, --root DIR (default .lab).
@@ -63,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     scenario.add_argument("--json", type=Path, help="write the JSON report here")
     scenario.add_argument("--plot", type=Path, help="write the timeline PNG here")
     scenario.add_argument("--keep", action="store_true", help="keep the nodes' logs")
+    chaos = sub.add_parser("chaos", parents=[common], help="seeded random faults, checked")
+    chaos.add_argument("--rounds", type=int, default=10, help="rounds (one fault each)")
+    chaos.add_argument("--seed", type=int, default=1, help="fixes the fault sequence")
+    chaos.add_argument("--kinds", help="comma-separated fault kinds (default: all)")
+    chaos.add_argument("--json", type=Path, help="write the JSON report here")
+    chaos.add_argument("--plan", action="store_true", help="print the fault sequence only")
+    chaos.add_argument("--verbose", action="store_true", help="print every lab event")
+    chaos.add_argument("--keep", action="store_true", help="keep the nodes' logs")
     metrics = sub.add_parser("metrics", parents=[common], help="a real netdata parent and child")
     metrics.add_argument("--seconds", type=float, default=20.0, help="how long the pair runs")
     metrics.add_argument("--keep", action="store_true", help="keep the daemons' files")
@@ -117,6 +127,40 @@ def cmd_scenario(args: argparse.Namespace) -> int:
         json_path=args.json,
         plot_path=args.plot,
         out=sys.stdout,
+    )
+    if outcome.ok and not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if outcome.ok else 1
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from lab.chaos import KINDS, plan, plan_lines, run_chaos
+
+    stack, timings = _stack(args)
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else KINDS
+    try:
+        planned = plan(
+            args.rounds, args.seed, max_grow=stack.max_cluster - stack.capacity, kinds=kinds
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    print(f"chaos: seed {args.seed}, {args.rounds} rounds")
+    print("\n".join(plan_lines(planned)), flush=True)
+    if args.plan:
+        return 0
+    _show_timings(stack, timings)
+    root = args.root / f"chaos-{args.seed}-{os.getpid()}"
+    outcome = run_chaos(
+        stack,
+        timings,
+        root,
+        rounds=args.rounds,
+        seed=args.seed,
+        kinds=kinds,
+        stack_name=args.stack,
+        json_path=args.json,
+        out=sys.stdout,
+        verbose=args.verbose,
     )
     if outcome.ok and not args.keep:
         shutil.rmtree(root, ignore_errors=True)
@@ -247,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.root = args.root.resolve()
     handlers = {
         "scenario": cmd_scenario,
+        "chaos": cmd_chaos,
         "up": cmd_up,
         "status": cmd_status,
         "down": cmd_down,

@@ -1,0 +1,323 @@
+"""Chaos (lab/chaos.py): the seeded plan, the kill hook, the round checks, and a short real run.
+
+The run boots a lab on a random 127.X.Y.0/24 under tmp_path (real etcd, the real agent
+per node) and injects one fault of every kind, in the order its seed gives; every
+invariant must hold after every round, and no process may be left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from infra.settings import PROJECT_DIR, load_stack_file, stack_file
+from lab.chaos import (
+    HOOK,
+    KINDS,
+    VICTIM_KINDS,
+    PlannedFault,
+    check_left,
+    check_no_removal_while_bad,
+    check_nothing_removed,
+    check_victim,
+    plan,
+    restart_sec,
+    run_chaos,
+    stop_strays,
+)
+from lab.cluster import NodeView, Sample
+from lab.events import Event
+from lab.nodes import pid_alive
+from lab.timings import FAST_FACTOR, LabTimings
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+def test_the_same_seed_gives_the_same_faults_and_another_seed_others():
+    assert plan(30, 7) == plan(30, 7)
+    assert plan(30, 7) != plan(30, 8)
+    assert plan(5, 7) == plan(30, 7)[:5]  # a longer run starts with the same faults
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 2026])
+def test_every_kind_comes_once_first_then_any(seed):
+    faults = plan(40, seed, max_grow=2)
+    assert sorted(f.kind for f in faults[: len(KINDS)]) == sorted(KINDS)
+    assert [f.round for f in faults] == list(range(1, 41))
+    for f in faults:
+        assert 0 <= f.grow <= 2
+        if f.kind in VICTIM_KINDS or f.kind == "kill-agent":
+            assert f.target in ("leader", "follower", "oldest")
+        if f.kind == "kill-agent":
+            assert f.grow == 0
+        if f.kind == "netdata-garbage":
+            assert f.mode in ("garbage", "error", "missing") and f.grow >= 1
+        if f.kind == "netdata-silence":
+            assert f.mode == "hang" and f.grow >= 1
+        if f.kind == "restart-leaving":
+            assert f.stage in ("leaving", "lock") and f.grow >= 1 and f.target == "oldest"
+
+
+def test_the_plan_refuses_what_cannot_run():
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        plan(3, 1, kinds=["kill-node", "flood"])
+    with pytest.raises(ValueError, match="max_cluster > capacity"):
+        plan(3, 1, max_grow=0, kinds=["restart-leaving"])
+    assert {f.kind for f in plan(6, 1, max_grow=0, kinds=["kill-node", "kill-agent"])} == {
+        "kill-node",
+        "kill-agent",
+    }
+
+
+def test_cli_prints_the_plan_of_its_seed():
+    shown = subprocess.run(
+        [sys.executable, "-m", "lab", "chaos", "--rounds", "9", "--seed", "11", "--plan"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    stack = load_stack_file(stack_file("dev"))
+    expected = plan(9, 11, max_grow=stack.max_cluster - stack.capacity)
+    lines = [line for line in shown.stdout.splitlines() if line.startswith("round")]
+    assert lines == [f"round {p.round:>3}: {p.describe()}" for p in expected]
+    bad = subprocess.run(
+        [sys.executable, "-m", "lab", "chaos", "--plan", "--kinds", "kill-node,meteor"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "unknown fault kinds ['meteor']" in bad.stderr
+
+
+def test_the_agent_restart_delay_is_the_units():
+    unit = (PROJECT_DIR / "infra" / "units" / "autoscale-agent.service").read_text()
+    assert f"RestartSec={restart_sec():g}s" in unit
+
+
+# --- the kill hook and the stray check, on real processes -----------------------------------
+
+
+def _sleeper(tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
+    """A stand-in process whose command line names a file under tmp_path (like an agent)."""
+    marker = tmp_path / name
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(marker)],
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _hook(tmp_path: Path, target: subprocess.Popen[bytes], **extra: object):
+    args = {
+        "state": str(tmp_path / "state.json"),
+        "pid": target.pid,
+        "needle": str(tmp_path / "agent.json"),
+        "delay": 0.0,
+        "timeout": 20.0,
+        "name": "etcd-01-test",
+        "lock_key": "",
+        "endpoints": [],
+        **extra,
+    }
+    hook = subprocess.Popen(
+        [sys.executable, "-c", HOOK, "chaos-hook", json.dumps(args)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert hook.stdout is not None and hook.stdout.readline().strip() == "ready"
+    return hook
+
+
+def test_the_hook_kills_the_agent_the_moment_it_leaves(tmp_path):
+    agent = _sleeper(tmp_path, "agent.json")
+    try:
+        (tmp_path / "state.json").write_text(json.dumps({"phase": "member"}))
+        hook = _hook(tmp_path, agent)
+        time.sleep(0.3)
+        assert agent.poll() is None  # a member is left alone
+        (tmp_path / "state.json").write_text(json.dumps({"phase": "leaving"}))
+        out, _ = hook.communicate(timeout=10)
+        assert out.split() == ["killed", "leaving"]
+        assert agent.wait(timeout=5) == -9
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+
+def test_the_hook_leaves_a_process_that_is_not_the_agent(tmp_path):
+    other = _sleeper(tmp_path, "something-else")
+    try:
+        (tmp_path / "state.json").write_text(json.dumps({"phase": "leaving"}))
+        hook = _hook(tmp_path, other)
+        out, _ = hook.communicate(timeout=10)
+        assert out.split() == ["gone"]  # the pid is not the agent's: never killed
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_stop_strays_stops_what_runs_from_the_labs_dir(tmp_path):
+    root = tmp_path / "lab"
+    root.mkdir()
+    stray = _sleeper(root, "nodes/etcd-09/state/etcd.yaml")
+    outside = _sleeper(tmp_path, "elsewhere")
+    try:
+        deadline = time.monotonic() + 5
+        while not pid_alive(stray.pid, str(root)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stop_strays(root) == [stray.pid]
+        assert stray.wait(timeout=5) == -9
+        assert outside.poll() is None
+        assert stop_strays(root) == []
+    finally:
+        for proc in (stray, outside):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+# --- the round checks, on made-up events ---------------------------------------------------------
+
+
+def _view(name: str) -> NodeView:
+    return NodeView(
+        name=name,
+        ip="127.1.1.1",
+        server_id=f"srv-{name}",
+        client_url="",
+        status="ACTIVE",
+        agent_pid=1,
+        agent_alive=True,
+        etcd_pid=2,
+        member="voter",
+        healthy=True,
+        leader=False,
+        load=2.0,
+        phase="member",
+        failmarker=0,
+        frozen=False,
+        crashed=False,
+    )
+
+
+def _sample(*names: str) -> Sample:
+    return Sample(
+        t=50.0,
+        members=list(names),
+        ids={},
+        voters=len(names),
+        healthy=len(names),
+        leader=names[0],
+        lock_holder=None,
+        group_size=len(names),
+        group_failed=0,
+        mean_load=2.0,
+        demand=0.0,
+        alarm="ok",
+        acked=10,
+        nodes=[_view(n) for n in names],
+    )
+
+
+def test_a_victim_must_be_gone_and_replaced():
+    replaced = [
+        Event(10.0, "kill", "etcd-02"),
+        Event(12.0, "replace", "etcd-02", "by etcd-04 (127.1.1.13)"),
+        Event(12.1, "delete", "etcd-02"),
+        Event(14.0, "joined", "etcd-04"),
+    ]
+    final = _sample("etcd-01", "etcd-03", "etcd-04")
+    assert check_victim(replaced, final, "etcd-02", 9.0, 2.0).ok
+    still = _sample("etcd-01", "etcd-02", "etcd-03")
+    assert not check_victim(replaced, still, "etcd-02", 9.0, 2.0).ok
+    not_replaced = [Event(10.0, "kill", "etcd-02"), Event(12.0, "removed", "etcd-02")]
+    assert not check_victim(not_replaced, _sample("etcd-01", "etcd-03"), "etcd-02", 9.0, None).ok
+    before_the_fault = [Event(5.0, "replace", "etcd-02", "by etcd-04")]
+    assert not check_victim(before_the_fault, final, "etcd-02", 9.0, 2.0).ok
+
+
+def test_an_agent_restart_must_remove_nothing():
+    same = {"etcd-01", "etcd-02", "etcd-03"}
+    quiet = [Event(11.0, "kill-agent", "etcd-02"), Event(11.4, "agent-restart", "etcd-02")]
+    assert check_nothing_removed(quiet, 10.0, 20.0, same, same).ok
+    removal = [*quiet, Event(15.0, "removed", "etcd-02")]
+    assert not check_nothing_removed(removal, 10.0, 20.0, same, same).ok
+    assert not check_nothing_removed(quiet, 10.0, 20.0, same, same - {"etcd-02"}).ok
+
+
+def test_no_removal_while_netdata_is_bad_and_the_agent_said_why():
+    said = ["saw 4 members | did wait: 4 members > capacity 3 but no metric (HTTP 500)"]
+    assert check_no_removal_while_bad([], 10.0, 30.0, True, said).ok
+    mark = [Event(20.0, "mark-unhealthy", "etcd-01")]
+    assert not check_no_removal_while_bad(mark, 10.0, 30.0, True, said).ok
+    assert not check_no_removal_while_bad([], 10.0, 30.0, False, said).ok  # never grew
+    assert not check_no_removal_while_bad([], 10.0, 30.0, True, ["did wait: 3 members"]).ok
+
+
+def test_the_interrupted_leaver_must_finish_leaving():
+    gone = [Event(20.0, "kill-agent", "etcd-01"), Event(24.0, "delete", "etcd-01")]
+    final = _sample("etcd-02", "etcd-03", "etcd-04")
+    assert check_left(gone, final, "etcd-01", 10.0, "phase leaving").ok
+    stuck = _sample("etcd-01", "etcd-02", "etcd-03")
+    assert not check_left([gone[0]], stuck, "etcd-01", 10.0, "phase leaving").ok
+    assert not check_left(gone, final, None, 10.0, "").ok  # no leave was caught
+
+
+# --- a short real run ---------------------------------------------------------------------
+
+CI_SEED = 28
+"""Its first rounds: one fault of each kind, the leaving agent killed at once (no delay)."""
+CI_ROUNDS = len(KINDS)
+
+
+@pytest.mark.etcd
+@pytest.mark.slow
+def test_a_short_seeded_run_holds_every_invariant(etcd_bin, tmp_path):
+    stack = load_stack_file(stack_file("dev"))
+    timings = LabTimings.scaled(stack, FAST_FACTOR)
+    report_path = tmp_path / "chaos.json"
+    outcome = run_chaos(
+        stack,
+        timings,
+        tmp_path / "lab",
+        rounds=CI_ROUNDS,
+        seed=CI_SEED,
+        json_path=report_path,
+        etcd_binary=etcd_bin,
+    )
+    report = json.loads(report_path.read_text())
+    assert report == json.loads(json.dumps(outcome.report))
+    violated = [f"round {v['round']}: {v['name']}: {v['detail']}" for v in report["violated"]]
+    assert not violated, "\n".join(violated)
+    assert report["ok"] is True and report["rounds_run"] == CI_ROUNDS
+    planned = plan(CI_ROUNDS, CI_SEED, max_grow=stack.max_cluster - stack.capacity)
+    assert [r["kind"] for r in report["rounds"]] == [p.kind for p in planned]
+    assert report["faults"] == {kind: 1 for kind in KINDS}
+    assert report["writes"]["acked"] > 0 and report["writes"]["lost"] == 0
+    for entry in report["rounds"]:
+        assert entry["settled"] and entry["invariants"] and entry["ok"]
+        assert entry["injected"], entry
+        if entry["kind"] in VICTIM_KINDS:
+            assert entry["injected"] and entry["removed_after"] is not None
+    kinds = [e["kind"] for e in report["events"]]
+    for kind in ("kill", "kill-etcd", "kill-agent", "agent-restart", "freeze", "replace"):
+        assert kind in kinds, kind
+    assert any(i["name"] == "no process left once the lab stopped" for i in report["final"])
+    assert not list((tmp_path / "lab").glob("nodes/*/state/etcd.pid")) or all(
+        not pid_alive(int(p.read_text()), "etcd")
+        for p in (tmp_path / "lab").glob("nodes/*/state/etcd.pid")
+    )
+
+
+def test_planned_faults_describe_themselves():
+    fault = PlannedFault(3, "restart-leaving", "oldest", grow=2, stage="lock", delay=0.005)
+    assert fault.describe() == "restart-leaving oldest at lock +0.005s group +2"
