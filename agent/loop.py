@@ -118,7 +118,6 @@ class Agent:
 
         `count=False` (the re-check after winning a lock) looks without counting again.
         """
-        now = self.clock()
         members: list[Member] | None = None
         own_ok = False
         holder: str | None = None
@@ -138,6 +137,7 @@ class Agent:
                 continue
             own_ok = endpoints == [self.own_url()]
             break
+        now = self.clock()  # after the health checks: "unhealthy since" is when it was seen
         if members is not None:
             self._known_endpoints = [u for m in members for u in m.client_urls]
         failmarker = next_failmarker(self.state.failmarker, own_ok)
