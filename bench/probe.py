@@ -38,6 +38,18 @@ def names(listed: list[Member] | None) -> set[str]:
     return {m.name for m in listed or [] if m.name}
 
 
+def listed(lab: Lab) -> set[str] | None:
+    """Names of the started members; None when no member answered (not: nobody listed)."""
+    found = members(lab)
+    return None if found is None else names(found)
+
+
+def cooldown_left(lab: Lab) -> float:
+    """Seconds until the group's cooldown ends (Heat refuses every signal until then)."""
+    end = lab.cloud.group.cooldown_end
+    return 0.0 if end is None else max(0.0, end - lab.cloud.clock())
+
+
 def cluster_ids(lab: Lab) -> dict[str, str]:
     """Node name -> the cluster id its own etcd reports (nodes whose etcd answers)."""
     ids = {}
