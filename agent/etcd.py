@@ -23,6 +23,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -287,34 +288,12 @@ class EtcdClient:
         Healthy means: the member's own client URL answered GET /health with
         {"health": "true"} within the timeout (checked concurrently)."""
         members, leader = self._on_any("member list", self._members_on)
-        members = [
-            Member(
-                id=m.id,
-                name=m.name,
-                peer_urls=m.peer_urls,
-                client_urls=m.client_urls,
-                is_learner=m.is_learner,
-                healthy=None,
-                is_leader=m.id == leader,
-            )
-            for m in members
-        ]
+        members = [replace(m, healthy=None, is_leader=m.id == leader) for m in members]
         if not check_health:
             return members
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(members)))) as pool:
             health = list(pool.map(self.member_healthy, members))
-        return [
-            Member(
-                id=m.id,
-                name=m.name,
-                peer_urls=m.peer_urls,
-                client_urls=m.client_urls,
-                is_learner=m.is_learner,
-                healthy=ok,
-                is_leader=m.is_leader,
-            )
-            for m, ok in zip(members, health, strict=True)
-        ]
+        return [replace(m, healthy=ok) for m, ok in zip(members, health, strict=True)]
 
     def member_healthy(self, member: Member) -> bool:
         """GET <client URL>/health answers {"health": "true"} in time (etcd's health
