@@ -214,6 +214,29 @@ def _scale_up(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     )
 
 
+def _replace_failed(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    """A FAILED server still in the group: its replacement was asked for but Heat may have
+    ignored the signal (its group cooldown, an update in progress). Ask again, once per
+    scaleupcooldown: +1 makes Heat swap the FAILED server for a new one."""
+    me = snapshot.my_member
+    if me is None or not me.is_leader or snapshot.cloud_nodes is None:
+        return None
+    failed = [n for n in snapshot.cloud_nodes if n.status == "FAILED"]
+    if not failed:
+        return None
+    if any(n.status == "BUILD" for n in snapshot.cloud_nodes):
+        return Action("wait", f"{failed[0].name} is FAILED; its replacement is building")
+    if snapshot.last_scale_up is not None and (
+        snapshot.now - snapshot.last_scale_up < settings.scaling.scaleupcooldown
+    ):
+        return None
+    return Action(
+        "scale_up",
+        f"{failed[0].name} is FAILED in the group: a scale-up makes Heat replace it",
+        lock=MAKE_LOCK,
+    )
+
+
 def _configure(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     if snapshot.configured or settings.hooks.configscript is None:
         return None
@@ -294,6 +317,7 @@ RULES: tuple[Callable[[Snapshot, AgentSettings], Action | None], ...] = (
     _removed_by_cluster,
     _failmarker,
     _dead_members,
+    _replace_failed,
     _scale_up,
     _configure,
     _scale_down,

@@ -172,10 +172,10 @@ class Agent:
         return snapshot
 
     def _wants_cloud_view(self, snapshot: Snapshot) -> bool:
+        """The leader's agent watches the group (FAILED servers, joins to come); the others
+        only need it to scale down (Heat's order of removal)."""
         me = snapshot.my_member
-        capacity = self.settings.scaling.capacity
-        below = bool(me and me.is_leader and len(snapshot.voters) < capacity)
-        return below or len(snapshot.voters) > capacity  # scale-down needs the group's order
+        return bool(me and me.is_leader) or len(snapshot.voters) > self.settings.scaling.capacity
 
     def _other_endpoints(self) -> list[str]:
         own = self.own_url()

@@ -114,9 +114,9 @@ def test_only_the_server_heat_would_delete_leaves():
     """Heat's scale-down deletes FAILED members first, then the oldest: only that one may go."""
     younger = act(snap(5, me=2, metric=IDLE))  # node1 is older
     assert younger.kind == "wait" and "oldest server (node1)" in younger.reason
-    failed = act(snap(5, me=1, metric=IDLE, cloud_nodes=group(5, node4="FAILED")))
+    failed = act(snap(5, me=1, leader=2, metric=IDLE, cloud_nodes=group(5, node4="FAILED")))
     assert failed.kind == "wait" and "node4 is FAILED" in failed.reason
-    building = act(snap(5, me=1, metric=IDLE, cloud_nodes=group(5, node5="BUILD")))
+    building = act(snap(5, me=1, leader=2, metric=IDLE, cloud_nodes=group(5, node5="BUILD")))
     assert building.kind == "wait"
     blind = act(snap(5, me=1, metric=IDLE, cloud_nodes=None))
     assert blind.kind == "wait" and "could not be listed" in blind.reason
@@ -269,6 +269,21 @@ def test_no_scale_up_inside_cooldown_or_when_a_server_is_coming():
     building = CloudNode(id="s9", name="node9", ip="127.0.0.9", status="BUILD", created_at=0)
     assert act(snap(2, me=1, leader=1, cloud_nodes=(building,))).kind == "wait"
     assert act(snap(2, me=2, leader=1)).kind != "scale_up"
+
+
+def test_a_failed_server_left_in_the_group_is_replaced_by_the_leaders_agent():
+    # Heat ignored the first +1 (cooldown): the cluster is back at capacity, the FAILED
+    # server is still there, so the leader asks again once the cooldown is over
+    failed = group(4, node4="FAILED")
+    action = act(snap(3, me=1, leader=1, cloud_nodes=failed, last_scale_up=10_000.0 - 300))
+    assert action.kind == "scale_up" and action.lock == MAKE_LOCK
+    assert "node4 is FAILED" in action.reason
+    assert act(snap(3, me=1, leader=1, cloud_nodes=failed, last_scale_up=10_000.0 - 100)).kind != (
+        "scale_up"
+    )
+    assert act(snap(3, me=2, leader=1, cloud_nodes=failed)).kind != "scale_up"
+    building = group(5, node4="FAILED", node5="BUILD")
+    assert act(snap(3, me=1, leader=1, cloud_nodes=building)).kind == "wait"
 
 
 def test_configscript_runs_once_after_joining_as_a_voter():
