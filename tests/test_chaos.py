@@ -30,7 +30,7 @@ from lab.chaos import (
     run_chaos,
     stop_strays,
 )
-from lab.cluster import NodeView, Sample
+from lab.cluster import Lab, NodeView, Sample
 from lab.events import Event
 from lab.nodes import pid_alive
 from lab.timings import FAST_FACTOR, LabTimings
@@ -321,3 +321,51 @@ def test_a_short_seeded_run_holds_every_invariant(etcd_bin, tmp_path):
 def test_planned_faults_describe_themselves():
     fault = PlannedFault(3, "restart-leaving", "oldest", grow=2, stage="lock", delay=0.005)
     assert fault.describe() == "restart-leaving oldest at lock +0.005s group +2"
+
+
+# --- what the long run found --------------------------------------------------------------------
+
+
+@pytest.mark.etcd
+@pytest.mark.slow
+def test_a_replacement_heat_refused_is_asked_again(etcd_bin, tmp_path):
+    """4 members (capacity 3); A killed: its replacement's +1 starts the group's cooldown;
+    B killed at once. B's +1 comes inside the cooldown and Heat answers NoActionRequired;
+    the members are back at capacity, so no below-capacity rule asks again. B's FAILED
+    server must still be replaced once the cooldown is over (found by `python -m lab chaos
+    --seed 2026 --factor 0.1`, round 32: it stayed, and blocked every scale-down)."""
+    stack = load_stack_file(stack_file("dev"))
+    timings = LabTimings.scaled(stack, FAST_FACTOR)
+    lab = Lab(stack, timings, tmp_path / "lab", etcd_binary=etcd_bin)
+    try:
+        lab.start()
+        assert lab.wait_for(lab.settled, 60, "3 members")
+        lab.set_demand(40 * 4)  # busy: nobody leaves for load
+        lab.cloud.update(4)  # a stack update: no cooldown
+        assert lab.wait_for(lambda s: lab.settled(s, 4), 60, "4 members")
+        first = lab.latest()
+        assert first is not None and first.members
+        a, b = sorted(n for n in first.members if n != first.leader)[:2]
+        lab.crash(a)
+        assert lab.wait_for(lambda s: lab.settled(s, 4) and a not in (s.members or []), 30)
+        left = (lab.cloud.group.cooldown_end or 0) - lab.cloud.clock()
+        assert left > 3, f"A's replacement took the whole cooldown ({left:.1f}s left)"
+        lab.crash(b)  # the members are back at capacity once B is out
+        assert lab.wait_for(lambda s: b not in (s.members or []), 30, "B removed")
+        marked = next(e.t for e in lab.events.of("mark-unhealthy") if e.node == b)
+        lab.wait_for(lambda s: False, 1.0)
+        refused = [e for e in lab.events.of("no-action") if e.t >= marked]
+        assert refused and "cooldown" in refused[0].detail, lab.events.of("scale-up", "no-action")
+
+        def whole(s: Sample) -> bool:
+            servers = sorted(n.name for n in s.nodes)
+            return (
+                s.group_failed == 0
+                and servers == sorted(s.members or [])
+                and lab.settled(s, len(servers))
+            )
+
+        assert lab.wait_for(whole, timings.scaleupcooldown + 20, "no FAILED server")
+    finally:
+        lab.stop()
+        stop_strays(tmp_path / "lab")
