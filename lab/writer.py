@@ -88,25 +88,34 @@ class Writer:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def verify(self, *, deadline: float = 30.0) -> WriteResult:
-        """Read every key back (retrying while the cluster settles); list the lost ones."""
-        result = WriteResult(acked=len(self.acked), failed=self.failed)
+    def verify(self, *, deadline: float = 30.0, timeout: float | None = None) -> WriteResult:
+        """Read every write acknowledged so far back (retrying while the cluster settles for
+        up to `deadline` s); list the lost ones.
+
+        Safe while the writer goes on: the acknowledged writes are taken before the read, so
+        a write acknowledged after it is not counted as lost. One range read of every key
+        (tens of thousands in a long chaos run) needs more than the writer's own per-put
+        timeout: `timeout` (default the larger of 2 s and the writer's).
+        """
+        acked = list(self.acked)
+        result = WriteResult(acked=len(acked), failed=self.failed)
+        read_timeout = timeout if timeout is not None else max(2.0, self.timeout)
         end = time.monotonic() + deadline
         last = ""
-        while time.monotonic() < end:
+        while True:
             urls = self.endpoints()
             if urls:
                 try:
-                    with EtcdClient(urls, timeout=max(2.0, self.timeout), tls=self.tls) as client:
+                    with EtcdClient(urls, timeout=read_timeout, tls=self.tls) as client:
                         stored = client.get_prefix(PREFIX)
                 except EtcdError as error:
                     last = str(error)
                 else:
-                    result.lost = [
-                        n for n in self.acked if stored.get(f"{PREFIX}{n:08d}") != str(n)
-                    ]
+                    result.lost = [n for n in acked if stored.get(f"{PREFIX}{n:08d}") != str(n)]
                     result.checked = True
                     return result
+            if time.monotonic() >= end:
+                break
             time.sleep(0.5)
-        result.error = f"could not read the writes back: {last or 'no endpoint'}"
+        result.error = f"could not read the writes back: {last or 'no etcd running'}"
         return result
