@@ -16,23 +16,21 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-# etcd3gw imports futurist, which imports eventlet, which warns that it is deprecated
-warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-
-from bench.cluster import Setup, bench_cluster  # noqa: E402
-from bench.rows import Row, table  # noqa: E402
-from bench.userdata import bench_userdata  # noqa: E402
-from infra.settings import load_stack_file, stack_file  # noqa: E402
-from lab.timings import DEFAULT_FACTOR, FAST_FACTOR, find_etcd_binary  # noqa: E402
+from bench.cluster import Setup, bench_cluster
+from bench.rows import Row, table
+from bench.userdata import bench_userdata
+from infra.settings import load_stack_file, stack_file
+from lab.timings import DEFAULT_FACTOR, FAST_FACTOR, find_etcd_binary
 
 INVARIANT_UNITS = ("ids", "polls", "processes")
 """Rows that are invariants, not timings: one cluster id, no poll without quorum, no
@@ -86,6 +84,10 @@ def run(quick: bool, root: Path, factor: float | None = None) -> tuple[list[Row]
     return rows, info
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the tests' fast, small run")
@@ -100,8 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"bench {when}: {host['nproc']} x {host['cpu']}, {host['memory_gib']} GiB, {host['etcd']}"
     )
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-"))
+    # SIGTERM is an interrupt, as Ctrl-C is: each lab's own cleanup stops its processes
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         rows, info = run(args.quick, root, args.factor)
+    except KeyboardInterrupt:
+        print("interrupted: the labs' processes were stopped", file=sys.stderr)
+        return 130
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -25,22 +25,18 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-# etcd3gw imports futurist, which imports eventlet, which warns that it is deprecated
-warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-
-from infra.settings import (  # noqa: E402
+from infra.settings import (
     PROJECT_DIR,
     SettingsError,
     StackSettings,
     load_stack_file,
     stack_file,
 )
-from lab.timings import DEFAULT_FACTOR, FAST_FACTOR, LabTimings  # noqa: E402
+from lab.timings import DEFAULT_FACTOR, FAST_FACTOR, LabTimings
 
 DEFAULT_ROOT = PROJECT_DIR / ".lab"
 
@@ -286,7 +282,13 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command. SIGTERM is an interrupt, as Ctrl-C is: the command's own cleanup
+    stops every process the lab started (by pid) before the exit."""
     args = _parser().parse_args(argv)
     args.root = args.root.resolve()
     handlers = {
@@ -298,7 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metrics": cmd_metrics,
         "_serve": lambda a: _serve(a, show=False),
     }
-    return handlers[args.command](args)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: the lab's processes were stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,42 @@ def test_up_detach_status_down(tmp_path, etcd_bin):
     finally:
         if root.exists():
             lab("down", root=root, etcd_bin=etcd_bin)
+
+
+def test_a_terminated_chaos_run_stops_every_process_it_started(tmp_path, etcd_bin):
+    """SIGTERM to `python -m lab chaos` (a CI timeout, a user's kill) leaves no agent and
+    no etcd running behind it."""
+    from lab.nodes import kill_pid, pids_of
+
+    root = tmp_path / "lab"
+    needle = f"{root.resolve()}/"
+    command = [sys.executable, "-m", "lab", "chaos", "--rounds", "3", "--seed", "7"]
+    run = subprocess.Popen(
+        [*command, "--fast", "--root", str(root)],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "ETCD_BIN": etcd_bin},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        started: list[int] = []
+        while time.monotonic() < deadline and run.poll() is None:
+            started = pids_of(needle)
+            if len(started) >= 6:  # three agents and their etcds
+                break
+            time.sleep(0.2)
+        assert len(started) >= 6, f"the lab did not start its nodes: {started}"
+        run.terminate()
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 130, out + err
+        assert "interrupted" in err
+        left = pids_of(needle)
+        assert left == [], f"still running after the chaos run exited: {left}"
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        for pid in pids_of(needle):
+            kill_pid(pid, needle)
