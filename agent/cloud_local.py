@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import requests
-
 from agent.cloud import CloudError
+from agent.httpclient import Http, HttpError
 from agent.settings import LocalCloud
 from agent.snapshot import CloudNode, NodeIdentity
 
@@ -37,7 +36,7 @@ class LocalGroup:
         settings: LocalCloud,
         *,
         timeout: float = 5.0,
-        session: requests.Session | None = None,
+        session: Http | None = None,
     ) -> None:
         node_id = settings.node_id or os.environ.get(NODE_ID_ENV)
         if not node_id:
@@ -47,7 +46,7 @@ class LocalGroup:
         self.node_id = node_id
         self.url = settings.url.rstrip("/")
         self.timeout = timeout
-        self.http = session or requests.Session()
+        self.http = session or Http()
 
     # --- Cloud -----------------------------------------------------------------------
 
@@ -87,8 +86,8 @@ class LocalGroup:
         what = f"local cloud: {method} {path}"
         try:
             response = self.http.request(method, self.url + path, json=body, timeout=self.timeout)
-        except requests.RequestException as error:
-            raise CloudError(f"{what}: {type(error).__name__}: {error}") from None
+        except HttpError as error:
+            raise CloudError(f"{what}: {error}") from None
         if response.status_code >= 400:
             raise CloudError(f"{what}: HTTP {response.status_code} {response.text[:200]!r}")
         try:

@@ -36,9 +36,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import requests
-
 from agent.cloud import CloudError
+from agent.httpclient import Http, HttpError, HttpTimeout, Response
 from agent.settings import OpenStackCloud
 from agent.snapshot import CloudNode, CloudStatus, NodeIdentity
 
@@ -57,11 +56,11 @@ class OpenStackGroup:
         settings: OpenStackCloud,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        session: requests.Session | None = None,
+        session: Http | None = None,
     ) -> None:
         self.settings = settings
         self.timeout = timeout
-        self.http = session or requests.Session()
+        self.http = session or Http()
         self._token: str | None = None
         self._token_expires = 0.0
         self._catalog: list[dict[str, Any]] = []
@@ -226,7 +225,7 @@ class OpenStackGroup:
 
     # ---- metadata -----------------------------------------------------------------------
 
-    def _metadata(self, path: str) -> requests.Response:
+    def _metadata(self, path: str) -> Response:
         url = f"{self.settings.metadata_url.rstrip('/')}/{path}"
         return self._send(f"metadata {path}", "GET", url, {}, None, None)
 
@@ -308,7 +307,7 @@ class OpenStackGroup:
         params: dict[str, str] | None = None,
         ok: tuple[int, ...] = (),
         redirect: bool = False,
-    ) -> requests.Response:
+    ) -> Response:
         """One authenticated call to Heat or Nova; a 401 gets a new token and one retry."""
         kind = "orchestration" if service == "heat" else "compute"
         name = f"{'heat' if service == 'heat' else 'nova'} {what} ({method} {path})"
@@ -336,7 +335,7 @@ class OpenStackGroup:
         params: dict[str, str] | None,
         *,
         ok: tuple[int, ...] = (),
-    ) -> requests.Response:
+    ) -> Response:
         """The HTTP call itself: timeout, no redirects followed, errors as CloudError."""
         try:
             response = self.http.request(
@@ -346,15 +345,14 @@ class OpenStackGroup:
                 json=json,
                 params=params,
                 timeout=self.timeout,
-                allow_redirects=False,
                 verify=self.settings.verify_tls,
             )
-        except requests.Timeout:
+        except HttpTimeout:
             raise CloudError(f"{name}: timed out after {self.timeout}s") from None
-        except requests.RequestException as error:
+        except HttpError as error:
             # no query strings: a pre-signed webhook URL carries its signature there
             reason = re.sub(r"\?[^\s'\")]*", "?...", str(error))
-            raise CloudError(self._scrub(f"{name}: {type(error).__name__}: {reason}")) from None
+            raise CloudError(self._scrub(f"{name}: {reason}")) from None
         log.debug("%s -> HTTP %s", name, response.status_code)
         if 200 <= response.status_code < 300 or response.status_code in ok:
             return response
@@ -368,12 +366,12 @@ class OpenStackGroup:
         return text
 
 
-def _excerpt(response: requests.Response, group: OpenStackGroup) -> str:
+def _excerpt(response: Response, group: OpenStackGroup) -> str:
     text = " ".join(response.text.split())[:300]
     return group._scrub(text) or "(empty body)"
 
 
-def _body(response: requests.Response, name: str) -> dict[str, Any]:
+def _body(response: Response, name: str) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:

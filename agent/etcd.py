@@ -1,9 +1,11 @@
-"""etcd v3 access for the agent, over the HTTP gateway (JSON) through etcd3gw.
+"""etcd v3 access for the agent, over etcd's HTTP gateway (JSON).
 
 The gateway's JSON (https://etcd.io/docs/v3.5/dev-guide/api_grpc_gateway/): keys and
 values are base64, 64-bit integers are strings, and fields holding their default value
-(false, 0, "", []) are left out of answers. etcd3gw has no member add/remove/promote, so
-those are posted to `/v3/cluster/member/*` here (rpc.proto, service Cluster).
+(false, 0, "", []) are left out of answers. Every call is a POST to `<endpoint>/v3/<rpc>`
+(rpc.proto: services KV, Lease, Cluster, Maintenance). No etcd client library: the ones on
+PyPI either need gRPC or (etcd3gw) pull in futurist and eventlet, ~30 MiB of the agent's
+resident memory for a session and a URL join.
 
 Rules this module keeps (see DESIGN.md, "etcd facts"):
 - `members()` does a linearizable read first and asks the member list from the same
@@ -27,10 +29,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import requests
-import urllib3
-from etcd3gw.client import Etcd3Client
-
+from agent.httpclient import Http, HttpError, Response
 from agent.settings import TlsFiles
 from agent.snapshot import LockInfo, Member
 
@@ -134,8 +133,7 @@ class EtcdClient:
         self.tls = tls
         self.prefix = prefix.rstrip("/")
         self._lock = threading.Lock()
-        self._clients: dict[str, Etcd3Client] = {}
-        self._sessions: list[requests.Session] = []
+        self._http = Http(verify=tls.ca_file, cert=(tls.cert_file, tls.key_file)) if tls else Http()
         self.endpoints: list[str] = []
         self._preferred = 0
         self.set_endpoints(endpoints)
@@ -149,48 +147,13 @@ class EtcdClient:
             self.endpoints = list(dict.fromkeys(cleaned))
             self._preferred = 0
 
-    def _session(self) -> requests.Session:
-        session = requests.Session()
-        if self.tls is not None:
-            session.verify = self.tls.ca_file
-            session.cert = (self.tls.cert_file, self.tls.key_file)
-        self._sessions.append(session)
-        return session
-
-    def _client(self, endpoint: str) -> Etcd3Client:
-        with self._lock:
-            client = self._clients.get(endpoint)
-            if client is None:
-                parts = urlsplit(endpoint)
-                client = Etcd3Client(
-                    host=parts.hostname or "localhost",
-                    port=parts.port or 2379,
-                    protocol=parts.scheme or "http",
-                    timeout=self.timeout,
-                    # etcd >= 3.4 serves the gateway under /v3/ (no discovery round trip)
-                    api_path="/v3/",
-                    session=self._session(),
-                )
-                self._clients[endpoint] = client
-            return client
-
-    def _request_kwargs(self) -> dict[str, Any]:
-        if self.tls is None:
-            return {}
-        return {"verify": self.tls.ca_file, "cert": (self.tls.cert_file, self.tls.key_file)}
-
     def _post_to(self, endpoint: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST to one endpoint. Raises _NoAnswer on a transport failure, EtcdError (or a
         subtype) when etcd answers with an error."""
-        client = self._client(endpoint)
         try:
-            # verify/cert per request: requests lets $REQUESTS_CA_BUNDLE override a
-            # session's `verify` (psf/requests#3829), never a request's
-            answer = client.session.post(
-                client.get_url(path), json=body, timeout=self.timeout, **self._request_kwargs()
-            )
-        except requests.RequestException as error:
-            raise _NoAnswer(f"{type(error).__name__}: {_short(error)}") from error
+            answer = self._http.post(f"{endpoint}/v3/{path}", json=body, timeout=self.timeout)
+        except HttpError as error:
+            raise _NoAnswer(str(error)) from error
         if answer.status_code == 200:
             try:
                 return answer.json()
@@ -253,10 +216,7 @@ class EtcdClient:
         return self._on_any(path, lambda endpoint: self._post_to(endpoint, path, body))
 
     def close(self) -> None:
-        for session in self._sessions:
-            session.close()
-        self._sessions.clear()
-        self._clients.clear()
+        self._http.close()
 
     def __enter__(self) -> EtcdClient:
         return self
@@ -304,11 +264,9 @@ class EtcdClient:
 
     def url_healthy(self, client_url: str) -> bool:
         try:
-            answer = requests.get(
-                client_url.rstrip("/") + "/health", timeout=self.timeout, **self._request_kwargs()
-            )
+            answer = self._http.get(client_url.rstrip("/") + "/health", timeout=self.timeout)
             return answer.status_code == 200 and answer.json().get("health") == "true"
-        except (requests.RequestException, ValueError):
+        except (HttpError, ValueError, AttributeError):
             return False
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
@@ -573,14 +531,7 @@ def _range_kvs(txn_answer: Mapping[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def _short(error: BaseException) -> str:
-    reason = getattr(error, "args", [None])[0]
-    if isinstance(reason, urllib3.exceptions.MaxRetryError) and reason.reason is not None:
-        return str(reason.reason)
-    return str(error)
-
-
-def _error_from_answer(path: str, endpoint: str, answer: requests.Response) -> EtcdError:
+def _error_from_answer(path: str, endpoint: str, answer: Response) -> EtcdError:
     """etcd's gateway error body: {"error": ..., "message": ..., "code": <gRPC code>}."""
     try:
         data = answer.json()

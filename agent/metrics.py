@@ -35,12 +35,12 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from http.client import HTTPException
 from typing import Any
 
-import requests
-import urllib3
 from pydantic import ValidationError
 
+from agent.httpclient import Http, HttpError, HttpTimeout
 from agent.settings import MetricSettings
 from agent.snapshot import MetricReading
 
@@ -87,12 +87,10 @@ def shell_name(text: str) -> str:
     return "".join(chr(b).upper() if chr(b).isascii() and chr(b).isalnum() else "_" for b in raw)
 
 
-def read_metric(
-    settings: MetricSettings, *, session: requests.Session | None = None
-) -> MetricReading:
+def read_metric(settings: MetricSettings, *, session: Http | None = None) -> MetricReading:
     """The metric `settings` names, or `value=None` with the reason (logged). Never raises."""
     deadline = time.monotonic() + settings.timeout
-    http = session or requests.Session()
+    http = session or Http()
     try:
         if settings.window == 0:
             value = _instant(http, settings, deadline)
@@ -113,7 +111,7 @@ def _failed(settings: MetricSettings, reason: str) -> MetricReading:
     return MetricReading(name=settings.name, value=None, error=reason, window=settings.window)
 
 
-def _instant(http: requests.Session, settings: MetricSettings, deadline: float) -> float:
+def _instant(http: Http, settings: MetricSettings, deadline: float) -> float:
     text = _get(http, settings, "/api/v1/allmetrics", {"format": "shell"}, deadline)
     values = []
     for line in text.splitlines():
@@ -134,7 +132,7 @@ def _instant(http: requests.Session, settings: MetricSettings, deadline: float) 
     return _finite(float(match.group(1)), settings.name)
 
 
-def _window_average(http: requests.Session, settings: MetricSettings, deadline: float) -> float:
+def _window_average(http: Http, settings: MetricSettings, deadline: float) -> float:
     chart, dimension, labels = _locate(http, settings, deadline)
     params = {
         "chart": chart,
@@ -161,7 +159,7 @@ def _window_average(http: requests.Session, settings: MetricSettings, deadline: 
 
 
 def _locate(
-    http: requests.Session, settings: MetricSettings, deadline: float
+    http: Http, settings: MetricSettings, deadline: float
 ) -> tuple[str, str, tuple[str, str]]:
     """(chart id, dimension id, the dimension's possible labels) behind the shell name."""
     text = _get(http, settings, "/api/v1/allmetrics", {"format": "json"}, deadline)
@@ -186,7 +184,7 @@ def _locate(
 
 
 def _get(
-    http: requests.Session,
+    http: Http,
     settings: MetricSettings,
     path: str,
     params: dict[str, str],
@@ -198,25 +196,25 @@ def _get(
     if left <= 0:
         raise MetricError(f"timed out ({settings.timeout}s) before GET {path}")
     try:
-        with http.get(url, params=params, timeout=left, stream=True) as response:
-            if response.status_code != 200:
-                excerpt = response.raw.read1(200, decode_content=True)
-                raise MetricError(f"GET {path}: HTTP {response.status_code} {excerpt[:200]!r}")
+        with http.stream("GET", url, params=params, timeout=left) as response:
+            if response.status != 200:
+                excerpt = response.read1(200)
+                raise MetricError(f"GET {path}: HTTP {response.status} {excerpt[:200]!r}")
             chunks, size = [], 0
             # read1 returns what has arrived: the deadline holds even for a trickle
-            while chunk := response.raw.read1(64 * 1024, decode_content=True):
+            while chunk := response.read1(64 * 1024):
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
                     raise MetricError(f"GET {path}: answer larger than {MAX_RESPONSE_BYTES} bytes")
                 if time.monotonic() > deadline:
                     raise MetricError(f"GET {path}: timed out ({settings.timeout}s)")
                 chunks.append(chunk)
-    except (requests.Timeout, urllib3.exceptions.TimeoutError):
+    except (HttpTimeout, TimeoutError):
         raise MetricError(f"GET {url}: timed out ({settings.timeout}s)") from None
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))  # the root cause, if any
-        why = errno.group(0) if errno else str(exc)[:200]
-        raise MetricError(f"GET {url}: {type(exc).__name__}: {why}") from None
+    except HttpError as exc:
+        raise MetricError(f"GET {url}: {str(exc)[:200]}") from None
+    except (OSError, HTTPException) as exc:  # while reading the body
+        raise MetricError(f"GET {url}: {type(exc).__name__}: {str(exc)[:200]}") from None
     try:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:

@@ -41,14 +41,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
-import requests
-
 from agent.bootstrap import ClientFactory
 from agent.child import ChildProcess
 from agent.cloud import Cloud, CloudError
 from agent.etcd import EtcdError, normalize_url
 from agent.etcd_server import client_url
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
+from agent.httpclient import Http, HttpError
 from agent.loop import etcd_client_factory
 from agent.settings import AgentSettings
 from agent.snapshot import Member, NodeIdentity
@@ -389,16 +388,17 @@ class ProxyAgent:
         if tls is not None and self.settings.etcd.client_scheme == "https":
             verify, cert = tls.ca_file, (tls.cert_file, tls.key_file)
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                answer = requests.get(f"{self.url}/health", timeout=2.0, verify=verify, cert=cert)
-                if answer.status_code == 200 and answer.json().get("health") == "true":
-                    return True
-            except (requests.RequestException, ValueError):
-                pass
-            if time.monotonic() >= deadline or self.stopped.is_set():
-                return False
-            time.sleep(0.2)
+        with Http(verify=verify, cert=cert) as http:
+            while True:
+                try:
+                    answer = http.get(f"{self.url}/health", timeout=2.0)
+                    if answer.status_code == 200 and answer.json().get("health") == "true":
+                        return True
+                except (HttpError, ValueError, AttributeError):
+                    pass
+                if time.monotonic() >= deadline or self.stopped.is_set():
+                    return False
+                time.sleep(0.2)
 
     # --- one cycle ----------------------------------------------------------------------------
 

@@ -321,7 +321,7 @@ def test_every_call_has_a_timeout(cloud):
 
 def test_unreachable_keystone_is_a_cloud_error(cloud):
     group = OpenStackGroup(cloud.settings(auth_url="http://127.0.0.1:9/v3"), timeout=1)
-    with pytest.raises(CloudError, match="keystone POST /v3/auth/tokens: ConnectionError"):
+    with pytest.raises(CloudError, match="keystone POST /v3/auth/tokens: ConnectionRefusedError"):
         group.scale_down()
 
 

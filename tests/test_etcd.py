@@ -533,9 +533,8 @@ def test_etcd_config_https_has_client_cert_auth(tmp_path: Path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # the client side of TLS: CA to verify, client cert to present
     client = EtcdClient(["https://10.0.0.5:12379"], tls=tls)
-    session = client._client("https://10.0.0.5:12379").session
-    assert session.verify == "/etc/e/ca.pem"
-    assert session.cert == ("/etc/e/node.pem", "/etc/e/node.key")
+    assert client._http.verify == "/etc/e/ca.pem"
+    assert client._http.cert == ("/etc/e/node.pem", "/etc/e/node.key")
 
 
 # Lines etcd itself logged in the runs of the tests above (3.4.23 and 3.5.1, zap logger).

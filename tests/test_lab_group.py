@@ -375,7 +375,7 @@ def test_local_group_errors_name_the_call(served):
     host = cloud.url.rsplit(":", 1)[0]
     with socket_bound(host) as port:
         dead = LocalGroup(LocalCloudSettings(url=f"{host}:{port}", node_id="x"), timeout=1)
-        with pytest.raises(CloudError, match="ConnectionError"):
+        with pytest.raises(CloudError, match="ConnectionRefusedError"):
             dead.group_members()
 
 

@@ -226,7 +226,7 @@ def test_unreachable_netdata_gives_no_decision():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     reading = read_metric(MetricSettings(netdata_url=f"http://127.0.0.1:{port}", window=0))
-    assert_no_decision(reading, "ConnectionError")
+    assert_no_decision(reading, "ConnectionRefusedError: [Errno 111] Connection refused")
 
 
 @settings(

@@ -95,4 +95,4 @@ def test_a_stopped_netdata_gives_no_decision(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped: gone
     reading = read_metric(MetricSettings(netdata_url=url, window=0, timeout=1))
-    assert reading.value is None and "ConnectionError" in (reading.error or "")
+    assert reading.value is None and "Connection refused" in (reading.error or "")

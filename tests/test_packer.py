@@ -777,19 +777,19 @@ def test_a_new_etcd_version_or_new_pins_are_installed_on_a_rerun(node):
     assert "etcd Version: 3.5.18" in version
 
     pyproject = node.source / "pyproject.toml"
-    pyproject.write_text(re.sub(r'"requests==[^"]+"', '"requests==2.0.0"', pyproject.read_text()))
+    pyproject.write_text(re.sub(r'"pydantic==[^"]+"', '"pydantic==2.0.0"', pyproject.read_text()))
     _, calls = node.run("install-agent-venv.sh")
     assert any(c.startswith("pip install") for c in calls)
     installed = (node.root / "opt/autoscale-etcd/venv/installed.txt").read_text().split()
-    assert "requests==2.0.0" in installed
+    assert "pydantic==2.0.0" in installed
 
 
 def test_an_unpinned_dependency_is_refused(node):
     pyproject = node.source / "pyproject.toml"
     text = pyproject.read_text()
-    pin = re.search(r'"(requests==[^"]+)"', text)
-    assert pin, "pyproject.toml pins requests"
-    pyproject.write_text(text.replace(pin.group(1), "requests>=2"))
+    pin = re.search(r'"(pydantic==[^"]+)"', text)
+    assert pin, "pyproject.toml pins pydantic"
+    pyproject.write_text(text.replace(pin.group(1), "pydantic>=2"))
     result, calls = node.run("install-agent-venv.sh", check=False)
     assert result.returncode != 0
     assert "must pin every package" in result.stderr

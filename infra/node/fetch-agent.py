@@ -25,7 +25,7 @@ exponential backoff until `--deadline` seconds have passed. Redirects are not fo
 Exit status: 0 installed, 1 gave up, 2 bad arguments or settings file.
 
 It cannot import the agent (it is what fetches it); agent/cloud_openstack.py makes the
-same Keystone call with requests.
+same Keystone call with its own client (agent/httpclient.py).
 """
 
 from __future__ import annotations
