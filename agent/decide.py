@@ -138,11 +138,25 @@ def _failmarker(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     )
 
 
+def dead_member_window(settings: AgentSettings) -> float:
+    """Seconds from a member's first failed health check to the check that convicts it.
+
+    A member is dead at its `dead_member_periods`-th failed check in a row, one check a
+    period: the first failed check comes within a period of its death, so it is removed
+    within `dead_member_periods` periods of dying (the issue's target), not one period
+    later. The window runs from the first failed check, so it is (n - 1) periods; half a
+    period less absorbs the checks' own timing (a check answered a little sooner than the
+    one before it must not cost another period)."""
+    periods = settings.scaling.dead_member_periods
+    return max(0.0, (periods - 1.5) * settings.scaling.lockattemptperiod)
+
+
 def _dead_members(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     me = snapshot.my_member
     if me is None or not me.is_leader or not me.healthy:
         return None  # one decider: the agent beside the current leader
-    window = settings.scaling.dead_member_periods * settings.scaling.lockattemptperiod
+    window = dead_member_window(settings)
+    checks = settings.scaling.dead_member_periods
     members = snapshot.members or ()
     for member in members:
         since = snapshot.unhealthy_since.get(member.id)
@@ -160,8 +174,8 @@ def _dead_members(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
             )
         return Action(
             "remove_dead",
-            f"{_label(member)} failed its health check for {snapshot.now - since:.0f}s"
-            f" (window {window:.0f}s); {len(healthy)}/{len(remaining)} remain healthy",
+            f"{_label(member)} failed {checks} health checks in a row (the first"
+            f" {snapshot.now - since:.0f}s ago); {len(healthy)}/{len(remaining)} remain healthy",
             member=member,
         )
     return None

@@ -338,7 +338,7 @@ def recovery_rows(runs: list[Recovery], timings: LabTimings, stack: StackSetting
                 "<=",
                 3.0,
                 note=f"{shown} s at period {period:g} s, {len(mine)} run(s), worst shown;"
-                f" the rule waits {stack.dead_member_periods} periods of failed checks",
+                f" removed at failed check {stack.dead_member_periods} in a row",
             )
         )
         healthy = [r.boot_to_healthy for r in mine]

@@ -202,18 +202,49 @@ def test_failmarker_needs_a_leader_elsewhere():
 # --- dead members ----------------------------------------------------------------
 
 
-def test_dead_member_is_removed_by_the_leaders_agent_after_the_window():
-    dead_since = {0x1004: 10_000.0 - 30}
+def test_dead_member_is_removed_by_the_leaders_agent_at_its_third_failed_check():
+    # checks every 10 s: the first failed one 20 s ago, then 10 s ago, now the third
+    dead_since = {0x1004: 10_000.0 - 20}
     action = act(snap(5, me=1, leader=1, unhealthy=(4,), unhealthy_since=dead_since))
     assert action.kind == "remove_dead" and action.member is not None
     assert action.member.name == "node4"
+    assert "failed 3 health checks in a row" in action.reason
 
 
-def test_dead_member_not_removed_inside_the_window():
-    dead_since = {0x1004: 10_000.0 - 29}
-    assert act(snap(5, me=1, leader=1, unhealthy=(4,), unhealthy_since=dead_since)).kind != (
-        "remove_dead"
+def test_dead_member_not_removed_at_its_second_failed_check():
+    for ago in (10, 14.9):  # the second check, even one answered late
+        dead_since = {0x1004: 10_000.0 - ago}
+        action = act(snap(5, me=1, leader=1, unhealthy=(4,), unhealthy_since=dead_since))
+        assert action.kind != "remove_dead", ago
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    periods=st.integers(min_value=1, max_value=6),
+    delay=st.lists(st.floats(min_value=0.0, max_value=0.45), min_size=8, max_size=8),
+)
+def test_a_dead_member_is_convicted_at_exactly_its_nth_failed_check(periods, delay):
+    """The agent's own cycle: a cycle starts every period and its observation is taken
+    after the health checks, which take their own time (up to 0.45 period here); a member
+    that stopped answering is removed at its `dead_member_periods`-th failed check, never
+    before, never a period late."""
+    lap = 10.0
+    config = SETTINGS.with_changes(
+        scaling=SETTINGS.scaling.model_copy(update={"dead_member_periods": periods})
     )
+    since: dict[int, float] = {}
+    failed_checks = 0
+    for n, late in enumerate(delay):
+        now = 10_000.0 + n * lap + late * lap
+        base = snap(5, me=1, leader=1, unhealthy=(4,), now=now)
+        since = track_unhealthy(since, base.members, now)
+        failed_checks += 1
+        action = act(replace(base, unhealthy_since=since), config)
+        if failed_checks < periods:
+            assert action.kind != "remove_dead", (failed_checks, since, now)
+        else:
+            assert action.kind == "remove_dead", (failed_checks, since, now)
+            break
 
 
 def test_only_the_leaders_agent_removes_dead_members():
