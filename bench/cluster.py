@@ -318,10 +318,19 @@ def recovery(lab: Lab, role: str) -> Recovery:
     )
 
 
-def recovery_rows(runs: list[Recovery], timings: LabTimings, stack: StackSettings) -> list[Row]:
+def recovery_rows(
+    runs: list[Recovery],
+    timings: LabTimings,
+    stack: StackSettings,
+    at_default: list[Recovery] | None = None,
+) -> list[Row]:
+    """`at_default`: runs at the stack's own periods, where the issue sets its targets; a
+    role measured there is checked there, and its scaled figure is shown without a verdict
+    (etcd's election is not scaled: 1 s is a tenth of the stack's period, a whole lab one)."""
     section = "recovery (kill -9 of a node)"
     period = timings.lockattemptperiod
     rows = []
+    defaults = at_default or []
     for role in ("follower", "leader"):
         mine = [r for r in runs if r.role == role]
         if not mine:
@@ -329,18 +338,16 @@ def recovery_rows(runs: list[Recovery], timings: LabTimings, stack: StackSetting
         removed = [r.removed for r in mine]
         worst = max(removed)
         shown = ", ".join(f"{x:.2f}" for x in removed)
-        rows.append(
-            check(
-                section,
-                f"{role}'s member removed, in lockattemptperiods",
-                worst / period,
-                "periods",
-                "<=",
-                3.0,
-                note=f"{shown} s at period {period:g} s, {len(mine)} run(s), worst shown;"
-                f" removed at failed check {stack.dead_member_periods} in a row",
-            )
+        name = f"{role}'s member removed, in lockattemptperiods"
+        note = (
+            f"{shown} s at period {period:g} s, {len(mine)} run(s), worst shown;"
+            f" removed at failed check {stack.dead_member_periods} in a row"
         )
+        if any(r.role == role for r in defaults):
+            note += "; checked at the stack's own period below"
+            rows.append(figure(section, name, worst / period, "periods", note=note))
+        else:
+            rows.append(check(section, name, worst / period, "periods", "<=", 3.0, note=note))
         healthy = [r.boot_to_healthy for r in mine]
         rows.append(
             check(
@@ -361,6 +368,29 @@ def recovery_rows(runs: list[Recovery], timings: LabTimings, stack: StackSetting
                 "s",
                 note="median; the original: ~70 s with Packer images, ~200 s without, VM boot"
                 " included",
+            )
+        )
+    own = stack.lockattemptperiod
+    for r in defaults:
+        rows.append(
+            check(
+                section,
+                f"{r.role}'s member removed at the stack's own period ({own:g} s), in"
+                " lockattemptperiods",
+                r.removed / own,
+                "periods",
+                "<=",
+                3.0,
+                note=f"{r.removed:.2f} s; etcd's election included",
+            )
+        )
+        rows.append(
+            figure(
+                section,
+                f"{r.role}: kill to a healthy replacement at the stack's own period",
+                r.kill_to_healthy,
+                "s",
+                note=f"replacement a healthy voter {r.boot_to_healthy:.2f} s after its start",
             )
         )
     for r in (r for r in runs if r.role == "back-to-back"):
@@ -585,15 +615,18 @@ def bench_cluster(
             boots.append(bootstrap(lab, size))
             shout(f"bootstrap {size}: {boots[-1].seconds:.2f} s, ids {boots[-1].ids}")
     direct: list[Usage] = []
+    at_default: list[Recovery] = []
     if setup.default_period_seconds > 0:
         with lab_of(stack, 1.0, setup, "default-period") as lab:
             lab.start()
             if lab.wait_for(lab.settled, 120, "the first members"):
                 lab.wait_for(lambda s: False, stack.lockattemptperiod)  # one cycle settles in
                 direct = footprint(lab, setup.default_period_seconds)
-            shout(f"footprint at the default period: {len(direct)} processes")
+                shout(f"footprint at the default period: {len(direct)} processes")
+                at_default.append(recovery(lab, "leader"))
+                shout(f"recovery (leader, default period): {at_default[-1]}")
     rows = (
-        recovery_rows(runs, timings, stack)
+        recovery_rows(runs, timings, stack, at_default)
         + scale_down_rows(down, timings)
         + bootstrap_rows(sorted(boots, key=lambda b: b.size))
         + joins_rows(joined)

@@ -57,6 +57,35 @@ def test_the_table_has_one_line_per_figure_under_its_section():
     assert lines[6] == "| member user-data | 18000 B | < 32768 B | met |"
 
 
+def test_a_role_measured_at_the_stacks_own_period_is_checked_there():
+    """The issue sets its recovery targets at the stack's default periods: the lab's scaled
+    leader figure (etcd's 1 s election is a whole scaled period) is shown without a
+    verdict once the leader was also measured at the stack's own period."""
+    from bench.cluster import Recovery, recovery_rows
+    from infra.settings import load_stack_file, stack_file
+    from lab.timings import LabTimings
+
+    stack = load_stack_file(stack_file("dev"))
+    timings = LabTimings.scaled(stack, 0.1)
+    scaled = [
+        Recovery("follower", "a", 2.5, "b", 0.5, 3.0),
+        Recovery("leader", "c", 4.0, "d", 0.5, 4.5),
+    ]
+    own = Recovery("leader", "e", 31.0, "f", 0.6, 36.0)
+    rows = {r.name: r for r in recovery_rows(scaled, timings, stack, [own])}
+    assert rows["follower's member removed, in lockattemptperiods"].met is True
+    leader = rows["leader's member removed, in lockattemptperiods"]
+    assert leader.met is None and "checked at the stack's own period" in leader.note
+    period = stack.lockattemptperiod
+    at_own = rows[
+        f"leader's member removed at the stack's own period ({period:g} s), in lockattemptperiods"
+    ]
+    assert at_own.value == 31.0 / period and at_own.met is (31.0 / period <= 3.0)
+    # without a run at the stack's own period the scaled figure is the check
+    alone = {r.name: r for r in recovery_rows(scaled, timings, stack)}
+    assert alone["leader's member removed, in lockattemptperiods"].met is False
+
+
 # --- /proc -----------------------------------------------------------------------------------
 
 
