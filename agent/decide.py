@@ -151,16 +151,28 @@ def dead_member_window(settings: AgentSettings) -> float:
     return max(0.0, (periods - 1.5) * settings.scaling.lockattemptperiod)
 
 
+def unstarted_member_window(settings: AgentSettings) -> float:
+    """Seconds an entry that never started (an initial member still booting, an add whose
+    start was cut short) is given from when it was first seen: `dead_member_periods` whole
+    periods. It has no death to count from, and nodes that boot together start their etcd
+    seconds apart on a busy host: convicting it as early as a member that stopped answering
+    would remove members of a cluster still forming."""
+    return settings.scaling.dead_member_periods * settings.scaling.lockattemptperiod
+
+
 def _dead_members(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     me = snapshot.my_member
     if me is None or not me.is_leader or not me.healthy:
         return None  # one decider: the agent beside the current leader
     window = dead_member_window(settings)
+    never_started = unstarted_member_window(settings)
     checks = settings.scaling.dead_member_periods
     members = snapshot.members or ()
     for member in members:
         since = snapshot.unhealthy_since.get(member.id)
-        if member.id == me.id or since is None or snapshot.now - since < window:
+        if member.id == me.id or since is None:
+            continue
+        if snapshot.now - since < (window if member.started else never_started):
             continue
         if snapshot.join_lock_holder and (member.is_learner or not member.started):
             continue  # a join in progress: its entry is new, not dead
@@ -172,10 +184,14 @@ def _dead_members(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
                 f"{_label(member)} has failed for {snapshot.now - since:.0f}s but removing it"
                 f" would leave {len(healthy)}/{len(remaining)} healthy, short of quorum",
             )
+        why = (
+            f"failed {checks} health checks in a row (the first {snapshot.now - since:.0f}s ago)"
+            if member.started
+            else f"has not started in {snapshot.now - since:.0f}s"
+        )
         return Action(
             "remove_dead",
-            f"{_label(member)} failed {checks} health checks in a row (the first"
-            f" {snapshot.now - since:.0f}s ago); {len(healthy)}/{len(remaining)} remain healthy",
+            f"{_label(member)} {why}; {len(healthy)}/{len(remaining)} remain healthy",
             member=member,
         )
     return None

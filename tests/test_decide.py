@@ -268,6 +268,18 @@ def test_unstarted_member_left_by_a_failed_join_is_removed_after_the_window():
     assert action.kind == "remove_dead"
 
 
+def test_an_entry_that_never_started_gets_whole_periods():
+    """Nodes booted together start etcd seconds apart: an initial member not started yet
+    is given dead_member_periods whole periods (30 s here), not the 20 s after which a
+    member that stopped answering is convicted at its third failed check."""
+    base = snap(3, me=1, leader=1)
+    members = (*base.members, unstarted(7))
+    for ago, removed in ((20, False), (29, False), (30, True)):
+        action = act(replace(base, members=members, unhealthy_since={0x1007: 10_000.0 - ago}))
+        assert (action.kind == "remove_dead") is removed, ago
+    assert "has not started in 30s" in action.reason
+
+
 def test_a_join_in_progress_is_not_a_dead_member():
     base = snap(3, me=1, leader=1)
     joining = replace(
