@@ -20,7 +20,7 @@ from typing import Literal
 
 from agent.cloud import Cloud, CloudError
 from agent.decide import JOIN_LOCK
-from agent.etcd import EtcdClient, EtcdError, LearnerNotReady
+from agent.etcd import EtcdClient, EtcdError, LearnerNotReady, normalize_url
 from agent.etcd_server import (
     EtcdService,
     classify_start_failure,
@@ -171,8 +171,17 @@ class Bootstrap:
         return self._start_existing(client, me, members)
 
     def _start_existing(self, client: EtcdClient, me: NodeIdentity, listed: list[Member]) -> Joined:
-        """Start etcd on this node's (added) entry, then promote it if it is a learner."""
+        """Start etcd on this node's (added) entry, then promote it if it is a learner.
+
+        etcd checks `initial-cluster` against the member list peer URL by peer URL ("member
+        count is unequal" otherwise), so every entry is listed: one not started yet (another
+        initial member still booting) under a name of its own, since it has none yet.
+        """
+        mine = normalize_url(peer_url(me.ip, self.settings.etcd))
         peers = {m.name: m.peer_urls[0] for m in listed if m.started and m.peer_urls}
+        for m in listed:
+            if not m.started and m.peer_urls and normalize_url(m.peer_urls[0]) != mine:
+                peers[f"unstarted-{m.id:x}"] = m.peer_urls[0]
         peers[me.name] = peer_url(me.ip, self.settings.etcd)
         self._start(me, peers, "existing")
         member = self._wait_member(me, client)
