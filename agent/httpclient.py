@@ -115,13 +115,7 @@ class Http:
             verify=verify,
             cert=cert,
         ) as answer:
-            try:
-                content = answer.read()
-            except TimeoutError as error:
-                raise HttpTimeout(_describe(error)) from None
-            except (OSError, http.client.HTTPException) as error:
-                raise HttpError(_describe(error)) from None
-            return Response(answer.status, answer.headers, content)
+            return Response(answer.status, answer.headers, answer.read())
 
     def get(self, url: str, **kwargs: Any) -> Response:
         return self.request("GET", url, **kwargs)
@@ -143,7 +137,8 @@ class Http:
         cert: Cert = None,
     ) -> Iterator[http.client.HTTPResponse]:
         """The answer before its body is read (`read1` gives what has arrived). The
-        connection goes back to the pool only if the body was read to its end."""
+        connection goes back to the pool only if the body was read to its end. A failure
+        while the body is read is an HttpError (HttpTimeout) too, as one before it is."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -176,6 +171,10 @@ class Http:
             raise HttpError(_describe(error)) from None
         try:
             yield answer
+        except TimeoutError as error:
+            raise HttpTimeout(_describe(error)) from None
+        except (OSError, http.client.HTTPException) as error:
+            raise HttpError(_describe(error)) from None
         finally:
             if answer.isclosed() and not answer.will_close and conn.sock is not None:
                 self._checkin(key, conn)

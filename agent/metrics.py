@@ -35,7 +35,6 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from http.client import HTTPException
 from typing import Any
 
 from pydantic import ValidationError
@@ -209,12 +208,10 @@ def _get(
                 if time.monotonic() > deadline:
                     raise MetricError(f"GET {path}: timed out ({settings.timeout}s)")
                 chunks.append(chunk)
-    except (HttpTimeout, TimeoutError):
+    except HttpTimeout:
         raise MetricError(f"GET {url}: timed out ({settings.timeout}s)") from None
     except HttpError as exc:
         raise MetricError(f"GET {url}: {str(exc)[:200]}") from None
-    except (OSError, HTTPException) as exc:  # while reading the body
-        raise MetricError(f"GET {url}: {type(exc).__name__}: {str(exc)[:200]}") from None
     try:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:

@@ -178,3 +178,16 @@ def test_concurrent_calls_share_one_client(server: Server) -> None:
         )
     assert sorted(a["path"] for a in answers) == sorted(f"/n{n}" for n in range(40))
     assert server.connections <= 8
+
+
+def test_a_body_that_stops_coming_is_a_timeout_while_streaming(server: Server) -> None:
+    """A failure in the middle of the body is the client's own error, as one before it."""
+    with Http() as http:
+        with (
+            pytest.raises(HttpTimeout),
+            http.stream("GET", f"{server.url}/trickle", timeout=0.5) as a,
+        ):
+            assert a.read1(100) == b"abc"
+            a.read1(100)  # the rest comes 2 s later
+        with pytest.raises(HttpTimeout):
+            http.get(f"{server.url}/trickle", timeout=0.5)
