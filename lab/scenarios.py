@@ -103,10 +103,14 @@ def burst(run: Run) -> None:
     timeout = t.downmetric_window + grow * t.scaledownperiod * 1.6 + 4 * run.join_time()
     back = run.settle(stack.capacity, timeout, f"{stack.capacity} members")
     leaves = [e for e in lab.events.of("removed") if e.t >= calm_at]
+    # the alarm's window still holds burst samples for a while after the calm: a +1 it
+    # takes then (a node left, so capacity is below max again) brings one more to leave
+    late = [e for e in lab.events.of("scale-up") if e.t >= calm_at]
     run.check(
         "nodes left one by one back to capacity",
-        back and len(leaves) == grow,
-        f"{len(leaves)} member(s) left after the load fell (want {grow});"
+        back and len(leaves) == grow + len(late),
+        f"{len(leaves)} member(s) left after the load fell (want {grow}"
+        f" + {len(late)} the alarm added after the calm);"
         f" back to {stack.capacity}: {back}",
     )
 
