@@ -30,7 +30,8 @@ from bench.cluster import Setup, bench_cluster
 from bench.rows import Row, table
 from bench.userdata import bench_userdata
 from infra.settings import load_stack_file, stack_file
-from lab.timings import DEFAULT_FACTOR, FAST_FACTOR, find_etcd_binary
+from lab.etcd_binaries import find_etcd_binary
+from lab.timings import DEFAULT_FACTOR, FAST_FACTOR
 
 INVARIANT_UNITS = ("ids", "polls", "processes")
 """Rows that are invariants, not timings: one cluster id, no poll without quorum, no

@@ -30,12 +30,13 @@ from typing import Any, TextIO
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdClient, EtcdError
 from infra.settings import PROJECT_DIR, StackSettings
+from lab.etcd_binaries import find_etcd_binary
 from lab.events import EventLog
 from lab.group import Member, Policy
 from lab.localcloud import AddressPool, AlarmSpec, LocalCloud
 from lab.netdata_stub import NETDATA_PORT, Mode
 from lab.nodes import Node, Nova
-from lab.timings import LabTimings, find_etcd_binary, group_spec
+from lab.timings import LabTimings, group_spec
 from lab.tls import LabPki
 
 STATE_FILE = "lab.json"

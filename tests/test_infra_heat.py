@@ -30,6 +30,7 @@ from infra.bundle import Bundle, agent_bundle
 from infra.cluster import cluster_template, template_text
 from infra.render import find_stack_file, stack_config
 from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
+from tests.tools import need_module
 
 STACKS = ["dev", "metrics", "ownnet"]
 
@@ -61,7 +62,7 @@ def _refuse(*args, **kwargs):
 @pytest.fixture(scope="module")
 def heat_validate():
     """validate(template_text) -> None, or raises Heat's StackValidationFailed."""
-    pytest.importorskip("heat")
+    need_module("heat")
     import keystoneauth1.session
     from heat.common import context, messaging, policy, template_format
     from heat.engine import environment, resources, stack, template
@@ -303,7 +304,7 @@ def heat_engine():
     up), the legacy update path; the answer is what "Show resource metadata" returns
     (heat/engine/service.py describe_stack_resource -> api.format_stack_resource).
     """
-    pytest.importorskip("heat")
+    need_module("heat")
     from heat.common import context, messaging
     from heat.db import api as db_api
     from heat.db import models

@@ -45,6 +45,7 @@ from infra.userdata import (
     member_user_data,
 )
 from tests.fake_openstack import CREDENTIAL_ID, CREDENTIAL_SECRET, FakeOpenStack
+from tests.tools import need
 
 METADATA_PATH = "/resources/agent_bundle/metadata"
 
@@ -397,9 +398,7 @@ def test_etcd_is_refused_unless_its_sha256_is_in_the_user_data_s_list(tmp_path):
 
 
 def test_install_sh_is_shellcheck_clean(tmp_path):
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed")
+    shellcheck = need("shellcheck")
     script = Path(__file__).resolve().parent.parent / "infra" / "node" / "install.sh"
     result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

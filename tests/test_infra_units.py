@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from infra.userdata import UNITS_BY_ROLE, UNITS_DIR
+from tests.tools import need
 
 UNITS = sorted(p.name for p in UNITS_DIR.glob("*.service"))
 EXECUTABLES = [
@@ -40,8 +41,8 @@ def make_root(tmp_path: Path, units: dict[str, str], executables=EXECUTABLES) ->
 
 
 def verify(root: Path, names: list[str]) -> subprocess.CompletedProcess[str]:
-    if shutil.which("systemd-analyze") is None or not HOST_UNITS.is_dir():
-        pytest.skip("systemd-analyze is not installed")
+    need("systemd-analyze")
+    assert HOST_UNITS.is_dir(), f"systemd-analyze is here but {HOST_UNITS} is not"
     return subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", "--man=no", *names],
         cwd=root / "etc/systemd/system",

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import shlex
-import shutil
 import subprocess
 import sys
 
@@ -38,6 +37,7 @@ from infra.userdata import (
     named_bundle,
     proxy_user_data,
 )
+from tests.tools import need
 
 STACKS = ["dev", "metrics", "ownnet"]
 NOVA_LIMIT = 65535  # bytes of user-data once base64-encoded
@@ -64,8 +64,7 @@ def files_of(text: str) -> dict[str, dict]:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_role_passes_cloud_init_schema(stack, tmp_path):
-    if shutil.which("cloud-init") is None:
-        pytest.skip("cloud-init is not installed (setup/system-packages.sh installs it)")
+    need("cloud-init")
     for doc in documents(stack):
         path = tmp_path / f"{doc.role}.yaml"
         path.write_text(doc.text)
@@ -80,8 +79,7 @@ def test_every_role_passes_cloud_init_schema(stack, tmp_path):
 
 
 def test_cloud_init_schema_refuses_a_broken_document(tmp_path):
-    if shutil.which("cloud-init") is None:
-        pytest.skip("cloud-init is not installed")
+    need("cloud-init")
     document = yaml.safe_load(member_user_data(settings_of("dev"), cluster_name="c").text)
     document["write_files"][0]["encoding"] = "gzip-base64-please"
     path = tmp_path / "bad.yaml"

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from infra.settings import PROJECT_DIR
+from tests.tools import need
 
 WORKFLOW = PROJECT_DIR / ".github" / "workflows" / "preview.yml"
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("check-jsonschema") or str(
-        Path(sys.executable).parent / "check-jsonschema"
-    )
-    if not Path(binary).exists():
-        pytest.skip("check-jsonschema is not installed")
+    binary = need("check-jsonschema")
     return subprocess.run(
         [binary, "--builtin-schema", "vendor.github-workflows", str(path)],
         capture_output=True,

@@ -24,6 +24,7 @@ from agent.settings import LocalCloud as LocalCloudSettings
 from lab.events import EventLog
 from lab.group import Member, Policy, ScalingGroup
 from lab.localcloud import AddressPool, AlarmSpec, LocalCloud
+from tests.tools import need_module
 
 POLICIES = {
     "scale_up": Policy("scale_up", +1, 240.0),
@@ -237,11 +238,11 @@ class _HeatGroup:
 
 @pytest.fixture(scope="module")
 def heat():
+    need_module("heat")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        grouputils = pytest.importorskip("heat.common.grouputils")
-        scalingutil = pytest.importorskip("heat.scaling.scalingutil")
-        template = pytest.importorskip("heat.scaling.template")
+        from heat.common import grouputils
+        from heat.scaling import scalingutil, template
     return grouputils, scalingutil, template
 
 

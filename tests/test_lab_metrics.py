@@ -17,16 +17,17 @@ import lab.metrics_pair as metrics_pair
 from infra.settings import PROJECT_DIR, load_stack_file, stack_file
 from lab.__main__ import main
 from lab.nodes import pid_alive
+from tests.tools import need
 
 pytestmark = pytest.mark.netdata
 
-needs_netdata = pytest.mark.skipif(
-    metrics_pair.find_netdata() is None,
-    reason="netdata not installed (setup/system-packages.sh installs it)",
-)
+
+@pytest.fixture
+def needs_netdata() -> None:
+    need("netdata")
 
 
-@needs_netdata
+@pytest.mark.usefixtures("needs_netdata")
 def test_the_parent_mirrors_the_child_and_serves_its_cpu_idle(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "lab", "metrics", "--seconds", "5", "--root", str(tmp_path)],
@@ -59,7 +60,7 @@ def test_the_parent_mirrors_the_child_and_serves_its_cpu_idle(tmp_path):
     assert not any(tmp_path.iterdir())  # the daemons' files are removed after a good run
 
 
-@needs_netdata
+@pytest.mark.usefixtures("needs_netdata")
 def test_a_child_with_another_key_is_not_mirrored(tmp_path, monkeypatch, capsys):
     rendered_child = metrics_pair.child_conf
 

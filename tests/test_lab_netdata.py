@@ -9,7 +9,6 @@ to the same queries: the same lines, keys, labels, status codes and error texts.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
@@ -20,6 +19,7 @@ import requests
 from agent.metrics import read_metric
 from agent.settings import MetricSettings
 from lab.netdata_stub import NetdataStub, NodeMetrics
+from tests.tools import need
 
 
 class Clock:
@@ -127,13 +127,9 @@ def test_a_node_at_load_is_busy_and_an_idle_one_crosses_the_scale_down_threshold
 
 @pytest.fixture(scope="module")
 def real_netdata(tmp_path_factory):
-    from tests.netdata_server import NetdataServer, find_netdata
+    from tests.netdata_server import NetdataServer
 
-    binary = find_netdata()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("netdata not found and CI is set: setup/system-packages.sh installs it")
-        pytest.skip("netdata not found")
+    binary = need("netdata")
     server = NetdataServer(tmp_path_factory.mktemp("netdata"), binary=binary)
     server.start()
     server.wait_for_points("system.cpu", "idle", 3)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from lab.cluster import Lab
 from lab.scenarios import run_scenario
 from lab.status import status
 from lab.timings import FAST_FACTOR, LabTimings
+from tests.tools import need
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
@@ -28,8 +28,7 @@ HTTPS_STACK = PROJECT_DIR / "tests" / "stacks" / "Pulumi.https.yaml"
 
 @pytest.fixture(scope="module")
 def stack():
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    need("openssl")
     loaded = load_stack_file(HTTPS_STACK)
     assert (loaded.etcdclientscheme, loaded.etcdpeerscheme) == ("https", "https")
     return loaded

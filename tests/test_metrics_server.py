@@ -26,8 +26,9 @@ from agent.settings import MetricSettings
 from infra.settings import parse_settings
 from infra.userdata import Token
 from lab.metrics_pair import child_conf, parent_conf, rendered_stream_confs
-from lab.netdata_real import NetdataServer, find_netdata
+from lab.netdata_real import NetdataServer
 from tests.etcd_cluster import wait_until
+from tests.tools import need
 
 CHILD = "member-1"
 INTRUDER = "intruder"
@@ -56,8 +57,7 @@ def netdata_pair(
     rendered: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, object]]:
     """A parent with the stack's API key, a child streaming with it, one with another key."""
-    if find_netdata() is None:
-        pytest.skip("netdata not installed (setup/system-packages.sh installs it)")
+    need("netdata")
     base = tmp_path_factory.mktemp("metrics")
     api_key = str(uuid.uuid4())
     wrong_key = str(uuid.uuid4())

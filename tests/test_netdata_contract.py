@@ -14,7 +14,8 @@ import requests
 
 from agent.metrics import crosses, metric_command, read_metric
 from agent.settings import MetricSettings
-from tests.netdata_server import NetdataServer, find_netdata
+from tests.netdata_server import NetdataServer
+from tests.tools import need
 
 pytestmark = pytest.mark.netdata
 
@@ -22,11 +23,7 @@ pytestmark = pytest.mark.netdata
 @pytest.fixture(scope="module")
 def netdata(tmp_path_factory):
     """One real netdata for this module, stopped by pid at the end."""
-    binary = find_netdata()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("netdata not found and CI is set: setup/system-packages.sh installs it")
-        pytest.skip("netdata not found (setup/system-packages.sh installs it)")
+    binary = need("netdata")
     server = NetdataServer(tmp_path_factory.mktemp("netdata"), binary=binary)
     server.start()
     try:

@@ -31,6 +31,7 @@ import pytest
 
 from agent.settings import EtcdSettings
 from infra.settings import PROJECT_DIR, StackSettings
+from tests.tools import need
 
 PACKER_DIR = PROJECT_DIR / "packer"
 SCRIPTS_DIR = PACKER_DIR / "scripts"
@@ -46,12 +47,7 @@ RELEASES = "https://github.com/etcd-io/etcd/releases/download"
 
 def _tool(name: str) -> str:
     """A host tool the test needs; in CI its absence is a broken set-up, not a skip."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} not found and CI is set: setup/system-packages.sh installs it")
-        pytest.skip(f"{name} not found")
-    return path
+    return need(name)
 
 
 def _pyproject_pins(path: Path = PROJECT_DIR / "pyproject.toml") -> list[str]:

@@ -49,11 +49,11 @@ from infra.settings import NODE_HOOK_DIR, NODE_TLS_DIR
 from infra.userdata import AGENT_CONFIG, UNITS_DIR, member_user_data, proxy_user_data
 from tests.etcd_cluster import (
     EtcdCluster,
-    all_etcd_binaries,
     distro_etcd_binary,
     free_address,
     wait_until,
 )
+from tests.tools import need, need_etcd
 
 VERSIONS = ["3.4", "3.5"]
 UNIT = UNITS_DIR / "etcd-autoscale-proxy.service"
@@ -195,13 +195,8 @@ def cmdline(pid: int) -> list[str]:
 
 @pytest.fixture(params=VERSIONS)
 def etcd_version_bin(request) -> str:
-    binary = all_etcd_binaries().get(request.param)
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"etcd {request.param} not found and CI is set")
-        pytest.skip(f"etcd {request.param} not installed here")
-    if find_etcdctl() is None:
-        pytest.skip("etcdctl not found (setup/system-packages.sh installs etcd-client)")
+    binary = need_etcd(request.param)
+    need("etcdctl")
     return binary
 
 
@@ -532,8 +527,7 @@ def test_proxy_user_data_names_the_hook_the_agent_runs():
 
 @pytest.mark.etcd
 def test_https_proxy_with_client_certificates(tmp_path: Path, etcd_version_bin: str):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not installed")
+    need("openssl")
     ca = make_ca(tmp_path / "deploy", "proxied")
     ip, client_port, peer_port = free_address()
     member_tls = issue_node_cert(ca, tmp_path / "member-pki", ip=ip, name="m1")

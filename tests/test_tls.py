@@ -35,18 +35,16 @@ from agent.etcd_server import SubprocessEtcd, etcd_config, write_config
 from agent.settings import EtcdSettings, TlsFiles
 from agent.tls import CA, CA_DAYS, ISSUE_CERT_SCRIPT, NODE_DAYS, TlsError, issue_node_cert, make_ca
 from infra.settings import PROJECT_DIR
-from tests.etcd_cluster import all_etcd_binaries, wait_until
+from tests.etcd_cluster import wait_until
 from tests.test_agent_cluster import _addresses
+from tests.tools import need, need_etcd
 
 VERSIONS = ["3.4", "3.5"]
 
 
 @pytest.fixture(autouse=True)
 def _openssl() -> None:
-    if shutil.which("openssl") is None:
-        if os.environ.get("CI"):
-            pytest.fail("openssl not found and CI is set (setup/system-packages.sh)")
-        pytest.skip("openssl not installed")
+    need("openssl")
 
 
 @pytest.fixture
@@ -301,12 +299,7 @@ def test_the_lab_ca_is_the_ca_the_program_declares(ca):
 
 @pytest.fixture(params=VERSIONS)
 def etcd_version_bin(request) -> str:
-    binary = all_etcd_binaries().get(request.param)
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"etcd {request.param} not found and CI is set")
-        pytest.skip(f"etcd {request.param} not installed here")
-    return binary
+    return need_etcd(request.param)
 
 
 class HttpsCluster:
