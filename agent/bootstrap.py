@@ -6,19 +6,30 @@
 - Otherwise the node joins, one member at a time (the join lock): an old member
   entry of this node and a stale data dir are removed first, it is added as a
   learner where etcd has them, started with `existing`, and promoted once in sync.
-- A restart on a data dir that still belongs to the cluster just starts etcd again.
+- A node whose data dir holds its member (the agent's state names the member and etcd's
+  `member/` dir is there) starts etcd on that data after any reboot, whether or not any
+  peer answers, and waits for its peers in the agent's loop (`_resume`). The data is
+  wiped only when etcd itself reports that this member was removed (its peers answered
+  "permanently removed from the cluster"); then the node joins as a new member.
+- Starting etcd never blocks the agent for long and nothing it raises escapes: a start
+  that fails ends in `classify_start_failure` and the retry/give-up logic. A member still
+  catching up (its data dir growing: a snapshot arriving, or its raft index moving) is
+  given time while it makes progress, not cut off by a fixed deadline.
+- A node that holds member data never gives up (marks its server unhealthy) while no
+  quorum answers: an outage or a majority reboot must not cost a member its data.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.cloud import Cloud, CloudError
+from agent.cloud import Cloud
 from agent.decide import JOIN_LOCK
 from agent.etcd import EtcdClient, EtcdError, LearnerNotReady, normalize_url
 from agent.etcd_server import (
@@ -49,7 +60,60 @@ class NotYet(RuntimeError):
 @dataclass(frozen=True)
 class Joined:
     member: Member
-    how: Literal["new", "joined", "restarted"]
+    how: Literal["new", "joined", "restarted", "resumed"]
+
+
+def data_dir_bytes(path: Path) -> int:
+    """Bytes under etcd's data dir (`member/`: WAL, snapshots, the db); 0 if none."""
+    total = 0
+    for root, _dirs, files in os.walk(path / "member"):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+class Progress:
+    """Whether a starting member is making progress: its data dir grows (a snapshot or WAL
+    being written) or the raft index its own client URL reports moves. `recent()` is True
+    while the last change is younger than `stall` seconds."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        own: EtcdClient | None,
+        *,
+        stall: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.data_dir = data_dir
+        self.own = own
+        self.stall = stall
+        self.clock = clock
+        self.last: tuple[int, int] = self._measure()
+        self.changed_at = clock()
+
+    def _measure(self) -> tuple[int, int]:
+        index = 0
+        if self.own is not None:
+            try:
+                status = self.own.status(self.own.endpoints[0])
+                index = int(status.get("raftAppliedIndex") or status.get("raftIndex") or 0)
+            except (EtcdError, ValueError):
+                index = 0
+        return data_dir_bytes(self.data_dir), index
+
+    def recent(self) -> bool:
+        now_seen = self._measure()
+        if now_seen != self.last:
+            self.last, self.changed_at = now_seen, self.clock()
+        return self.clock() - self.changed_at < self.stall
+
+    def describe(self) -> str:
+        size, index = self.last
+        return f"data dir {size / 1e6:.1f} MB, raft index {index or '?'}"
 
 
 class Bootstrap:
@@ -64,6 +128,9 @@ class Bootstrap:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         stopping: Callable[[], bool] = lambda: False,
+        member_id: int | None = None,
+        start_deadline: float | None = None,
+        stall: float | None = None,
     ) -> None:
         self.settings = settings
         self.cloud = cloud
@@ -73,41 +140,77 @@ class Bootstrap:
         self.sleep = sleep
         self.clock = clock
         self.stopping = stopping
+        self.member_id = member_id
+        """The member this node's state says it is (None: it never was one)."""
+        period = settings.scaling.lockattemptperiod
+        self.start_deadline = start_deadline or max(20.0, 2 * period)
+        """Seconds a start (or a promotion) is given before progress is looked at."""
+        self.stall = stall if stall is not None else max(15.0, 3 * period)
+        """A start past its deadline goes on while it made progress within this many seconds."""
         self.data_dir = Path(settings.etcd.data_dir)
         self._me: NodeIdentity | None = None
+        self.quorum_seen = False
+        """A cluster answered during the attempts (so a node giving up leaves no data behind
+        that only it holds)."""
 
     # --- the public step ---------------------------------------------------------
 
     def run(self) -> Joined:
-        """Try `retries` times, one `lockattemptperiod` apart; raise BootstrapError after."""
+        """Try `retries` times, one `lockattemptperiod` apart; raise BootstrapError after.
+
+        Every failure of an attempt (etcd, the cloud, systemd, a timeout) is logged and
+        retried; none escapes. A node holding member data is not limited to `retries`
+        while no quorum has answered: it keeps its data and keeps trying."""
         attempts = self.settings.scaling.retries
         last_error = "no attempt made"
-        for attempt in range(1, attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             if self.stopping():
                 raise BootstrapError("stopped before joining")
             try:
                 joined = self.attempt()
-            except (NotYet, EtcdError, CloudError, OSError, TimeoutError) as error:
-                last_error = str(error)
-                log.warning("join attempt %d/%d failed: %s", attempt, attempts, error)
+            except BootstrapError:
+                raise
+            except Exception as error:  # every failure of an attempt is a retry
+                last_error = f"{type(error).__name__}: {error}"
+                log.warning("join attempt %d/%d failed: %s", attempt, attempts, last_error)
             else:
                 if joined is not None:
                     log.info("member %s (%s)", joined.member.name, joined.how)
                     return joined
                 last_error = "nobody to join yet and this node is not an initial member"
                 log.info("attempt %d/%d: %s", attempt, attempts, last_error)
+            if attempt >= attempts:
+                if not (self._holds_member_data() and not self.quorum_seen):
+                    break
+                if attempt == attempts:
+                    log.warning(
+                        "%d attempts failed, but this node holds member %x's data and no"
+                        " quorum has answered: not giving up, still trying every period",
+                        attempts,
+                        self.member_id or 0,
+                    )
             self.sleep(self.settings.scaling.lockattemptperiod)
         raise BootstrapError(f"could not join after {attempts} attempts: {last_error}")
 
     def attempt(self) -> Joined | None:
         me = self.me()
+        if self._holds_member_data():
+            resumed = self._resume(me)
+            if resumed is not None:
+                return resumed
         nodes = self.cloud.group_members()
+        mine_in_group = next((n for n in nodes if n.id == me.id), None)
+        if mine_in_group is not None and mine_in_group.status == "FAILED":
+            raise NotYet("this server is marked unhealthy: Heat replaces it, so it does not join")
         endpoints = self._endpoints(nodes, me)
         client = self.client_factory(endpoints) if endpoints else None
         members: list[Member] | None = None
         if client is not None:
             try:
                 members = client.members(check_health=False)
+                self.quorum_seen = True
             except EtcdError as error:
                 log.info("no member answered at %s: %s", endpoints, error)
         if members is None:
@@ -129,7 +232,69 @@ class Bootstrap:
             self._me = self.cloud.whoami()
         return self._me
 
-    # --- the three ways in ---------------------------------------------------------
+    # --- the ways in -----------------------------------------------------------------
+
+    def _resume(self, me: NodeIdentity) -> Joined | None:
+        """This node's data dir holds its member: run etcd on it, whoever answers.
+
+        etcd ignores the initial-cluster settings on a data dir that has a WAL, so the
+        config only names this member; the peers come from the data. The agent's loop then
+        waits for the peers (no quorum: "no etcd member answered", nothing removed). Only
+        etcd's own "permanently removed from the cluster" (its peers' answer) wipes the
+        data, and the node then joins as a new member (None)."""
+        member_id = self.member_id or 0
+        own = client_url(me.ip, self.settings.etcd)
+        if self.service.is_running():
+            how = "etcd was already running on it"
+        else:
+            if not Path(self.config_path).is_file():
+                peers = {me.name: peer_url(me.ip, self.settings.etcd)}
+                self._write_config(me, peers, "existing")
+            self.service.start(self.config_path)
+            how = "started etcd on it"
+        log.info(
+            "found this node's data of member %x in %s (%.1f MB): %s; waiting for its"
+            " peers: the data is kept whether or not any of them answers, and wiped only if"
+            " the cluster says this member was removed",
+            member_id,
+            self.data_dir,
+            data_dir_bytes(self.data_dir) / 1e6,
+            how,
+        )
+        deadline = self.clock() + min(10.0, max(2.0, 2 * self.settings.scaling.lockattemptperiod))
+        while self.clock() < deadline:
+            if not self.service.is_running():
+                break
+            try:
+                for member in self.client_factory([own]).members(check_health=False):
+                    if member.id == member_id:
+                        self.quorum_seen = True
+                        return Joined(member, "resumed")
+            except EtcdError:
+                pass  # no quorum yet: the peers may be down, rebooting, or partitioned
+            self.sleep(0.2)
+        if self.service.is_running():
+            mine = Member(
+                id=member_id,
+                name=me.name,
+                peer_urls=(peer_url(me.ip, self.settings.etcd),),
+                client_urls=(own,),
+            )
+            return Joined(mine, "resumed")
+        kind = classify_start_failure(self.service.recent_log())
+        if kind == "removed":
+            log.warning(
+                "etcd exited: its peers say member %x was permanently removed from the"
+                " cluster; wiping its data dir and joining as a new member",
+                member_id,
+            )
+            self.service.stop()
+            wipe_data_dir(self.data_dir)
+            self.member_id = None
+            return None
+        raise NotYet(f"etcd exited on this node's member data ({kind}); the data is kept")
+
+    # --- the first ways in ---------------------------------------------------------
 
     def _start_new(self, me: NodeIdentity, nodes: list[CloudNode]) -> Joined | None:
         initial = sorted((n for n in nodes if n.initial), key=lambda n: n.name)
@@ -229,17 +394,24 @@ class Bootstrap:
             return client.add_member([my_peer], learner=False)
 
     def _promote(self, client: EtcdClient, member: Member) -> None:
-        deadline = self.clock() + max(30.0, 3 * self.settings.scaling.lockattemptperiod)
+        """Promote the learner once etcd says it caught up; while it is still catching up
+        (its data dir or raft index moving) it is given time past the deadline."""
+        progress = self._progress(member.client_urls[0] if member.client_urls else None)
+        deadline = self.clock() + self.start_deadline
         while True:
             try:
                 client.promote_member(member.id)
                 return
             except LearnerNotReady:
-                if self.clock() > deadline:
+                if self.clock() > deadline and not progress.recent():
                     raise
                 self.sleep(0.2)
 
-    def _start(
+    def _progress(self, own_url: str | None) -> Progress:
+        own = self.client_factory([own_url]) if own_url else None
+        return Progress(self.data_dir, own, stall=self.stall, clock=self.clock)
+
+    def _write_config(
         self, me: NodeIdentity, peers: dict[str, str], state: Literal["new", "existing"]
     ) -> None:
         config = etcd_config(
@@ -250,16 +422,24 @@ class Bootstrap:
             state=state,
         )
         write_config(self.config_path, config)
+
+    def _start(
+        self, me: NodeIdentity, peers: dict[str, str], state: Literal["new", "existing"]
+    ) -> None:
+        self._write_config(me, peers, state)
         self.service.start(self.config_path)
 
     def _wait_member(self, me: NodeIdentity, client: EtcdClient, *, voter: bool = False) -> Member:
         """Wait until `client`'s cluster lists us as started (and a voter, if asked).
 
         A learner refuses most RPCs itself, so joins ask the cluster, not the new member.
+        Past `start_deadline` the wait goes on while the start makes progress (a snapshot
+        arriving grows the data dir): a large database is not a failed join.
         """
-        deadline = self.clock() + max(20.0, 2 * self.settings.scaling.lockattemptperiod)
+        progress = self._progress(client_url(me.ip, self.settings.etcd))
+        deadline = self.clock() + self.start_deadline
         last: Exception | None = None
-        while self.clock() < deadline:
+        while self.clock() < deadline or progress.recent():
             if not self.service.is_running():
                 kind = classify_start_failure(self.service.recent_log())
                 raise NotYet(f"etcd exited during start ({kind})")
@@ -271,7 +451,10 @@ class Bootstrap:
             except EtcdError as error:
                 last = error
             self.sleep(0.2)
-        raise TimeoutError(f"{client.endpoints} did not list {me.name} in time ({last})")
+        raise TimeoutError(
+            f"{client.endpoints} did not list {me.name} in time and the start made no progress"
+            f" for {self.stall:.0f}s ({progress.describe()}; {last})"
+        )
 
     def _endpoints(self, nodes: list[CloudNode], me: NodeIdentity) -> list[str]:
         return [
@@ -289,3 +472,7 @@ class Bootstrap:
 
     def _has_data(self) -> bool:
         return (self.data_dir / "member").is_dir()
+
+    def _holds_member_data(self) -> bool:
+        """The state names this node's member and etcd's member dir is there."""
+        return self.member_id is not None and self._has_data()

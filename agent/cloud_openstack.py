@@ -5,7 +5,13 @@ Calls, each with its API reference:
 - who am I: the metadata service, `GET /openstack/latest/meta_data.json` (`uuid`, `name`)
   and `GET /latest/meta-data/local-ipv4` (EC2-compatible), falling back to the
   `ip_address` of an `ipv4` network in `/openstack/latest/network_data.json`
-  (https://docs.openstack.org/nova/latest/user/metadata.html#metadata-service).
+  (https://docs.openstack.org/nova/latest/user/metadata.html#metadata-service). A cloud
+  without a metadata service gives its servers a config drive; cloud-init reads it at
+  boot and writes `/run/cloud-init/instance-data.json` (https://cloudinit.readthedocs.io/
+  en/latest/explanation/instancedata.html), whose `ds.meta_data` is Nova's meta_data.json
+  and `ds.ec2_metadata` its EC2 meta-data (`local-ipv4`). The agent reads that file when
+  the metadata service does not answer within a few seconds (its sandbox has no devices,
+  so it does not mount the drive itself).
 - a token: `POST /v3/auth/tokens` with the application credential; the token is the
   `X-Subject-Token` header, the body holds the catalog and the project
   (https://docs.openstack.org/api-ref/identity/v3/#authenticating-with-an-application-credential).
@@ -29,10 +35,12 @@ never reach a log line or an error message.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -44,6 +52,8 @@ from agent.snapshot import CloudNode, CloudStatus, NodeIdentity
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+METADATA_TIMEOUT = 3.0
+"""Seconds the metadata service is given before the config drive's copy is read."""
 TOKEN_MARGIN = 60.0
 """Seconds before its `expires_at` that a token is renewed."""
 
@@ -69,12 +79,43 @@ class OpenStackGroup:
     # ---- the Cloud interface -------------------------------------------------------------
 
     def whoami(self) -> NodeIdentity:
-        """Server id and name from meta_data.json; IPv4 from local-ipv4 or network_data.json."""
-        meta = self._metadata_json("openstack/latest/meta_data.json")
+        """Server id and name from meta_data.json; IPv4 from local-ipv4 or network_data.json;
+        from cloud-init's instance data (the config drive) when the service does not answer."""
+        try:
+            meta = self._metadata_json("openstack/latest/meta_data.json")
+        except CloudError as error:
+            log.info("metadata service: %s; reading %s", error, self.settings.instance_data)
+            return self._from_instance_data(str(error))
         server_id, name = meta.get("uuid"), meta.get("name")
         if not isinstance(server_id, str) or not server_id or not isinstance(name, str):
             raise CloudError(f"metadata meta_data.json: no uuid/name in {str(meta)[:200]}")
         return NodeIdentity(id=server_id, name=name, ip=self._my_ipv4())
+
+    def _from_instance_data(self, why: str) -> NodeIdentity:
+        path = self.settings.instance_data
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CloudError(
+                f"who am I: the metadata service did not answer ({why}) and {path} is not"
+                f" readable ({error})"
+            ) from None
+        ds = _dict(_dict(data).get("ds"))
+        meta = _dict(ds.get("meta_data"))
+        v1 = _dict(_dict(data).get("v1"))
+        server_id = meta.get("uuid") or v1.get("instance_id")
+        name = meta.get("name")
+        candidates = [_dict(ds.get("ec2_metadata")).get("local-ipv4")]
+        for entry in _dict(ds.get("network_json")).get("networks") or []:
+            if isinstance(entry, dict) and entry.get("type") == "ipv4":
+                candidates.append(entry.get("ip_address"))
+        ip = next((str(c) for c in candidates if c and _is_ipv4(str(c))), None)
+        if not isinstance(server_id, str) or not isinstance(name, str) or not name or ip is None:
+            raise CloudError(
+                f"who am I: {path} has no server uuid, name and IPv4 (ds.meta_data.uuid/name,"
+                f" ds.ec2_metadata.local-ipv4): uuid {server_id!r}, name {name!r}, ip {ip!r}"
+            )
+        return NodeIdentity(id=server_id, name=name, ip=ip)
 
     def group_members(self) -> list[CloudNode]:
         """Every server of the group, from the group's nested stack and Nova.
@@ -227,7 +268,8 @@ class OpenStackGroup:
 
     def _metadata(self, path: str) -> Response:
         url = f"{self.settings.metadata_url.rstrip('/')}/{path}"
-        return self._send(f"metadata {path}", "GET", url, {}, None, None)
+        timeout = min(self.timeout, METADATA_TIMEOUT)
+        return self._send(f"metadata {path}", "GET", url, {}, None, None, timeout=timeout)
 
     def _metadata_json(self, path: str) -> dict[str, Any]:
         return _body(self._metadata(path), f"metadata {path}")
@@ -335,8 +377,10 @@ class OpenStackGroup:
         params: dict[str, str] | None,
         *,
         ok: tuple[int, ...] = (),
+        timeout: float | None = None,
     ) -> Response:
         """The HTTP call itself: timeout, no redirects followed, errors as CloudError."""
+        seconds = timeout or self.timeout
         try:
             response = self.http.request(
                 method,
@@ -344,11 +388,11 @@ class OpenStackGroup:
                 headers=headers,
                 json=json,
                 params=params,
-                timeout=self.timeout,
+                timeout=seconds,
                 verify=self.settings.verify_tls,
             )
         except HttpTimeout:
-            raise CloudError(f"{name}: timed out after {self.timeout}s") from None
+            raise CloudError(f"{name}: timed out after {seconds}s") from None
         except HttpError as error:
             # no query strings: a pre-signed webhook URL carries its signature there
             reason = re.sub(r"\?[^\s'\")]*", "?...", str(error))
@@ -388,6 +432,18 @@ def _stack_path(stack: dict[str, Any]) -> str:
 def _same_origin(url: str, other: str) -> bool:
     a, b = urlsplit(url), urlsplit(other)
     return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _fixed_ipv4(server: dict[str, Any]) -> str | None:

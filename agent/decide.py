@@ -13,10 +13,17 @@ from typing import Literal
 
 from agent.metrics import crosses as metric_crosses
 from agent.settings import AgentSettings
-from agent.snapshot import Member, Snapshot
+from agent.snapshot import CloudNode, Member, Snapshot
 
 ActionKind = Literal[
-    "wait", "leave", "replace_self", "remove_dead", "scale_up", "configure", "stop"
+    "wait",
+    "leave",
+    "replace_self",
+    "remove_dead",
+    "replace_server",
+    "scale_up",
+    "configure",
+    "stop",
 ]
 
 FAILMARKER_UP = 5
@@ -36,6 +43,8 @@ class Action:
     member: Member | None = None
     lock: str | None = None
     """The lock to win first (its TTL spaces these actions cluster-wide)."""
+    server: CloudNode | None = None
+    """The group server a `replace_server` marks unhealthy."""
 
     @property
     def removes(self) -> bool:
@@ -152,12 +161,25 @@ def dead_member_window(settings: AgentSettings) -> float:
 
 
 def unstarted_member_window(settings: AgentSettings) -> float:
-    """Seconds an entry that never started (an initial member still booting, an add whose
-    start was cut short) is given from when it was first seen: `dead_member_periods` whole
-    periods. It has no death to count from, and nodes that boot together start their etcd
-    seconds apart on a busy host: convicting it as early as a member that stopped answering
-    would remove members of a cluster still forming."""
+    """Seconds an entry that never started, whose server is gone or FAILED, is given from
+    when it was first seen: `dead_member_periods` whole periods (it has no death to count
+    from). One whose server is still in the group gets `join_timeout` instead
+    (`_unstarted_bound`): servers created together start etcd minutes apart on a cloud (a
+    plain image installs first)."""
     return settings.scaling.dead_member_periods * settings.scaling.lockattemptperiod
+
+
+def _unstarted_bound(snapshot: Snapshot, member: Member, settings: AgentSettings) -> float:
+    """How long an entry that never started is waited for: as long as a server that has not
+    joined yet (`join_timeout`) while a live group server holds it, or while the group could
+    not be read; the short window once its server is gone."""
+    server = snapshot.server_of(member)
+    if snapshot.cloud_nodes is None or (server is not None and server.status in _ALIVE):
+        return settings.scaling.join_timeout
+    return unstarted_member_window(settings)
+
+
+_ALIVE = ("BUILD", "ACTIVE")
 
 
 def _dead_members(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
@@ -165,17 +187,20 @@ def _dead_members(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     if me is None or not me.is_leader or not me.healthy:
         return None  # one decider: the agent beside the current leader
     window = dead_member_window(settings)
-    never_started = unstarted_member_window(settings)
     checks = settings.scaling.dead_member_periods
     members = snapshot.members or ()
     for member in members:
         since = snapshot.unhealthy_since.get(member.id)
         if member.id == me.id or since is None:
             continue
-        if snapshot.now - since < (window if member.started else never_started):
+        bound = window if member.started else _unstarted_bound(snapshot, member, settings)
+        if snapshot.now - since < bound:
             continue
         if snapshot.join_lock_holder and (member.is_learner or not member.started):
             continue  # a join in progress: its entry is new, not dead
+        server = snapshot.server_of(member)
+        if server is not None and server.status == "BUILD":
+            continue  # the cloud is (re)building or rebooting its server: booting, not dead
         remaining = [m for m in snapshot.voters if m.id != member.id]
         healthy = [m for m in remaining if m.healthy]
         if not remaining or len(healthy) < quorum(len(remaining)):
@@ -201,19 +226,43 @@ def _joins_in_progress(snapshot: Snapshot) -> list[Member]:
     return [m for m in snapshot.members or () if m.is_learner or not m.started]
 
 
-def _pending_servers(snapshot: Snapshot) -> int:
-    """Group servers alive in the cloud that are not (yet) etcd members: joins to come."""
-    if snapshot.cloud_nodes is None:
-        return 0
-    member_ips = {m.ip for m in snapshot.members or ()}
-    member_names = {m.name for m in snapshot.members or ()}
-    return sum(
-        1
-        for node in snapshot.cloud_nodes
-        if node.status in ("BUILD", "ACTIVE")
-        and node.ip not in member_ips
-        and node.name not in member_names
-    )
+def _not_joined(snapshot: Snapshot) -> list[CloudNode]:
+    """Group servers alive in the cloud that are not etcd members and not leaving."""
+    return [
+        node
+        for node in snapshot.cloud_nodes or ()
+        if node.status in _ALIVE
+        and not snapshot.is_member(node)
+        and node.name not in snapshot.leaving
+    ]
+
+
+def _pending_servers(snapshot: Snapshot, settings: AgentSettings) -> int:
+    """Servers that are not members yet but may still join (within `join_timeout` of their
+    creation): joins to come. One past it is replaced (`_stray_servers`), not waited for."""
+    bound = settings.scaling.join_timeout
+    return sum(1 for node in _not_joined(snapshot) if snapshot.now - node.created_at <= bound)
+
+
+def _stray_servers(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
+    """A group server that is not a member `join_timeout` after its creation never will be
+    (its boot or install failed, its agent crash-loops, a mark that failed): the leader's
+    agent marks it unhealthy, and the scale-up that follows makes Heat replace it."""
+    me = snapshot.my_member
+    if me is None or not me.is_leader or not me.healthy or snapshot.cloud_nodes is None:
+        return None
+    bound = settings.scaling.join_timeout
+    for node in _not_joined(snapshot):
+        age = snapshot.now - node.created_at
+        if age <= bound or node.name == snapshot.join_lock_holder:
+            continue
+        return Action(
+            "replace_server",
+            f"server {node.name} ({node.status}, created {age:.0f}s ago) is not a member"
+            f" {bound:.0f}s (join_timeout) after its creation: replace it",
+            server=node,
+        )
+    return None
 
 
 def _scale_up(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
@@ -226,7 +275,7 @@ def _scale_up(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     me = snapshot.my_member
     if me is None or not me.is_leader:
         return None
-    coming = len(_joins_in_progress(snapshot)) + _pending_servers(snapshot)
+    coming = len(_joins_in_progress(snapshot)) + _pending_servers(snapshot, settings)
     if len(voters) + coming >= scaling.capacity:
         return Action(
             "wait",
@@ -347,6 +396,7 @@ RULES: tuple[Callable[[Snapshot, AgentSettings], Action | None], ...] = (
     _removed_by_cluster,
     _failmarker,
     _dead_members,
+    _stray_servers,
     _replace_failed,
     _scale_up,
     _configure,

@@ -519,6 +519,19 @@ class EtcdClient:
             except EtcdError as error:
                 log.warning("could not take back the removal record %s: %s", key, error)
 
+    def removal_records(self) -> list[dict[str, Any]]:
+        """Every fenced removal's record (member name, reason, time, via), oldest first."""
+        found = self.get_prefix(f"{self.prefix}/removals/")
+        records = []
+        for text in found.values():
+            try:
+                record = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return sorted(records, key=lambda r: float(r.get("time") or 0))
+
     def last_removal(self) -> dict[str, Any] | None:
         text = self.get(self.last_removal_key)
         return json.loads(text) if text else None

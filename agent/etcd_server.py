@@ -270,13 +270,16 @@ class SystemdEtcd:
                 f"{self.unit} reads {self.config_path}; write the config there, not {config_path}"
             )
         self._started_at = time.time()
-        self.systemd.restart()
+        # not blocking: etcd's unit is Type=notify, and etcd notifies only once it serves,
+        # after a catch-up that takes as long as the cluster's data takes to arrive
+        self.systemd.restart(block=False)
 
     def stop(self) -> None:
         self.systemd.stop()
 
     def is_running(self) -> bool:
-        return self.systemd.is_active()
+        """Running or still starting (a member catching up is "activating")."""
+        return self.systemd.active_state() in ("active", "activating", "reloading")
 
     @property
     def pid(self) -> int | None:

@@ -30,7 +30,7 @@ from agent.etcd_server import EtcdService, client_url
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.metrics import read_metric
 from agent.settings import AgentSettings, MetricSettings
-from agent.snapshot import Member, MetricReading, NodeIdentity, Snapshot
+from agent.snapshot import CloudNode, Member, MetricReading, NodeIdentity, Snapshot
 from agent.state import AgentState
 
 log = logging.getLogger("agent.loop")
@@ -95,6 +95,7 @@ class Agent:
     def bootstrap(self) -> Member:
         if self.state.phase == "left":
             raise BootstrapError("this node has left the cluster; it does not rejoin")
+        member_id = self.state.member_id
         self._save(phase="joining")
         joined = Bootstrap(
             self.settings,
@@ -104,8 +105,9 @@ class Agent:
             config_path=self.config_path,
             sleep=self.sleep,
             stopping=self.stopped.is_set,
+            member_id=member_id,
         ).run()
-        if joined.how != "restarted":
+        if joined.how not in ("restarted", "resumed"):
             self.state.configured = False
         self._save(phase="member", member_id=joined.member.id)
         log.info("%s is member %x of the cluster (%s)", self.me.name, joined.member.id, joined.how)
@@ -169,7 +171,24 @@ class Agent:
                 snapshot = replace(snapshot, cloud_nodes=tuple(self.cloud.group_members()))
             except CloudError as error:
                 log.warning("cloud group unreadable: %s", error)
+            if client is not None and snapshot.cloud_nodes is not None:
+                snapshot = replace(snapshot, leaving=self._leaving(client, now))
         return snapshot
+
+    def _leaving(self, client: EtcdClient, now: float) -> frozenset[str]:
+        """Nodes whose fenced removal was recorded within `join_timeout`: out of etcd and
+        waiting for Heat to delete their server (not servers that failed to join)."""
+        try:
+            records = client.removal_records()
+        except EtcdError as error:
+            log.debug("removal records unreadable: %s", error)
+            return frozenset()
+        bound = self.settings.scaling.join_timeout
+        return frozenset(
+            str(r.get("member"))
+            for r in records
+            if r.get("member") and now - float(r.get("time") or 0) <= bound
+        )
 
     def _wants_cloud_view(self, snapshot: Snapshot) -> bool:
         """The leader's agent watches the group (FAILED servers, joins to come); the others
@@ -227,28 +246,43 @@ class Agent:
         client = self._client(snapshot)
         client.remove_member(dead.id)
         self.state.unhealthy_since.pop(f"{dead.id:x}", None)
-        return f"removed {dead.name or hex(dead.id)} from etcd; " + self._replace_server(dead)
+        try:
+            nodes = self.cloud.group_members()
+        except CloudError as error:
+            return (
+                f"removed {dead.name or hex(dead.id)} from etcd; group unreadable ({error}):"
+                " its server is replaced once seen not joined"
+            )
+        server = next(
+            (n for n in nodes if (dead.name and n.name == dead.name) or n.ip == dead.ip), None
+        )
+        if server is None:
+            return f"removed {dead.name or hex(dead.id)} from etcd; its server is gone already"
+        return f"removed {dead.name or hex(dead.id)} from etcd; " + self._replace(
+            server, f"etcd member {dead.name or hex(dead.id)} dead", snapshot
+        )
 
-    def _replace_server(self, dead: Member) -> str:
-        """Mark the dead member's server unhealthy, then signal scale-up: Heat replaces it.
+    def _act_replace_server(self, action: Action, snapshot: Snapshot) -> str:
+        assert action.server is not None
+        return self._replace(action.server, "never joined the etcd cluster", snapshot)
+
+    def _replace(self, server: CloudNode, why: str, snapshot: Snapshot) -> str:
+        """Mark a server unhealthy, then signal scale-up: Heat replaces it.
 
         Heat counts only healthy members, so after the mark a +1 resize keeps the size
         and swaps the FAILED server for a new one (a -1 would delete a healthy one too).
+        A mark that fails is tried again: the server stays a non-member of the group, which
+        `_stray_servers` replaces on a later cycle; a scale-up Heat ignored is asked again
+        by `_replace_failed`.
         """
         try:
-            nodes = self.cloud.group_members()
-            server = next(
-                (n for n in nodes if (dead.name and n.name == dead.name) or n.ip == dead.ip),
-                None,
-            )
-            if server is None:
-                return "its server is gone from the group already"
             if server.status != "FAILED":
-                self.cloud.mark_unhealthy(server.id, f"etcd member {dead.name} dead")
+                self.cloud.mark_unhealthy(server.id, why)
             self.cloud.scale_up()
+            self.state.last_scale_up = snapshot.now
             return f"server {server.name} marked unhealthy, scale-up signalled to replace it"
         except CloudError as error:
-            return f"cloud call failed ({error}); the group keeps the server for now"
+            return f"cloud call failed ({error}); tried again on a later cycle"
 
     def _act_leave(self, action: Action, snapshot: Snapshot) -> str:
         """Scale-down: this is the oldest server; out of etcd, then Heat deletes it (-1)."""
@@ -367,7 +401,7 @@ class Agent:
             self.bootstrap()
         except BootstrapError as error:
             log.error("%s", error)
-            if self.state.phase == "left":
+            if self.state.phase == "left" or self.stopped.is_set():
                 return 0
             self._save(phase="failed")
             self._give_up_server(str(error))

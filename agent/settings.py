@@ -88,6 +88,10 @@ class ScalingSettings(_Strict):
     retries: Annotated[int, Field(ge=1)] = 10
     failtolerance: Annotated[int, Field(ge=5)] = 20
     dead_member_periods: Annotated[int, Field(ge=1)] = 3
+    join_timeout: PositiveSeconds = 900
+    """Seconds a group server may take from its creation to being a member (a boot with
+    installs, the join): after it, a server that is not a member is replaced, and an entry
+    that never started is no longer waited for."""
 
     @model_validator(mode="after")
     def _check(self) -> ScalingSettings:
@@ -132,6 +136,9 @@ class OpenStackCloud(_Strict):
     """Signalled through Heat's API unless `scale_up_url` (a webhook) is set."""
     scale_up_url: str | None = None
     metadata_url: str = "http://169.254.169.254"
+    instance_data: str = "/run/cloud-init/instance-data.json"
+    """cloud-init's instance data, read when the metadata service does not answer (clouds
+    with a config drive only): the server's uuid and name, and its EC2 local-ipv4."""
     verify_tls: bool = True
 
     @field_serializer("application_credential_secret")

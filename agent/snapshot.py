@@ -73,6 +73,8 @@ class NodeIdentity:
 
 
 CloudStatus = Literal["BUILD", "ACTIVE", "FAILED", "DELETED"]
+"""BUILD: booting as far as the cloud knows (Heat creating it; Nova building, rebuilding or
+rebooting it): not dead, not joined yet."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class Snapshot:
     last_scale_up: float | None = None
     configured: bool = False
     cloud_nodes: tuple[CloudNode, ...] | None = None
+    leaving: frozenset[str] = frozenset()
+    """Names of nodes whose fenced removal is recorded: out of etcd, on their way out of the
+    group (Heat deletes them); not servers that failed to join."""
 
     @property
     def my_member(self) -> Member | None:
@@ -127,3 +132,18 @@ class Snapshot:
     @property
     def voters(self) -> tuple[Member, ...]:
         return tuple(m for m in self.members or () if not m.is_learner)
+
+    def server_of(self, member: Member) -> CloudNode | None:
+        """The group server holding `member` (by name, else by address), if the cloud was read."""
+        for node in self.cloud_nodes or ():
+            if (member.name and node.name == member.name) or (
+                member.ip is not None and node.ip == member.ip
+            ):
+                return node
+        return None
+
+    def is_member(self, node: CloudNode) -> bool:
+        return any(
+            (m.name and m.name == node.name) or (node.ip is not None and m.ip == node.ip)
+            for m in self.members or ()
+        )

@@ -30,10 +30,16 @@ class SystemdUnit:
             )
         return result
 
-    def restart(self) -> None:
+    def restart(self, *, block: bool = True) -> None:
+        """Restart the unit. `block=False` queues the job and returns at once: a Type=notify
+        unit (etcd) is "activating" until it says it is ready, which for a member catching
+        up with its cluster takes as long as the catch-up."""
         # a unit that hit its start limit (e.g. a removed member) must be reset first
         self.run(["systemctl", "reset-failed", self.name])
-        self.check(["systemctl", "restart", self.name])
+        command = ["systemctl", "restart", self.name]
+        if not block:
+            command.insert(1, "--no-block")
+        self.check(command)
 
     def stop(self, *, check: bool = True) -> None:
         command = ["systemctl", "stop", self.name]
@@ -44,6 +50,11 @@ class SystemdUnit:
 
     def is_active(self) -> bool:
         return self.run(["systemctl", "is-active", "--quiet", self.name]).returncode == 0
+
+    def active_state(self) -> str:
+        """systemd's ActiveState: active, activating, deactivating, inactive, failed, ..."""
+        result = self.run(["systemctl", "show", "--property=ActiveState", "--value", self.name])
+        return result.stdout.strip() if result.returncode == 0 else "unknown"
 
     def main_pid(self) -> int | None:
         result = self.run(["systemctl", "show", "--property=MainPID", "--value", self.name])

@@ -115,6 +115,7 @@ def issue_node_cert(
     ip: str | None = None,
     name: str,
     metadata_url: str | None = None,
+    instance_data: str | None = None,
     group: str | None = None,
     role: str = "member",
 ) -> TlsFiles:
@@ -122,7 +123,8 @@ def issue_node_cert(
 
     The CA certificate and key are put in `pki_dir` as cloud-init writes them (the key
     mode 0600), then `issue-cert.sh pki_dir` runs: it issues `node.crt`/`node.key` for
-    `ip` (or, if `ip` is None, for the address `metadata_url` says, as on a cloud) and
+    `ip` (or, if `ip` is None, for the address `metadata_url` says, as on a cloud, or
+    cloud-init's `instance_data` file when the metadata service does not answer) and
     deletes its copy of the CA key; `role` is its ROLE argument (member, or proxy: no CN).
     `group` may read the key (default: the caller's own group; on a node it is `etcd`).
     Running it again once done changes nothing.
@@ -150,6 +152,8 @@ def issue_node_cert(
         env["AUTOSCALE_NODE_IP"] = ip
     if metadata_url is not None:
         env["AUTOSCALE_METADATA_URL"] = metadata_url
+    if instance_data is not None:
+        env["AUTOSCALE_INSTANCE_DATA"] = instance_data
     _run(["sh", str(ISSUE_CERT_SCRIPT), str(pki_dir), role], env=env, what="issue-cert.sh")
     return files
 

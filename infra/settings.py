@@ -104,6 +104,7 @@ def _empty_is_none(value: Any) -> Any:
 ZeroOneBool = Annotated[bool, BeforeValidator(_zero_one_bool)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[int, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
 Name = Annotated[str, Field(min_length=1)]
 OptionalName = Annotated[str | None, BeforeValidator(_empty_is_none)]
 Cidr = Annotated[str, BeforeValidator(_cidr)]
@@ -170,6 +171,9 @@ class StackSettings(BaseModel):
     metrics_instance_type: OptionalName = None
     volume_size: Annotated[int, Field(ge=0)] = 0
     """GiB of boot volume per member; 0 boots from the image on the hypervisor."""
+    join_timeout: Annotated[PositiveInt | None, BeforeValidator(_empty_is_none)] = None
+    """Seconds from a server's creation to its joining; unset: 900 (a plain image installs
+    etcd, netdata and the agent's venv at boot), 300 with prebuilt_image."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackSettings:
@@ -440,6 +444,17 @@ def script_path(settings: StackSettings, key: str, base_dir: Path = PROJECT_DIR)
     return path if path.is_absolute() else base_dir / path
 
 
+JOIN_TIMEOUT_PLAIN = 900
+JOIN_TIMEOUT_PREBUILT = 300
+
+
+def join_timeout(stack: StackSettings) -> int:
+    """The stack's join_timeout, or its default for the kind of image."""
+    if stack.join_timeout is not None:
+        return stack.join_timeout
+    return JOIN_TIMEOUT_PREBUILT if stack.prebuilt_image else JOIN_TIMEOUT_PLAIN
+
+
 NODE_HOOK_DIR = "/etc/autoscale-etcd/hooks"
 NODE_TLS_DIR = "/etc/autoscale-etcd/pki"
 
@@ -493,6 +508,7 @@ def agent_settings(
             retries=stack.retries,
             failtolerance=stack.failtolerance,
             dead_member_periods=stack.dead_member_periods,
+            join_timeout=join_timeout(stack),
         ),
         hooks=HookSettings(
             configscript=f"{hook_dir}/configscript" if stack.configscript else None,

@@ -62,9 +62,48 @@ def test_whoami_falls_back_to_network_data_json(cloud, group):
     assert cloud.calls("GET", "network_data.json")
 
 
-def test_whoami_without_metadata_is_a_cloud_error(cloud, group):
+def test_whoami_without_metadata_nor_instance_data_is_a_cloud_error(cloud, tmp_path):
+    group = OpenStackGroup(cloud.settings(instance_data=str(tmp_path / "none.json")), timeout=2)
     cloud.fail("GET", "meta_data.json", 500, "metadata proxy down")
-    with pytest.raises(CloudError, match=r"metadata openstack/latest/meta_data.json: HTTP 500"):
+    with pytest.raises(
+        CloudError, match=r"metadata openstack/latest/meta_data.json: HTTP 500.*none\.json"
+    ):
+        group.whoami()
+
+
+def test_whoami_reads_the_config_drive_through_cloud_inits_instance_data(cloud, tmp_path):
+    """A cloud with a config drive and no metadata service: cloud-init's instance data
+    (ds.meta_data is Nova's meta_data.json, ds.ec2_metadata its EC2 meta-data). On a
+    DHCP subnet network_data.json has no ip_address ("ipv4_dhcp"), the EC2 copy has it."""
+    import json
+
+    data = tmp_path / "instance-data.json"
+    data.write_text(
+        json.dumps(
+            {
+                "v1": {"instance_id": cloud.me.server_id, "local_hostname": "etcd-prod-node-a"},
+                "ds": {
+                    "meta_data": {
+                        "uuid": cloud.me.server_id,
+                        "name": "etcd-prod-node-a",
+                        "instance-id": cloud.me.server_id,
+                    },
+                    "network_json": {"networks": [{"id": "n0", "type": "ipv4_dhcp"}]},
+                    "ec2_metadata": {"local-ipv4": "10.0.0.11"},
+                },
+            }
+        )
+    )
+    group = OpenStackGroup(cloud.settings(instance_data=str(data)), timeout=30)
+    cloud.hang("GET", "meta_data.json", 30)  # no metadata service: nothing answers
+    started = time.monotonic()
+    me = group.whoami()
+    assert me == NodeIdentity(id=cloud.me.server_id, name="etcd-prod-node-a", ip="10.0.0.11")
+    # the metadata service is given METADATA_TIMEOUT (3 s), not the calls' 30 s
+    assert time.monotonic() - started < 10
+    data.write_text(json.dumps({"ds": {"meta_data": {"uuid": "x", "name": "n"}}}))
+    cloud.fail("GET", "meta_data.json", 404)
+    with pytest.raises(CloudError, match="no server uuid, name and IPv4"):
         group.whoami()
 
 

@@ -82,7 +82,8 @@ def snap(
 
 
 def group(count: int, *, oldest_first: int = 1, **status: str) -> tuple[CloudNode, ...]:
-    """The group's servers; node<oldest_first> was created first, then the others in order."""
+    """The group's servers; node<oldest_first> was created first, then the others in order,
+    all of them within join_timeout (900 s) of the snapshots' `now` (10 000)."""
     order = [oldest_first] + [n for n in range(1, count + 1) if n != oldest_first]
     return tuple(
         CloudNode(
@@ -90,7 +91,7 @@ def group(count: int, *, oldest_first: int = 1, **status: str) -> tuple[CloudNod
             name=f"node{n}",
             ip=f"127.0.0.{n}",
             status=status.get(f"node{n}", "ACTIVE"),  # type: ignore[arg-type]
-            created_at=float(rank),
+            created_at=9_500.0 + rank,
         )
         for rank, n in enumerate(order)
     )
@@ -280,6 +281,76 @@ def test_an_entry_that_never_started_gets_whole_periods():
     assert "has not started in 30s" in action.reason
 
 
+def test_an_entry_whose_server_is_still_booting_is_waited_for_join_timeout():
+    """Servers created together start etcd minutes apart on a cloud (a plain image installs
+    first): an initial entry whose server the group still holds is given join_timeout."""
+    base = snap(3, me=1, leader=1)
+    late = CloudNode(id="srv7", name="node7", ip="127.0.0.7", status="ACTIVE", created_at=0.0)
+    members = (*base.members, unstarted(7))
+    for status, ago, removed in (
+        ("ACTIVE", 30, False),
+        ("ACTIVE", 899, False),
+        ("ACTIVE", 901, True),
+        ("BUILD", 901, False),  # still booting as far as the cloud knows
+    ):
+        nodes = (*group(3), replace(late, status=status))
+        action = act(
+            replace(
+                base, members=members, cloud_nodes=nodes, unhealthy_since={0x1007: 10_000.0 - ago}
+            )
+        )
+        assert (action.kind == "remove_dead") is removed, (status, ago)
+    blind = replace(base, members=members, cloud_nodes=None, unhealthy_since={0x1007: 9_500.0})
+    assert act(blind).kind != "remove_dead"  # the group unread: waited for, not convicted
+
+
+def test_a_member_whose_server_the_cloud_is_rebooting_is_not_dead():
+    dead_since = {0x1004: 10_000.0 - 500}
+    rebooting = group(5, node4="BUILD")
+    action = act(
+        snap(5, me=1, leader=1, unhealthy=(4,), unhealthy_since=dead_since, cloud_nodes=rebooting)
+    )
+    assert action.kind != "remove_dead"
+
+
+def stray(ago: float, status: str = "ACTIVE") -> CloudNode:
+    return CloudNode(
+        id="srv9", name="node9", ip="127.0.0.9", status=status, created_at=10_000.0 - ago
+    )  # type: ignore[arg-type]
+
+
+def test_a_server_that_never_joined_is_replaced_after_join_timeout():
+    for status in ("ACTIVE", "BUILD"):
+        action = act(snap(3, me=1, leader=1, cloud_nodes=(*group(3), stray(901, status))))
+        assert action.kind == "replace_server", status
+        assert action.server is not None and action.server.name == "node9"
+        assert "node9" in action.reason and "900s (join_timeout)" in action.reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"cloud_nodes": (*group(3), stray(899))}, "still within join_timeout"),
+        ({"cloud_nodes": (*group(3), stray(901)), "leader": 2}, "not the leader's agent"),
+        ({"cloud_nodes": (*group(3), stray(901)), "join_lock_holder": "node9"}, "joining now"),
+        ({"cloud_nodes": (*group(3), stray(901)), "leaving": frozenset({"node9"})}, "leaving"),
+        ({"cloud_nodes": (*group(3), stray(901, "FAILED"))}, "marked already"),
+        ({"cloud_nodes": None}, "the group unread"),
+    ],
+)
+def test_no_server_replaced(changes, why):
+    assert act(snap(3, **{"me": 1, "leader": 1, **changes})).kind != "replace_server", why
+
+
+def test_a_server_past_join_timeout_is_not_counted_as_coming():
+    """Below capacity, a server that may still join holds back a scale-up; one past its
+    join_timeout does not (it is replaced)."""
+    coming = act(snap(2, me=1, leader=1, cloud_nodes=(*group(2), stray(100))))
+    assert coming.kind == "wait" and "1 joining already" in coming.reason
+    late = act(snap(2, me=1, leader=1, cloud_nodes=(*group(2), stray(901))))
+    assert late.kind == "replace_server"
+
+
 def test_a_join_in_progress_is_not_a_dead_member():
     base = snap(3, me=1, leader=1)
     joining = replace(
@@ -309,7 +380,7 @@ def test_below_capacity_leader_asks_for_one_more_under_the_make_lock():
 
 def test_no_scale_up_inside_cooldown_or_when_a_server_is_coming():
     assert act(snap(2, me=1, leader=1, last_scale_up=10_000.0 - 100)).kind != "scale_up"
-    building = CloudNode(id="s9", name="node9", ip="127.0.0.9", status="BUILD", created_at=0)
+    building = CloudNode(id="s9", name="node9", ip="127.0.0.9", status="BUILD", created_at=9_900)
     assert act(snap(2, me=1, leader=1, cloud_nodes=(building,))).kind == "wait"
     assert act(snap(2, me=2, leader=1)).kind != "scale_up"
 

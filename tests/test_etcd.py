@@ -569,21 +569,31 @@ def test_wipe_data_dir_removes_etcd_state_only(tmp_path: Path):
 def test_systemd_etcd_runs_systemctl_on_the_unit():
     calls: list[list[str]] = []
 
+    state = {"ActiveState": "activating"}
+
     def runner(command):
         calls.append(list(command))
-        stdout = "4242\n" if "MainPID" in " ".join(command) else ""
+        if "restart" in command and "--no-block" not in command:
+            raise subprocess.TimeoutExpired(command, 60)  # a Type=notify unit catching up
+        joined = " ".join(command)
+        stdout = "4242\n" if "MainPID" in joined else ""
+        if "ActiveState" in joined:
+            stdout = state["ActiveState"] + "\n"
         return subprocess.CompletedProcess(command, 0, stdout=stdout, stderr="")
 
     service = SystemdEtcd(runner=runner)
     service.start(Path("/etc/autoscale-etcd/etcd.yaml"))
-    assert service.is_running()
+    assert service.is_running()  # still starting (activating) counts as running
     assert service.pid == 4242
+    state["ActiveState"] = "failed"
+    assert not service.is_running()
     service.stop()
-    assert calls[:5] == [
+    assert calls[:6] == [
         ["systemctl", "reset-failed", "etcd-autoscale.service"],
-        ["systemctl", "restart", "etcd-autoscale.service"],
-        ["systemctl", "is-active", "--quiet", "etcd-autoscale.service"],
+        ["systemctl", "--no-block", "restart", "etcd-autoscale.service"],
+        ["systemctl", "show", "--property=ActiveState", "--value", "etcd-autoscale.service"],
         ["systemctl", "show", "--property=MainPID", "--value", "etcd-autoscale.service"],
+        ["systemctl", "show", "--property=ActiveState", "--value", "etcd-autoscale.service"],
         ["systemctl", "stop", "etcd-autoscale.service"],
     ]
     with pytest.raises(ValueError, match=r"reads /etc/autoscale-etcd/etcd\.yaml"):

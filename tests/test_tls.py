@@ -199,10 +199,33 @@ def test_the_address_falls_back_to_network_data_json_as_the_agent_does(tmp_path,
     assert sans(tls.cert_file)[0] == "IP Address:10.42.0.23"
 
 
+def test_without_a_metadata_service_the_address_comes_from_the_config_drive(tmp_path, ca, metadata):
+    """A cloud with a config drive only: cloud-init's instance data names the address."""
+    instance_data = tmp_path / "instance-data.json"
+    instance_data.write_text(
+        json.dumps(
+            {
+                "v1": {"instance_id": "5e0c2f4a-1b2c-4d5e-8f90-123456789abc"},
+                "ds": {
+                    "meta_data": {"uuid": "5e0c2f4a-1b2c-4d5e-8f90-123456789abc", "name": "e"},
+                    "ec2_metadata": {"local-ipv4": "10.42.0.55"},
+                    "network_json": {"networks": [{"type": "ipv4_dhcp", "id": "n0"}]},
+                },
+            }
+        )
+    )
+    tls = issue_node_cert(
+        ca, tmp_path / "pki", name="e", metadata_url=metadata.url, instance_data=str(instance_data)
+    )
+    assert metadata.asked[:1] == ["/latest/meta-data/local-ipv4"]  # asked first, 404
+    assert sans(tls.cert_file)[0] == "IP Address:10.42.0.55"
+
+
 def test_no_address_means_no_certificate_and_the_ca_key_stays_for_a_retry(tmp_path, ca, metadata):
     pki = tmp_path / "pki"
+    nothing = str(tmp_path / "no-instance-data.json")
     with pytest.raises(TlsError, match=r"issue-cert\.sh failed"):
-        issue_node_cert(ca, pki, name="c", metadata_url=metadata.url)
+        issue_node_cert(ca, pki, name="c", metadata_url=metadata.url, instance_data=nothing)
     assert sorted(p.name for p in pki.iterdir()) == ["ca.crt", "ca.key"]
     metadata.answers["/latest/meta-data/local-ipv4"] = (200, "not-an-address")
     with pytest.raises(TlsError, match="not an IPv4 address: 'not-an-address'"):

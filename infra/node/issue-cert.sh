@@ -14,17 +14,29 @@
 # address, which is 127.0.0.1 for connections over loopback (the lab).
 #
 # The address is the agent's: EC2 metadata local-ipv4, else the first ipv4 network of
-# OpenStack's network_data.json (agent/cloud_openstack.py, _my_ipv4). The lab and the
-# tests set AUTOSCALE_NODE_IP, AUTOSCALE_NODE_NAME, AUTOSCALE_METADATA_URL and
-# AUTOSCALE_PKI_GROUP (the group that may read the key; default etcd) instead.
+# OpenStack's network_data.json (agent/cloud_openstack.py, _my_ipv4); on a cloud with a
+# config drive and no metadata service, cloud-init's instance data (ds.ec2_metadata
+# local-ipv4, else an ipv4 network of ds.network_json), as the agent reads it too. The lab
+# and the tests set AUTOSCALE_NODE_IP, AUTOSCALE_NODE_NAME, AUTOSCALE_METADATA_URL,
+# AUTOSCALE_INSTANCE_DATA and AUTOSCALE_PKI_GROUP (the group that may read the key;
+# default etcd) instead.
 set -eu
 pki="$1"
 [ -s "${pki}/node.crt" ] && [ ! -e "${pki}/ca.key" ] && exit 0
 md="${AUTOSCALE_METADATA_URL:-http://169.254.169.254}"
+instance_data="${AUTOSCALE_INSTANCE_DATA:-/run/cloud-init/instance-data.json}"
 node_ip() {
-    curl -fsS --retry 5 "${md}/latest/meta-data/local-ipv4" && return 0
-    curl -fsS --retry 5 "${md}/openstack/latest/network_data.json" | python3 -c \
-        'import json,sys; print(next(n["ip_address"] for n in json.load(sys.stdin)["networks"] if n.get("type") == "ipv4"))'
+    curl -fsS --connect-timeout 3 --retry 3 "${md}/latest/meta-data/local-ipv4" && return 0
+    curl -fsS --connect-timeout 3 --retry 3 "${md}/openstack/latest/network_data.json" \
+        2>/dev/null | python3 -c \
+        'import json,sys; print(next(n["ip_address"] for n in json.load(sys.stdin)["networks"] if n.get("type") == "ipv4"))' \
+        2>/dev/null && return 0
+    python3 -c '
+import json, sys
+ds = json.load(open(sys.argv[1])).get("ds") or {}
+found = [(ds.get("ec2_metadata") or {}).get("local-ipv4")]
+found += [n.get("ip_address") for n in (ds.get("network_json") or {}).get("networks", []) if n.get("type") == "ipv4"]
+print(next(a for a in found if a))' "${instance_data}"
 }
 ip="${AUTOSCALE_NODE_IP:-$(node_ip)}"
 name="${AUTOSCALE_NODE_NAME:-$(hostname)}"

@@ -1,0 +1,146 @@
+"""Reboots and slow starts with real etcd: a node never gives up the data it holds.
+
+The nodes are the real Agent in threads of this process (tests/test_agent_cluster.py's
+harness), each with its own etcd process on its own 127.x.y.n address. A power-off is
+kill -9 of etcd with the agent stopped at once; the boot is a new Agent on the same
+state and data dirs, as systemd starts autoscale-agent.service at boot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from agent.bootstrap import Bootstrap
+from agent.etcd import EtcdClient
+from agent.loop import etcd_client_factory
+from agent.snapshot import CloudNode
+from tests.etcd_cluster import wait_until
+from tests.test_agent_cluster import PERIOD, Lab, Node, _start_initial
+
+pytestmark = pytest.mark.etcd
+
+
+@pytest.fixture
+def make_lab(tmp_path, etcd_bin):
+    labs: list[Lab] = []
+
+    def make(**scaling: float) -> Lab:
+        made = Lab(tmp_path, etcd_bin, **scaling)
+        labs.append(made)
+        return made
+
+    yield make
+    for made in labs:
+        made.close()
+
+
+def power_off(node: Node) -> None:
+    """The server loses power: its agent and etcd die at once (kill -9)."""
+    node.agent.stopped.set()
+    node.service.kill()
+    if node.thread is not None:
+        node.thread.join(timeout=10)
+
+
+def boot(lab: Lab, node: Node) -> Node:
+    """The server boots on the same disk: systemd starts a new agent on the same dirs."""
+    from agent.loop import Agent
+
+    agent = Agent(
+        node.agent.settings,
+        cloud=node.agent.cloud,
+        service=node.service,
+        metric_reader=node.agent.read_metric,
+    )
+    fresh = Node(node.name, agent, node.service)
+    lab.nodes[node.name] = fresh
+    fresh.start()
+    return fresh
+
+
+def member_ids(client: EtcdClient) -> dict[str, int]:
+    return {m.name: m.id for m in client.members(check_health=False)}
+
+
+def the_group_changed(lab: Lab) -> None:
+    """The nested stack was updated (a scale-up, a replacement): no server is initial now."""
+    with lab.record.lock:
+        for key, node in lab.record.nodes.items():
+            lab.record.nodes[key] = CloudNode(**{**node.__dict__, "initial": False})
+
+
+@pytest.mark.parametrize("how_many", [2, 3], ids=["majority", "every-node"])
+def test_a_power_cycle_brings_the_same_members_back_with_their_data(make_lab, how_many, caplog):
+    lab = make_lab(retries=3)  # a node holding data must outlast its retries without quorum
+    nodes = _start_initial(lab, 3)
+    the_group_changed(lab)
+    client = lab.client()
+    before = member_ids(client)
+    for n in range(50):
+        client.put(f"/data/{n}", f"value {n}")
+    victims = nodes[:how_many]
+    for node in victims:
+        power_off(node)
+    time.sleep(3 * lab.scaling["retries"] * PERIOD)  # longer than a join's retries take
+    with caplog.at_level(logging.INFO, logger="agent.bootstrap"):
+        booted = [boot(lab, node) for node in victims]
+        assert wait_until(lambda: len(lab.voters()) == 3, timeout=60), lab.voters()
+    assert member_ids(lab.client()) == before  # the same members, none removed and re-added
+    assert all(lab.client().get(f"/data/{n}") == f"value {n}" for n in range(50))
+    assert lab.record.calls_of("mark_unhealthy") == []
+    assert wait_until(lambda: all(lab.state(n.name).phase == "member" for n in booted), 20)
+    said = [r.getMessage() for r in caplog.records if "found this node's data" in r.getMessage()]
+    assert len(said) == how_many
+    assert "waiting for its peers" in said[0] and "the data is kept" in said[0]
+
+
+def test_a_node_removed_while_it_was_down_wipes_its_data_and_joins_as_a_new_member(make_lab):
+    lab = make_lab(dead_member_periods=3)
+    nodes = _start_initial(lab, 3)
+    the_group_changed(lab)
+    victim = nodes[2]
+    old_id = member_ids(lab.client())[victim.name]
+    server = lab.record.nodes[f"srv-{victim.name}"]
+    power_off(victim)
+    # the others remove it as dead (and have the group replace its server)
+    assert wait_until(lambda: victim.name not in member_ids(lab.client()), timeout=30)
+    with lab.record.lock:  # ... but the server is still there and wanted (say the mark failed)
+        lab.record.nodes[server.id] = server
+    boot(lab, victim)
+    assert wait_until(lambda: victim.name in lab.voters(), timeout=60), lab.voters()
+    assert member_ids(lab.client())[victim.name] != old_id  # a new member, wiped data
+
+
+def test_a_join_catching_up_a_large_database_is_progress_not_failure(make_lab):
+    """A new member of a cluster holding ~120 MB: its catch-up takes far longer than the
+    start deadline given here, and the join goes on while its data dir grows."""
+    lab = make_lab(scaledownperiod=30.0)
+    _start_initial(lab, 3)
+    client = EtcdClient(lab.client().endpoints, timeout=10.0, prefix="/autoscale-etcd/itest")
+    blob = "x" * 1_000_000
+    for n in range(120):
+        client.put(f"/big/{n}", blob)
+    newcomer = lab.add(initial=False)
+    settings = newcomer.agent.settings
+    deadline = 0.3
+
+    def bootstrap(stall: float) -> Bootstrap:
+        return Bootstrap(
+            settings,
+            cloud=newcomer.agent.cloud,
+            service=newcomer.service,
+            client_factory=etcd_client_factory(settings),
+            config_path=newcomer.agent.config_path,
+            start_deadline=deadline,
+            stall=stall,
+        )
+
+    started = time.monotonic()
+    joined = bootstrap(stall=5.0).run()
+    took = time.monotonic() - started
+    assert joined.how == "joined" and not joined.member.is_learner
+    assert took > 3 * deadline, f"the catch-up took {took:.1f}s: not slower than the deadline"
+    assert newcomer.name in lab.voters()
