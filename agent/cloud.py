@@ -1,19 +1,20 @@
-"""The cloud as the agent needs it: one small interface, two implementations.
+"""The cloud as the agent needs it: one small interface, one implementation.
 
-- `agent.cloud_openstack.OpenStackGroup`: Nova metadata, Keystone v3 application
-  credential, Heat (mark a group member unhealthy, signal a scaling policy, POST
-  the scale-up webhook).
-- `agent.cloud_local.LocalGroup`: the lab's local cloud, same rules, on loopback.
+`agent.cloud_openstack.OpenStackGroup`: Nova metadata (or the config drive), Keystone v3
+application credential, Heat (list the group, mark a member unhealthy, signal a scaling
+policy, POST the scale-up webhook) and Nova. The lab's cloud answers the same APIs, so
+the lab runs this very driver. Tests may pass any object with these methods.
 
-Scale-down always goes through the group (Rule 6): mark this node's member
-unhealthy, then signal the scale-down policy; Heat removes FAILED members first.
+Scale-down goes through the group: only the server Heat's -1 deletes (the oldest, none
+FAILED or building) leaves, without marking itself; a replacement is "mark unhealthy,
+then +1" (README, "Why the oldest server leaves").
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from agent.settings import AgentSettings, LocalCloud, OpenStackCloud
+from agent.settings import AgentSettings
 from agent.snapshot import CloudNode, NodeIdentity
 
 
@@ -44,14 +45,7 @@ class Cloud(Protocol):
 
 
 def make_cloud(settings: AgentSettings) -> Cloud:
-    """The implementation the settings name."""
-    cloud = settings.cloud
-    if isinstance(cloud, OpenStackCloud):
-        from agent.cloud_openstack import OpenStackGroup
+    """The OpenStack group of the node's settings."""
+    from agent.cloud_openstack import OpenStackGroup
 
-        return OpenStackGroup(cloud)
-    if isinstance(cloud, LocalCloud):
-        from agent.cloud_local import LocalGroup
-
-        return LocalGroup(cloud)
-    raise TypeError(f"unknown cloud kind: {cloud!r}")
+    return OpenStackGroup(settings.cloud)

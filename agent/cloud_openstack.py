@@ -122,7 +122,8 @@ class OpenStackGroup:
 
         - status: FAILED when Heat says `*_FAILED` (a member marked unhealthy is
           `CHECK_FAILED`) or Nova says ERROR; DELETED when Heat is deleting it or Nova no
-          longer knows it; BUILD while Heat creates it or Nova builds it; else ACTIVE.
+          longer knows it; BUILD while Heat creates it or Nova builds, rebuilds or reboots
+          it; else ACTIVE.
         - initial: True for every member while the nested stack has never been updated
           (its `stack_status` is `CREATE_*` and it has no `updated_time`). The group's
           first creation is the nested stack's CREATE; any later change of the group
@@ -458,7 +459,8 @@ def _fixed_ipv4(server: dict[str, Any]) -> str | None:
     return None
 
 
-_NOVA_BUILDING = {"BUILD", "REBUILD"}
+_NOVA_BUILDING = {"BUILD", "REBUILD", "REBOOT", "HARD_REBOOT"}
+"""Nova is building, rebuilding or rebooting the server: it is booting, not dead."""
 _NOVA_GONE = {"DELETED", "SOFT_DELETED", "SHELVED_OFFLOADED"}
 
 

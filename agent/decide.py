@@ -63,19 +63,25 @@ def next_failmarker(previous: int, etcd_call_ok: bool) -> int:
 
 
 def track_unhealthy(
-    previous: Mapping[int, float], members: tuple[Member, ...] | None, now: float
+    previous: Mapping[int, float],
+    members: tuple[Member, ...] | None,
+    now: float,
+    booting: frozenset[int] = frozenset(),
 ) -> dict[int, float]:
     """Member id -> when it was first seen unhealthy (or unstarted), in a row.
 
     Unknown (etcd unreachable this cycle) keeps the record as it was: a blind
-    cycle neither convicts nor clears anyone.
+    cycle neither convicts nor clears anyone. A member whose server the cloud shows
+    booting (`booting`: Nova building, rebuilding or rebooting it) starts its count again
+    from now: its time down so far is a boot, not a death, so its window runs from the
+    end of the boot.
     """
     if members is None:
         return dict(previous)
     tracked: dict[int, float] = {}
     for member in members:
         if member.healthy is False or not member.started:
-            tracked[member.id] = previous.get(member.id, now)
+            tracked[member.id] = now if member.id in booting else previous.get(member.id, now)
     return tracked
 
 

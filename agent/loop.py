@@ -143,15 +143,7 @@ class Agent:
         if members is not None:
             self._known_endpoints = [u for m in members for u in m.client_urls]
         failmarker = next_failmarker(self.state.failmarker, own_ok)
-        since = track_unhealthy(
-            {int(k, 16): v for k, v in self.state.unhealthy_since.items()},
-            tuple(members) if members is not None else None,
-            now,
-        )
-        if count:
-            self.state.failmarker = failmarker
-            self.state.unhealthy_since = {f"{k:x}": v for k, v in since.items()}
-        else:
+        if not count:
             failmarker = self.state.failmarker
         snapshot = Snapshot(
             now=now,
@@ -162,7 +154,6 @@ class Agent:
             join_lock_holder=joiner,
             failmarker=failmarker,
             own_etcd_ok=own_ok,
-            unhealthy_since=since,
             last_scale_up=self.state.last_scale_up,
             configured=self.state.configured,
         )
@@ -173,7 +164,21 @@ class Agent:
                 log.warning("cloud group unreadable: %s", error)
             if client is not None and snapshot.cloud_nodes is not None:
                 snapshot = replace(snapshot, leaving=self._leaving(client, now))
-        return snapshot
+        booting = frozenset(
+            m.id
+            for m in snapshot.members or ()
+            if (server := snapshot.server_of(m)) is not None and server.status == "BUILD"
+        )
+        since = track_unhealthy(
+            {int(k, 16): v for k, v in self.state.unhealthy_since.items()},
+            snapshot.members,
+            now,
+            booting,
+        )
+        if count:
+            self.state.failmarker = failmarker
+            self.state.unhealthy_since = {f"{k:x}": v for k, v in since.items()}
+        return replace(snapshot, unhealthy_since=since)
 
     def _leaving(self, client: EtcdClient, now: float) -> frozenset[str]:
         """Nodes whose fenced removal was recorded within `join_timeout`: out of etcd and

@@ -87,7 +87,7 @@ class ScalingSettings(_Strict):
     scaleupcooldown: PositiveSeconds = 240
     retries: Annotated[int, Field(ge=1)] = 10
     failtolerance: Annotated[int, Field(ge=5)] = 20
-    dead_member_periods: Annotated[int, Field(ge=1)] = 3
+    dead_member_periods: Annotated[int, Field(ge=1)] = 6
     join_timeout: PositiveSeconds = 900
     """Seconds a group server may take from its creation to being a member (a boot with
     installs, the join): after it, a server that is not a member is replaced, and an entry
@@ -149,16 +149,8 @@ class OpenStackCloud(_Strict):
         return str(value)
 
 
-class LocalCloud(_Strict):
-    """The lab's stand-in for Nova and Heat, reached over HTTP on loopback."""
-
-    kind: Literal["local"] = "local"
-    url: str
-    node_id: str | None = None
-    """This node's id; on a real cloud the metadata service says it."""
-
-
-CloudSettings = Annotated[OpenStackCloud | LocalCloud, Field(discriminator="kind")]
+CloudSettings = OpenStackCloud
+"""The one cloud the agent knows: OpenStack (the lab's cloud speaks its APIs too)."""
 
 
 class AgentSettings(_Strict):

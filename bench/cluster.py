@@ -14,8 +14,10 @@ One lab (the dev stack, max_cluster raised to 7) carries most of them, in order:
    time until the first member is out, and the spacing of the next removal, from the
    fenced-removal records the agents write (`<prefix>/removals/<id>`) and as seen.
 
-Then labs of 5 and 7 nodes for their bootstrap, and, in the full run, a lab at the
-stack's own periods (factor 1) for the agent's CPU share at the default period.
+Then labs of 5 and 7 nodes for their bootstrap; labs whose servers' agents start a
+random 0..SPREAD s apart (stack time, scaled), as a plain image's installs spread them on
+a cloud: no member may be removed and re-added on the way; and, in the full run, a lab at
+the stack's own periods (factor 1) for the agent's CPU share at the default period.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Setup:
     default_period_seconds: float = 0.0
     """> 0: also measure a lab at the stack's own periods (factor 1) this long."""
     bootstrap_sizes: tuple[int, ...] = (3, 5, 7)
+    spread_sizes: tuple[int, ...] = ()
+    """Bootstraps whose agents start up to `spread` (stack) seconds after their boot."""
+    spread: float = 180.0
 
 
 def variant(base: StackSettings, **changes: object) -> StackSettings:
@@ -111,15 +116,18 @@ class Bootstrap:
     ids: set[str]
     removed: list[str] = field(default_factory=list)
     """Members removed before the cluster was whole (an initial member taken for dead)."""
+    spread: float = 0.0
+    """The agents started up to this many (lab) seconds after their servers' boot."""
 
 
 def bootstrap(lab: Lab, size: int) -> Bootstrap:
     """Start the lab's group; poll until one healthy cluster of `size`, then a little more."""
     start = lab.events.now()
+    spread = lab.nova.start_spread
     lab.start()
     ids: set[str] = set()
     done: float | None = None
-    deadline = time.monotonic() + 30 + 2 * size + 10 * lab.timings.lockattemptperiod
+    deadline = time.monotonic() + 30 + 2 * size + 10 * lab.timings.lockattemptperiod + spread
     while time.monotonic() < deadline:
         ids |= set(probe.cluster_ids(lab).values())
         if done is None:
@@ -130,13 +138,28 @@ def bootstrap(lab: Lab, size: int) -> Bootstrap:
         time.sleep(0.1)
     seconds = (done - start) if done is not None else math.nan
     removed = [e.node for e in lab.events.of("removed")]
-    return Bootstrap(size, seconds, ids, removed)
+    return Bootstrap(size, seconds, ids, removed, spread)
 
 
 def bootstrap_rows(results: list[Bootstrap]) -> list[Row]:
     section = "bootstrap (servers booted together)"
     rows = []
     for b in results:
+        if b.spread:
+            name = f"{b.size} nodes, agents starting over {b.spread:.0f} s"
+            rows.append(figure(section, f"{name}: to one healthy cluster", b.seconds, "s"))
+            rows.append(
+                check(
+                    section,
+                    f"{name}: members removed and re-added on the way",
+                    len(b.removed),
+                    "members",
+                    "==",
+                    0,
+                    note=", ".join(b.removed),
+                )
+            )
+            continue
         name = f"{b.size} nodes to one healthy cluster"
         if b.size == 5:
             rows.append(check(section, name, b.seconds, "s", "<", 15.0))
@@ -614,6 +637,15 @@ def bench_cluster(
         with lab_of(sized, setup.factor, setup, f"bootstrap-{size}") as lab:
             boots.append(bootstrap(lab, size))
             shout(f"bootstrap {size}: {boots[-1].seconds:.2f} s, ids {boots[-1].ids}")
+    for size in setup.spread_sizes:
+        sized = variant(stack, capacity=size, max_cluster=max(size, stack.max_cluster))
+        with lab_of(sized, setup.factor, setup, f"spread-{size}") as lab:
+            lab.nova.start_spread = setup.spread * setup.factor
+            boots.append(bootstrap(lab, size))
+            shout(
+                f"bootstrap {size}, agents over {lab.nova.start_spread:.0f} s:"
+                f" {boots[-1].seconds:.2f} s, removed {boots[-1].removed}"
+            )
     direct: list[Usage] = []
     at_default: list[Recovery] = []
     if setup.default_period_seconds > 0:
@@ -628,7 +660,7 @@ def bench_cluster(
     rows = (
         recovery_rows(runs, timings, stack, at_default)
         + scale_down_rows(down, timings)
-        + bootstrap_rows(sorted(boots, key=lambda b: b.size))
+        + bootstrap_rows(sorted(boots, key=lambda b: (b.spread, b.size)))
         + joins_rows(joined)
         + footprint_rows(at_lab, timings.lockattemptperiod, stack.lockattemptperiod, direct)
     )

@@ -28,9 +28,9 @@ from pathlib import Path
 from infra.settings import PROJECT_DIR
 
 AGENT_DIR = PROJECT_DIR / "agent"
-# Modules the nodes never import: the lab's stand-in for OpenStack, and the CA and
-# certificate making of the tests and the lab (nodes run infra/node/issue-cert.sh).
-LAB_ONLY = frozenset({"cloud_local.py", "tls.py"})
+# Modules the nodes never import: the CA and certificate making of the tests and the lab
+# (nodes run infra/node/issue-cert.sh).
+LAB_ONLY = frozenset({"tls.py"})
 SHEBANG = b"#!/usr/bin/env python3\n"
 ZIPAPP_MAIN = "from agent.__main__ import main\n\nraise SystemExit(main())\n"
 _EPOCH = (1980, 1, 1, 0, 0, 0)

@@ -22,22 +22,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_openstack as openstack
 
-
-@dataclass(frozen=True)
-class AccessRule:
-    service: str
-    method: str
-    path: str
-    why: str
-
-
-ACCESS_RULES: tuple[AccessRule, ...] = (
-    AccessRule("orchestration", "GET", "/v1/*/stacks/**", "stack, nested stack, resource show"),
-    AccessRule("orchestration", "PATCH", "/v1/*/stacks/*/*/resources/*", "mark a member unhealthy"),
-    AccessRule("orchestration", "POST", "/v1/*/stacks/*/*/resources/*/signal", "signal a policy"),
-    AccessRule("compute", "GET", "/v2.1/servers/*", "show a server"),
-    AccessRule("compute", "GET", "/v2.1/*/servers/*", "show a server (project in the path)"),
-)
+from infra.access_rules import ACCESS_RULES, AccessRule, access_rules  # noqa: F401
 
 # The least role that Heat's and Nova's default policies accept for these calls; the
 # names differ between older and newer clouds.

@@ -148,8 +148,10 @@ class StackSettings(BaseModel):
     # --- what the new design adds ------------------------------------------------
     downmetric_window: Annotated[int, Field(ge=0)] = 60
     """Seconds averaged through netdata's /api/v1/data; 0 = the instantaneous value."""
-    dead_member_periods: Annotated[int, Field(ge=1)] = 3
-    """A member failing its health check this many lockattemptperiods is dead."""
+    dead_member_periods: Annotated[int, Field(ge=1)] = 6
+    """A member failing its health check this many lockattemptperiods is dead. 60 s at the
+    default period: longer than a Neutron agent's restart (the network blips) and than a
+    guest's boot after Nova says ACTIVE again (a reboot), so neither replaces a server."""
     cleanupscript: OptionalName = "hooks/cleanupscript.sh"
     proxyconfig: OptionalName = "hooks/proxyconfig.sh"
     upthreshold: Annotated[float, Field(gt=0, le=100)] = 80.0

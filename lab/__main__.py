@@ -4,7 +4,11 @@ python -m lab up [--detach]            start `capacity` nodes; a live status unt
 python -m lab status [--json]          the nodes of the lab that is up
 python -m lab down                     stop everything the lab started, remove its files
 python -m lab scenario NAME [--json FILE] [--plot FILE]
-                                       burst, node-loss, etcd-outage, partition, bad-metrics
+                                       burst, node-loss, etcd-outage, partition, bad-metrics,
+                                       reboot
+python -m lab reboot NODE [NODE ...] | --majority | --all
+                                       Nova's hard reboot of those servers of the lab that is
+                                       up: power off, the disk kept, then boot
 python -m lab metrics [--seconds N]    a real netdata parent and child with the stack's
                                        rendered stream.conf: what the parent serves
 python -m lab chaos --rounds N --seed S [--json FILE] [--plan]
@@ -39,6 +43,8 @@ from infra.settings import (
 from lab.timings import DEFAULT_FACTOR, FAST_FACTOR, LabTimings
 
 DEFAULT_ROOT = PROJECT_DIR / ".lab"
+SCENARIO_NAMES = ["burst", "node-loss", "etcd-outage", "partition", "bad-metrics", "reboot"]
+"""lab.scenarios.SCENARIOS, named here so that `--help` imports no lab."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,10 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="the nodes of the lab that is up")
     status.add_argument("--json", action="store_true")
     sub.add_parser("down", parents=[common], help="stop everything the lab started")
+    reboot = sub.add_parser("reboot", parents=[common], help="Nova's hard reboot of servers")
+    reboot.add_argument("nodes", nargs="*", help="node names (see `python -m lab status`)")
+    which = reboot.add_mutually_exclusive_group()
+    which.add_argument("--majority", action="store_true", help="the leader and others: a quorum")
+    which.add_argument("--all", action="store_true", help="every server of the group")
     scenario = sub.add_parser("scenario", parents=[common], help="run one scenario and check it")
-    scenario.add_argument(
-        "name", choices=["burst", "node-loss", "etcd-outage", "partition", "bad-metrics"]
-    )
+    scenario.add_argument("name", choices=SCENARIO_NAMES)
     scenario.add_argument("--json", type=Path, help="write the JSON report here")
     scenario.add_argument("--plot", type=Path, help="write the timeline PNG here")
     scenario.add_argument("--keep", action="store_true", help="keep the nodes' logs")
@@ -274,6 +283,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reboot(args: argparse.Namespace) -> int:
+    from lab.operator import CloudCallError, Operator
+    from lab.status import NoLab, read_state, status
+
+    try:
+        state = read_state(args.root)
+        seen = status(args.root)
+    except NoLab as error:
+        print(error, file=sys.stderr)
+        return 1
+    servers = {n["name"]: n["server_id"] for n in state.get("nodes", []) if not n.get("crashed")}
+    names = sorted(servers)
+    if args.all or args.majority:
+        leader = seen.get("leader")
+        ordered = ([leader] if leader in servers else []) + [n for n in names if n != leader]
+        chosen = ordered if args.all else ordered[: len(names) // 2 + 1]
+    else:
+        unknown = [n for n in args.nodes if n not in servers]
+        if unknown or not args.nodes:
+            print(
+                f"name the nodes to reboot ({', '.join(names)}), or --majority or --all"
+                + (f"; not in the lab: {', '.join(unknown)}" if unknown else ""),
+                file=sys.stderr,
+            )
+            return 2
+        chosen = list(args.nodes)
+    try:
+        operator = Operator.from_state(state)
+        for name in chosen:
+            operator.reboot(servers[name])
+            print(f"reboot {name} (server {servers[name]}): accepted by Nova")
+    except CloudCallError as error:
+        print(f"the lab's cloud refused: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from lab.status import down
 
@@ -297,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "up": cmd_up,
         "status": cmd_status,
         "down": cmd_down,
+        "reboot": cmd_reboot,
         "metrics": cmd_metrics,
         "_serve": lambda a: _serve(a, show=False),
     }

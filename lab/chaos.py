@@ -30,6 +30,10 @@ every server a member, no FAILED server. The kinds:
   it runs its cleanup hook, stops etcd and signals Heat) or when the kill lock first
   names it (before the removal, if the kill is quick enough; the stage hit is recorded),
   then started again; it must finish leaving and its server must go.
+- reboot-one, reboot-majority, reboot-all: Nova's hard reboot of one server (the leader,
+  a follower or the oldest), of a majority (the leader among them) or of every server:
+  a power-off keeping the disk, then the boot; the same members (names and ids) must come
+  back by themselves, none removed, marked or replaced.
 
 After each round the scenarios' common invariants (lab/report.py) are checked over the
 round (removal spacing and dead members over the whole run so far), with the round's own
@@ -72,6 +76,9 @@ KINDS: tuple[str, ...] = (
     "netdata-garbage",
     "netdata-silence",
     "restart-leaving",
+    "reboot-one",
+    "reboot-majority",
+    "reboot-all",
 )
 VICTIM_KINDS = ("kill-node", "kill-etcd", "partition")
 """Faults whose node must be removed and replaced."""
@@ -218,6 +225,10 @@ def _planned(rng: random.Random, n: int, kind: str, max_grow: int) -> PlannedFau
             grow=rng.randint(1, max_grow),
             mode=rng.choice(modes),
         )
+    if kind == "reboot-one":
+        return PlannedFault(n, kind, rng.choice(["leader", "follower", "oldest"]))
+    if kind in ("reboot-majority", "reboot-all"):
+        return PlannedFault(n, kind, kind.removeprefix("reboot-"))
     assert kind == "restart-leaving"
     return PlannedFault(
         n,
@@ -301,6 +312,32 @@ def check_left(
         ok,
         f"{leaver} killed at {stage}; still a member: {leaver in members};"
         f" server deleted: {deleted}",
+    )
+
+
+def check_rebooted(
+    events: Sequence[Event],
+    start: float,
+    end: float,
+    victims: Sequence[str],
+    before: dict[str, int],
+    after: dict[str, int],
+    back: bool,
+) -> Invariant:
+    """The rebooted members came back themselves: the same names and ids, none removed,
+    marked unhealthy, replaced or deleted."""
+    touched = [
+        e
+        for e in _between(events, start, end, "removed", "mark-unhealthy", "replace", "delete")
+        if e.node in victims
+    ]
+    ok = back and not touched and bool(before) and before == after
+    return Invariant(
+        "the rebooted members came back as themselves",
+        ok,
+        f"rebooted {', '.join(victims) or 'none'}; back: {back};"
+        f" removed, marked, replaced: {[f'{e.kind} {e.node}' for e in touched] or 'none'};"
+        f" members {'unchanged' if before == after else f'{before} -> {after}'}",
     )
 
 
@@ -458,17 +495,7 @@ class Chaos:
         nova = self.lab.nova
         if node.crashed or node.agent_alive() or nova.get(node.member.server_id) is not node:
             return False  # the server was deleted meanwhile: nothing to restart
-        with open(node.dir / "agent.log", "ab") as log:
-            node.agent = subprocess.Popen(
-                [nova.python, "-m", "agent", "--config", str(node.dir / "agent.json"), "run"],
-                cwd=nova.base_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        node.agent_pid, node.exit_code = node.agent.pid, None
+        nova.start_agent(node)
         self.lab.events.add("agent-restart", node.name, f"agent pid {node.agent_pid}")
         return True
 
@@ -510,6 +537,8 @@ class Chaos:
             self._kill_agent_round(planned, result, rng)
         elif planned.kind.startswith("netdata"):
             checks.append(self._netdata_round(planned, result))
+        elif planned.kind.startswith("reboot"):
+            checks.append(self._reboot_round(planned, result, rng))
         else:
             checks.append(self._leaving_round(planned, result))
         self.lab.set_demand(0)
@@ -598,6 +627,50 @@ class Chaos:
             result.notes.append("the agent could not be started again")
         # long enough for a restarted agent to do harm: a dead-member window and more
         self.pause((t.dead_member_periods + 3) * t.lockattemptperiod)
+
+    def _member_ids(self) -> dict[str, int]:
+        client = self.lab.client()
+        if client is None:
+            return {}
+        try:
+            return {m.name: m.id for m in client.members(check_health=False) if m.name}
+        except EtcdError:
+            return {}
+        finally:
+            client.close()
+
+    def _booted(self, name: str) -> bool:
+        node = self._node_or_none(name)
+        return node is not None and node.agent_alive() and not node.rebooting
+
+    def _reboot_round(
+        self, planned: PlannedFault, result: RoundResult, rng: random.Random
+    ) -> Invariant:
+        sample = self.lab.latest()
+        assert sample is not None
+        names = sorted(sample.members or [])
+        leader = sample.leader or names[0]
+        if planned.target == "all":
+            victims = names
+        elif planned.target == "majority":
+            victims = [leader, *[n for n in names if n != leader]][: len(names) // 2 + 1]
+        else:
+            victims = [self.resolve(planned.target, rng)]
+        result.victim = ", ".join(victims)
+        before = self._member_ids()
+        start = self.now
+        self.lab.reboot(victims)
+        t = self.timings
+        back = self.lab.wait_for(
+            lambda s: self.whole(s, len(names)) and all(map(self._booted, victims)),
+            t.boot_delay + 4 * self.join_time,
+            "the rebooted members back",
+        )
+        end = self.now
+        self.faults.append(Fault(planned.kind, start, end))
+        return check_rebooted(
+            self.lab.events.all(), start, end, victims, before, self._member_ids(), back
+        )
 
     def _netdata_round(self, planned: PlannedFault, result: RoundResult) -> Invariant:
         t = self.timings

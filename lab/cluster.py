@@ -29,11 +29,15 @@ from typing import Any, TextIO
 
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdClient, EtcdError
+from agent.settings import OpenStackCloud
+from infra import heat
+from infra.access_rules import access_rules
 from infra.settings import PROJECT_DIR, StackSettings
+from lab.cloud.heat import Member, Policy
+from lab.cloud.keystone import AccessRule
+from lab.cloud.openstack import AddressPool, AlarmSpec, LabCloud
 from lab.etcd_binaries import find_etcd_binary
 from lab.events import EventLog
-from lab.group import Member, Policy
-from lab.localcloud import AddressPool, AlarmSpec, LocalCloud
 from lab.netdata_stub import NETDATA_PORT, Mode
 from lab.nodes import Node, Nova
 from lab.timings import LabTimings, group_spec
@@ -153,18 +157,22 @@ class Lab:
         )
         self.nova.default_load = IDLE_LOAD
         self.nova.pki = self.pki
-        self.cloud = LocalCloud(
+        self.nova.boot_delay = timings.boot_delay
+        self.cloud = LabCloud(
             min_size=self.spec.min_size,
             max_size=self.spec.max_size,
             policies={
                 name: Policy(name, adjustment, cooldown * timings.factor)
                 for name, (adjustment, cooldown) in self.spec.policies.items()
             },
-            servers=self.nova,
+            hypervisor=self.nova,
             addresses=AddressPool(self.prefix),
             events=self.events,
+            stack_name=self.cluster_name,
+            access_rules=None,
         )
         self.cloud.cpu_of = self._cpu_of
+        self.nova.cloud_for = self._cloud_settings
         self.demand = 0.0
         self.samples: list[Sample] = []
         self.interval = max(0.25, timings.lockattemptperiod / 2)
@@ -178,9 +186,32 @@ class Lab:
 
     # --- life -------------------------------------------------------------------------------
 
+    def _cloud_settings(self, member: Member) -> OpenStackCloud:
+        """What the infra writes into a node's agent.json about its cloud, for the lab's:
+        Keystone's URL, the agents' application credential, the stack, this server's
+        metadata URL."""
+        return OpenStackCloud(
+            auth_url=self.cloud.auth_url,
+            application_credential_id=self.cloud.agents.id,
+            application_credential_secret=self.cloud.agents.secret,
+            stack_id=f"{self.cloud.stack_name}/{self.cloud.stack_id}",
+            group_resource=heat.GROUP,
+            scale_down_policy=heat.SCALE_DOWN,
+            scale_up_policy=heat.SCALE_UP,
+            metadata_url=self.cloud.metadata_url(member.server_id),
+            instance_data=str(self.root / "no-config-drive.json"),
+        )
+
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.nova.cloud_url = self.cloud.serve(f"{self.prefix}.1")
+        self.cloud.keystone.credentials[self.cloud.agents.id].access_rules = tuple(
+            AccessRule(r.service, r.method, r.path)
+            for r in access_rules(
+                orchestration=f"{self.cloud.url}/heat-api/v1/{self.cloud.keystone.project_id}",
+                compute=f"{self.cloud.url}/compute/v2.1",
+            )
+        )
         self.events.add("lab", "", f"cloud at {self.nova.cloud_url}, nodes on {self.prefix}.0/24")
         self.cloud.create(self.spec.desired_capacity)
         if self.spec.alarm:
@@ -217,6 +248,11 @@ class Lab:
             if node.name == name:
                 return node
         raise KeyError(name)
+
+    def reboot(self, names: list[str], kind: str = "HARD") -> None:
+        """Nova's reboot of each named server: a power-off keeping its disk, then its boot."""
+        for name in names:
+            self.cloud.reboot(self.node(name).member.server_id, kind)
 
     def crash(self, name: str) -> Node:
         node = self.nova.crash(self.node(name).member.server_id)
@@ -438,6 +474,11 @@ class Lab:
             "factor": self.timings.factor,
             "prefix": self.prefix,
             "cloud_url": self.nova.cloud_url,
+            "auth_url": self.cloud.auth_url,
+            "operator_credential": {
+                "id": self.cloud.operator.id,
+                "secret": self.cloud.operator.secret,
+            },
             "etcd_binary": self.etcd_binary,
             "client_tls": self.client_tls.model_dump() if self.client_tls else None,
             "nodes": nodes,
@@ -445,5 +486,7 @@ class Lab:
         }
         path = self.root / STATE_FILE
         tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds a secret
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, indent=2))
         os.replace(tmp, path)

@@ -12,26 +12,32 @@ data dir, plus two things running:
 Deleting a server is a power-off, as Nova's delete is: SIGKILL to the agent's pid and
 to etcd's pid (read from its pid file, checked against /proc so a reused pid is never
 hit), then the node's files go (its logs are kept under `<root>/logs/`).
+
+Rebooting one is the same power-off, keeping the node's files (its disk), then, after the
+boot delay, its netdata and its agent start again on the same dir, as systemd starts
+autoscale-agent.service at boot; the agent finds etcd's data and starts etcd on it.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.etcd_server import LOG_FILE, PID_FILE, client_url
-from agent.settings import AgentSettings
+from agent.settings import AgentSettings, OpenStackCloud
 from agent.state import AgentState
 from infra.settings import StackSettings
+from lab.cloud.heat import Member
 from lab.events import EventLog
-from lab.group import Member
 from lab.netdata_stub import NETDATA_PORT, Mode, NetdataStub, NodeMetrics
 from lab.timings import LabTimings, install_hooks, node_settings
 from lab.tls import LabPki
@@ -96,6 +102,8 @@ class Node:
     agent_pid: int | None = None
     crashed: bool = False
     frozen: bool = False
+    rebooting: bool = False
+    """Powered off by a reboot, its agent not started again yet."""
     exit_code: int | None = None
     notes: list[str] = field(default_factory=list)
     _etcd_scan: tuple[float, int | None] = field(default=(0.0, None), repr=False)
@@ -183,6 +191,15 @@ class Nova:
         self.pki: LabPki | None = None
         """The cluster CA of an https stack (None: http)."""
         self.cloud_url = ""
+        self.cloud_for: Callable[[Member], OpenStackCloud] | None = None
+        """The node's cloud settings (its credential, its metadata URL): set by the lab."""
+        self.boot_delay = 1.0
+        """Seconds from a reboot's power-off to the agent's start."""
+        self.start_spread = 0.0
+        """> 0: each booted server's agent starts a random 0..start_spread s after Nova
+        says ACTIVE (a plain image installs first: servers created together start etcd
+        minutes apart on a cloud)."""
+        self.rng = random.Random()
         self.nodes: dict[str, Node] = {}
         self.gone: list[Node] = []
         self.default_load = 5.0
@@ -204,12 +221,13 @@ class Nova:
         stub = NetdataStub(
             metrics, host=member.ip, port=self.netdata_port, hostname=member.name
         ).start()
+        if self.cloud_for is None:
+            raise RuntimeError("the lab's Nova has no cloud settings for its nodes yet")
         settings = node_settings(
             self.stack,
             self.timings,
             cluster_name=self.cluster_name,
-            cloud_url=self.cloud_url,
-            node_id=member.server_id,
+            cloud=self.cloud_for(member),
             node_dir=node_dir,
             netdata_url=stub.url,
             etcd_binary=self.etcd_binary,
@@ -220,9 +238,27 @@ class Nova:
         config = node_dir / "agent.json"
         settings.write(config)
         node = Node(member=member, dir=node_dir, settings=settings, metrics=metrics, stub=stub)
-        with open(node_dir / "agent.log", "ab") as log:
+        with self._lock:
+            self.nodes[member.server_id] = node
+        delay = self.rng.uniform(0, self.start_spread) if self.start_spread > 0 else 0.0
+        if delay > 0:
+            self.events.add("boot", member.name, f"{member.ip}, agent starts in {delay:.1f}s")
+            threading.Timer(delay, self._late_start, (node,)).start()
+            return node
+        self.start_agent(node)
+        self.events.add("boot", member.name, f"{member.ip}, agent pid {node.agent_pid}")
+        return node
+
+    def _late_start(self, node: Node) -> None:
+        if self.get(node.member.server_id) is node and not node.crashed and node.agent is None:
+            self.start_agent(node)
+            self.events.add("agent-start", node.name, f"agent pid {node.agent_pid}")
+
+    def start_agent(self, node: Node) -> None:
+        """systemd starting autoscale-agent.service: the agent on the node's agent.json."""
+        with open(node.dir / "agent.log", "ab") as log:
             node.agent = subprocess.Popen(
-                [self.python, "-m", "agent", "--config", str(config), "run"],
+                [self.python, "-m", "agent", "--config", str(node.dir / "agent.json"), "run"],
                 cwd=self.base_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -231,10 +267,27 @@ class Nova:
                 close_fds=True,
             )
         node.agent_pid = node.agent.pid
-        with self._lock:
-            self.nodes[member.server_id] = node
-        self.events.add("boot", member.name, f"{member.ip}, agent pid {node.agent_pid}")
-        return node
+        node.exit_code = None
+
+    def reboot(self, member: Member, kind: str = "HARD") -> None:
+        """Power off (kill -9 of the agent and etcd, netdata down), keep the disk, and after
+        the boot delay start netdata and the agent again, as the machine's boot does."""
+        node = self.get(member.server_id)
+        if node is None:
+            raise KeyError(member.server_id)
+        node.rebooting = True
+        self._power_off(node)
+        node.frozen = False
+        self.events.add("power-off", node.name, f"{kind.lower()} reboot; disk kept")
+        time.sleep(self.boot_delay)
+        if self.get(member.server_id) is not node or node.crashed:
+            return  # deleted (or crashed) while it was down
+        node.stub = NetdataStub(
+            node.metrics, host=member.ip, port=self.netdata_port, hostname=member.name
+        ).start()
+        self.start_agent(node)
+        node.rebooting = False
+        self.events.add("booted", node.name, f"agent pid {node.agent_pid} on the same disk")
 
     def delete(self, member: Member) -> None:
         """Nova's delete: power off (SIGKILL agent, then etcd, by pid), remove the files."""

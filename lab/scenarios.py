@@ -17,6 +17,11 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
 - bad-metrics: the group is grown to max_cluster (a stack update) while every netdata
   answers garbage, errors, leaves the metric out or hangs; no member leaves; then netdata
   answers again and the cluster scales back down (the control).
+- reboot: the group grows by one (a stack update) and shrinks back (a node leaves), so
+  its nested stack has been updated and no server is "initial"; then Nova reboots the
+  leader's server, then a majority (the leader among them), then every server: each time
+  the same members come back healthy by themselves, no server is marked unhealthy, and
+  etcdctl, from outside, sees the same member ids and one healthy cluster.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from infra.settings import StackSettings
 from lab.cluster import Lab
 from lab.display import Display
 from lab.netdata_stub import each_mode
+from lab.outside import Etcdctl, one_healthy_cluster, same_members, writes_readable
 from lab.report import (
     Fault,
     Invariant,
@@ -42,6 +48,7 @@ from lab.report import (
     write_json,
 )
 from lab.timings import LabTimings
+from lab.writer import PREFIX as WRITE_PREFIX
 from lab.writer import Writer
 
 
@@ -55,6 +62,8 @@ class Run:
     faults: list[Fault] = field(default_factory=list)
     checks: list[Invariant] = field(default_factory=list)
     settled_at: float = 0.0
+    outside_writes: bool = False
+    """Also read the acknowledged writes back with etcdctl at the end (from outside)."""
 
     @property
     def now(self) -> float:
@@ -257,6 +266,84 @@ def bad_metrics(run: Run) -> None:
     )
 
 
+def reboot(run: Run) -> None:
+    lab, t, stack = run.lab, run.timings, run.stack
+    busy = 40.0 * (stack.capacity + 1)  # each node ~40 % busy: nobody leaves, no alarm
+    run.phase("the group grows by one (a stack update), then the load falls and one leaves")
+    lab.set_demand(busy)
+    lab.cloud.update(stack.capacity + 1)
+    grown = run.settle(stack.capacity + 1, 2 * run.join_time(), "one more member")
+    lab.set_demand(5.0 * stack.capacity)
+    shrunk = run.settle(
+        stack.capacity,
+        t.downmetric_window + 1.6 * t.scaledownperiod + 2 * run.join_time(),
+        "back to capacity",
+    )
+    run.check(
+        "the group grew and shrank once (no server is initial)",
+        grown and shrunk and lab.cloud.nested_status()[2] is not None,
+        f"grew: {grown}, shrank: {shrunk}, nested stack {lab.cloud.nested_status()[0]}",
+    )
+    outside = Etcdctl(tls=lab.client_tls)
+    for what in ("one", "majority", "all"):
+        sample = lab.latest()
+        assert sample is not None
+        names = sorted(n.name for n in sample.nodes if not n.crashed)
+        leader = sample.leader or names[0]
+        count = {"one": 1, "majority": len(names) // 2 + 1, "all": len(names)}[what]
+        victims = [leader, *[n for n in names if n != leader]][:count]
+        before = outside.look(lab.endpoints())
+        run.phase(f"reboot {what}: {', '.join(victims)}")
+        start, started = run.now, time.time()
+        lab.reboot(victims)
+        back = lab.wait_for(
+            lambda s, victims=victims, started=started: lab.settled(s, stack.capacity)
+            and all(_booted(lab, name, started) for name in victims),
+            t.boot_delay + 4 * run.join_time(),
+            f"the cluster back ({what})",
+        )
+        run.faults.append(Fault(f"reboot-{what}", start, run.now))
+        after = outside.look(lab.endpoints())
+        marks = [e for e in lab.events.of("mark-unhealthy", "removed", "replace") if e.t >= start]
+        run.check(
+            f"reboot {what}: the same members back healthy by themselves",
+            back and not marks and sorted(n.name for n in lab.latest().nodes) == names,
+            f"{len(victims)} rebooted; back: {back}; marks, removals, replacements: {len(marks)}",
+        )
+        said = [_resumed_line(lab, name) for name in victims]
+        run.check(
+            f"reboot {what}: each rebooted agent said what it found and why it started etcd",
+            all(said),
+            "; ".join(
+                f"{name}: {line[:160] or 'nothing'}"
+                for name, line in zip(victims, said, strict=True)
+            ),
+        )
+        run.checks.append(same_members(before, after, f"reboot {what}"))
+        run.checks.append(one_healthy_cluster(after, stack.capacity))
+    run.outside_writes = True
+
+
+def _booted(lab: Lab, name: str, since: float) -> bool:
+    """The node's agent started again after `since` and is through its bootstrap."""
+    try:
+        node = lab.node(name)
+    except KeyError:
+        return False
+    state = node.state()
+    return not node.rebooting and state.phase == "member" and state.updated > since
+
+
+def _resumed_line(lab: Lab, name: str) -> str:
+    """The last line of the node's agent log saying it found its member's data."""
+    try:
+        text = (lab.node(name).dir / "agent.log").read_text(errors="replace")
+    except (KeyError, OSError):
+        return ""
+    lines = [line for line in text.splitlines() if "found this node's data of member" in line]
+    return lines[-1].split(" INFO ", 1)[-1] if lines else ""
+
+
 def _last_cycles(lab: Lab) -> list[str]:
     return [n.state().last_cycle for n in lab.nova.live() if n.state().last_cycle]
 
@@ -267,6 +354,7 @@ SCENARIOS: dict[str, Scenario] = {
     "etcd-outage": etcd_outage,
     "partition": partition,
     "bad-metrics": bad_metrics,
+    "reboot": reboot,
 }
 
 
@@ -348,6 +436,9 @@ def run_scenario(
         final_settled = run.settle(stack.capacity, 2 * run.join_time(), "the end state")
         writer.stop()
         writes = writer.verify()
+        if run.outside_writes:
+            keys = Etcdctl(tls=lab.client_tls).keys(lab.endpoints(), WRITE_PREFIX)
+            run.checks.append(writes_readable(writer.acked, keys, WRITE_PREFIX))
         facts = RunFacts(
             capacity=stack.capacity,
             max_cluster=stack.max_cluster,

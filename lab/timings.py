@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.settings import AgentSettings, EtcdSettings, LocalCloud, MetricSettings
+from agent.settings import AgentSettings, EtcdSettings, MetricSettings, OpenStackCloud
 from infra.heat import ALARM, GROUP, SCALE_DOWN, SCALE_UP, ClusterTemplate, UserData
-from infra.settings import StackSettings, agent_settings, script_path
+from infra.settings import StackSettings, agent_settings, join_timeout, script_path
 
 DEFAULT_FACTOR = 0.1
 """`make lab`: the burst scenario of the dev stack in about two minutes."""
@@ -33,6 +33,11 @@ AODH_EVALUATION_INTERVAL = 60.0
 """Aodh's default `evaluation_interval` (s): how often the alarm looks at the metric."""
 NOVA_BOOT_SECONDS = 0.0
 """The lab boots a server by starting processes; no extra delay is added."""
+REBOOT_SECONDS = 30.0
+"""A server's hard reboot, from its power-off to its agent's start at boot (scaled)."""
+MIN_JOIN_TIMEOUT = 30.0
+"""A lab join takes etcd's fixed 5 s health interval and a few periods: join_timeout is
+scaled, but never below this."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class LabTimings:
     dead_member_periods: int
     failtolerance: int
     retries: int
+    join_timeout: float
+    boot_delay: float
 
     @classmethod
     def scaled(cls, stack: StackSettings, factor: float = DEFAULT_FACTOR) -> LabTimings:
@@ -120,6 +127,8 @@ class LabTimings:
                 stack.retries,
                 math.ceil(3 * ETCD_HEALTH_INTERVAL / (stack.lockattemptperiod * factor)),
             ),
+            join_timeout=max(MIN_JOIN_TIMEOUT, join_timeout(stack) * factor),
+            boot_delay=max(1.0, REBOOT_SECONDS * factor),
         )
 
     def scale(self, seconds: float) -> float:
@@ -145,6 +154,8 @@ class LabTimings:
             ),
             ("failtolerance", str(stack.failtolerance), str(self.failtolerance)),
             ("retries (join attempts)", str(stack.retries), str(self.retries)),
+            ("join_timeout", s(join_timeout(stack)), s(self.join_timeout)),
+            ("reboot (power-off to boot)", s(REBOOT_SECONDS), s(self.boot_delay)),
             (
                 "etcd heartbeat/election",
                 f"{EtcdSettings().heartbeat_ms}/{EtcdSettings().election_ms} ms",
@@ -173,8 +184,7 @@ def node_settings(
     timings: LabTimings,
     *,
     cluster_name: str,
-    cloud_url: str,
-    node_id: str,
+    cloud: OpenStackCloud,
     node_dir: Path,
     netdata_url: str,
     etcd_binary: str,
@@ -198,12 +208,13 @@ def node_settings(
         scaling["scaledownperiod"] = timings.scaledownperiod
         scaling["scaleupcooldown"] = timings.scaleupcooldown
         scaling["retries"] = timings.retries
+        scaling["join_timeout"] = timings.join_timeout
         data["hooks"]["timeout"] = timings.hook_timeout
 
     return agent_settings(
         stack,
         cluster_name=cluster_name,
-        cloud=LocalCloud(url=cloud_url, node_id=node_id),
+        cloud=cloud,
         hook_dir=str(node_dir / "hooks"),
         tls_dir=str(node_dir / "pki"),
         adjust=adjust,

@@ -1,4 +1,4 @@
-"""agent.cloud_openstack against tests/fake_openstack.py, call by call.
+"""agent.cloud_openstack against the lab's cloud (tests/fake_openstack.py), call by call.
 
 Each test names the API call it checks, with the reference it follows:
 - Nova metadata: https://docs.openstack.org/nova/latest/user/metadata.html
@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from agent.cloud import CloudError
 from agent.cloud_openstack import OpenStackGroup
 from agent.snapshot import NodeIdentity
-from tests.fake_openstack import CREDENTIAL_ID, CREDENTIAL_SECRET, PROJECT, FakeOpenStack
-
-HEAT = f"/heat/v1/{PROJECT}"
+from tests.fake_openstack import (
+    CREDENTIAL_ID,
+    CREDENTIAL_SECRET,
+    HEAT,
+    PROJECT,
+    TOKENS,
+    FakeOpenStack,
+)
 
 
 @pytest.fixture
@@ -48,16 +52,17 @@ def test_whoami_reads_meta_data_json_and_ec2_local_ipv4(cloud, group):
     # EC2-compatible /latest/meta-data/local-ipv4.
     me = group.whoami()
     assert me == NodeIdentity(id=cloud.me.server_id, name="etcd-prod-node-a", ip="10.0.0.11")
+    mine = f"/metadata/{cloud.me.server_id}"
     assert [(r.method, r.path) for r in cloud.requests] == [
-        ("GET", "/openstack/latest/meta_data.json"),
-        ("GET", "/latest/meta-data/local-ipv4"),
+        ("GET", f"{mine}/openstack/latest/meta_data.json"),
+        ("GET", f"{mine}/latest/meta-data/local-ipv4"),
     ]
     assert all("x-auth-token" not in r.headers for r in cloud.requests)
 
 
 def test_whoami_falls_back_to_network_data_json(cloud, group):
     # metadata.html: network_data.json lists networks; the "ipv4" one has ip_address.
-    cloud.local_ipv4 = None  # the EC2 API is off on some clouds: 404
+    cloud.api.ec2_metadata = False  # the EC2 API is off on some clouds: 404
     assert group.whoami().ip == "10.0.0.11"
     assert cloud.calls("GET", "network_data.json")
 
@@ -115,7 +120,7 @@ def test_authenticates_with_the_application_credential_then_uses_the_token(cloud
     # the token in the X-Subject-Token header of the 201 answer.
     group.scale_down()
     auth, signal = cloud.requests
-    assert (auth.method, auth.path) == ("POST", "/v3/auth/tokens")
+    assert (auth.method, auth.path) == ("POST", TOKENS)
     assert auth.body == {
         "auth": {
             "identity": {
@@ -129,16 +134,16 @@ def test_authenticates_with_the_application_credential_then_uses_the_token(cloud
 
 @pytest.mark.parametrize("suffix", ["", "/", "/v3", "/v3/"])
 def test_auth_url_with_or_without_v3(cloud, suffix):
-    OpenStackGroup(cloud.settings(auth_url=cloud.url + suffix)).scale_down()
-    assert cloud.calls("POST")[0].path == "/v3/auth/tokens"
+    OpenStackGroup(cloud.settings(auth_url=cloud.url + "/identity" + suffix)).scale_down()
+    assert cloud.calls("POST")[0].path == TOKENS
 
 
 @pytest.mark.parametrize(
     ("interface", "region", "prefix"),
     [
-        ("public", "RegionOne", "/heat/"),
-        ("internal", "RegionOne", "/heat-internal/"),
-        ("public", "RegionTwo", "/heat-r2/"),
+        ("public", "RegionOne", "/heat-api/"),
+        ("internal", "RegionOne", "/heat-api-internal/"),
+        ("public", "RegionTwo", "/heat-api-r2/"),
     ],
 )
 def test_heat_endpoint_from_the_catalog_by_interface_and_region(cloud, interface, region, prefix):
@@ -170,7 +175,7 @@ def test_reauthenticates_once_on_401(cloud, group):
         "POST",
         f"{HEAT}/stacks/{cloud.stack_name}/{cloud.stack_id}/resources/scale_down/signal",
     )
-    auth = ("POST", "/v3/auth/tokens")
+    auth = ("POST", TOKENS)
     assert paths == [auth, signal, signal, auth, signal]
     assert cloud.requests[2].headers["x-auth-token"] == cloud.issued_tokens[0]
     assert cloud.requests[4].headers["x-auth-token"] == cloud.issued_tokens[1]
@@ -184,7 +189,7 @@ def test_401_again_after_reauthenticating_is_a_cloud_error(cloud, group):
 
 
 def test_a_token_past_its_expiry_is_renewed_before_use(cloud, group):
-    cloud.token_lifetime = timedelta(seconds=30)  # shorter than the renewal margin
+    cloud.keystone.token_lifetime = 30  # shorter than the renewal margin
     group.scale_down()
     group.scale_down()
     assert len(cloud.calls("POST", "/v3/auth/tokens")) == 2
@@ -203,9 +208,10 @@ def test_group_members_from_the_nested_stack_and_nova(cloud, group):
     # "Show stack details", "List stack resources"; Nova "Show server details".
     nodes = group.group_members()
     assert [(n.id, n.name, n.ip, n.status, n.initial) for n in nodes] == [
-        (m.server_id, m.server_name, m.ip, "ACTIVE", True) for m in cloud.members
+        (m.server_id, m.name, m.ip, "ACTIVE", True) for m in cloud.members
     ]
-    assert nodes[0].created_at == datetime(2026, 3, 1, 10, 0, 1, tzinfo=UTC).timestamp()
+    # Heat shows creation_time to the second (ISO 8601, UTC)
+    assert [n.created_at for n in nodes] == [float(int(m.created_at)) for m in cloud.members]
     heat_gets = [r.path for r in cloud.calls("GET") if r.path.startswith(HEAT)]
     assert heat_gets == [
         f"{HEAT}/stacks/{cloud.stack_name}/{cloud.stack_id}/resources/etcd_group",
@@ -220,10 +226,9 @@ def test_group_members_from_the_nested_stack_and_nova(cloud, group):
 
 def test_members_are_not_initial_once_the_nested_stack_was_updated(cloud, group):
     # Heat "Show stack details": stack_status/updated_time of the group's nested stack.
-    cloud.nested_status, cloud.nested_updated = "UPDATE_COMPLETE", "2026-03-02T08:00:00Z"
-    assert [n.initial for n in group.group_members()] == [False, False, False]
-    cloud.nested_status, cloud.nested_updated = "CREATE_IN_PROGRESS", None
     assert [n.initial for n in group.group_members()] == [True, True, True]
+    cloud.cloud.update(None)  # any resize or stack update is an UPDATE of the nested stack
+    assert [n.initial for n in group.group_members()] == [False, False, False]
 
 
 def test_member_status_from_heat_and_nova(cloud, group):
@@ -236,6 +241,10 @@ def test_member_status_from_heat_and_nova(cloud, group):
     b.nova_status = "ACTIVE"
     c.resource_status, c.nova_status = "UPDATE_FAILED", "ACTIVE"
     assert [n.status for n in group.group_members()] == ["FAILED", "ACTIVE", "FAILED"]
+    # Nova rebooting or rebuilding a server: it is booting, not dead
+    a.nova_status, b.nova_status = "HARD_REBOOT", "REBUILD"
+    c.resource_status, c.nova_status = "CREATE_COMPLETE", "REBOOT"
+    assert [n.status for n in group.group_members()] == ["BUILD", "BUILD", "BUILD"]
 
 
 def test_a_bare_stack_id_is_found_once_through_find_stack(cloud):
@@ -268,7 +277,7 @@ def test_mark_unhealthy_patches_the_member_resource_of_the_nested_stack(cloud, g
     listing = cloud.calls("GET", nested_path(cloud) + "/resources")[-1]
     assert listing.query == {"physical_resource_id": [target.server_id]}
     (patch,) = cloud.calls("PATCH")
-    assert patch.path == f"{nested_path(cloud)}/resources/{target.resource_name}"
+    assert patch.path == f"{nested_path(cloud)}/resources/{target.slot}"
     assert patch.body == {
         "mark_unhealthy": True,
         "resource_status_reason": "etcd member etcd-prod-node-b removed itself",
@@ -277,7 +286,7 @@ def test_mark_unhealthy_patches_the_member_resource_of_the_nested_stack(cloud, g
     assert patch.headers["content-type"] == "application/json"
     statuses = {n.id: n.status for n in group.group_members()}
     assert statuses[target.server_id] == "FAILED"
-    assert target.resource_status_reason == "etcd member etcd-prod-node-b removed itself"
+    assert target.reason == "etcd member etcd-prod-node-b removed itself"
 
 
 def test_mark_unhealthy_of_a_server_outside_the_group_sends_nothing(cloud, group):
@@ -309,12 +318,15 @@ def test_scale_up_signals_the_scale_up_policy(cloud, group):
 
 def test_scale_up_url_elsewhere_is_posted_without_the_token(cloud):
     # A pre-signed webhook (Heat's alarm_url) carries its own signature: no token to it.
-    url = cloud.url + "/webhook/scale-up?Signature=abc%2Bdef&SignatureVersion=2"
+    arn = f"arn%3Aopenstack%3Aheat%3A%3A{PROJECT}%3Astacks/{cloud.stack_name}/{cloud.stack_id}"
+    path = f"/heat-api-cfn/v1/signal/{arn}/resources/scale_up"
+    url = cloud.url + path + "?Signature=abc%2Bdef&SignatureVersion=2"
     group = OpenStackGroup(cloud.settings(scale_up_url=url))
     group.scale_up()
     (post,) = cloud.calls("POST")  # no Keystone call either: the webhook needs none
-    assert (post.path, post.query["Signature"]) == ("/webhook/scale-up", ["abc+def"])
+    assert post.query["Signature"] == ["abc+def"] and post.path.endswith("/resources/scale_up")
     assert "x-auth-token" not in post.headers
+    assert len(cloud.members) == 4  # Heat took the signal
 
 
 def test_scale_up_url_on_heats_endpoint_gets_the_token(cloud):

@@ -18,12 +18,17 @@ from agent.decide import (
     quorum,
     track_unhealthy,
 )
-from agent.settings import AgentSettings, LocalCloud, ScalingSettings
+from agent.settings import AgentSettings, OpenStackCloud, ScalingSettings
 from agent.snapshot import CloudNode, Member, MetricReading, NodeIdentity, Snapshot
 
 SETTINGS = AgentSettings(
     cluster_name="t",
-    cloud=LocalCloud(url="http://127.0.0.1:9"),
+    cloud=OpenStackCloud(
+        auth_url="http://127.0.0.1:9/identity/v3",
+        application_credential_id="c",
+        application_credential_secret="s",
+        stack_id="lab/1",
+    ),
     scaling=ScalingSettings(
         capacity=3,
         min_cluster=3,
@@ -360,6 +365,21 @@ def test_a_join_in_progress_is_not_a_dead_member():
         join_lock_holder="node7",
     )
     assert act(joining).kind != "remove_dead"
+
+
+def test_a_boot_restarts_the_count_so_the_window_runs_from_its_end():
+    """While Nova reboots a member's server its time down is a boot, not a death: the
+    record restarts at every cycle of the boot; once booted, the window runs again."""
+    down = snap(3, unhealthy=(2,)).members
+    first = track_unhealthy({}, down, now=100.0)
+    booting = track_unhealthy(first, down, now=160.0, booting=frozenset({0x1002}))
+    assert booting == {0x1002: 160.0}
+    assert track_unhealthy(booting, down, now=170.0) == {0x1002: 160.0}
+    # the rule then gives it the whole window after the boot, not before it
+    late = snap(3, me=1, leader=1, unhealthy=(2,), now=170.0, unhealthy_since={0x1002: 160.0})
+    assert act(late).kind != "remove_dead"
+    later = replace(late, now=200.0)
+    assert act(later).kind == "remove_dead"
 
 
 def test_track_unhealthy_keeps_first_time_and_ignores_blind_cycles():

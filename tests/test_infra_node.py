@@ -30,9 +30,9 @@ import pytest
 import yaml
 
 from infra import heat
+from infra.access_rules import access_rules
 from infra.bundle import Bundle, agent_bundle
 from infra.cluster import cluster_template
-from infra.credentials import ACCESS_RULES
 from infra.render import find_stack_file, stack_config
 from infra.settings import parse_settings, strip_namespace
 from infra.userdata import (
@@ -44,7 +44,8 @@ from infra.userdata import (
     Token,
     member_user_data,
 )
-from tests.fake_openstack import CREDENTIAL_ID, CREDENTIAL_SECRET, FakeOpenStack
+from lab.cloud.keystone import AccessRule as KeystoneRule
+from tests.fake_openstack import CREDENTIAL_ID, CREDENTIAL_SECRET, PROJECT, FakeOpenStack
 from tests.tools import need
 
 METADATA_PATH = "/resources/agent_bundle/metadata"
@@ -84,7 +85,7 @@ class Node:
 def heat_substituted(text: str, fake: FakeOpenStack) -> str:
     """The user-data as Heat hands it to Nova: every token replaced (here: the fake's)."""
     values = {
-        Token.AUTH_URL: fake.url + "/v3",
+        Token.AUTH_URL: fake.url + "/identity/v3",
         Token.REGION: "RegionOne",
         Token.CREDENTIAL_ID: CREDENTIAL_ID,
         Token.CREDENTIAL_SECRET: CREDENTIAL_SECRET,
@@ -134,9 +135,8 @@ def test_fetches_the_named_bundle_with_the_app_credential_and_it_runs(fake, node
     assert identity["application_credential"] == {"id": CREDENTIAL_ID, "secret": CREDENTIAL_SECRET}
     # Heat: Show resource metadata of agent_bundle in this node's stack, with that token
     (get,) = fake.calls("GET", METADATA_PATH)
-    assert get.path.startswith("/heat/v1/") and f"/stacks/{fake.stack_name}/{fake.stack_id}" in (
-        get.path
-    )
+    assert get.path.startswith("/heat-api/v1/")
+    assert f"/stacks/{fake.stack_name}/{fake.stack_id}" in get.path
     assert get.headers["x-auth-token"] == fake.issued_tokens[0]
     assert len(fake.requests) == 2
     # never the secret or the token in what cloud-init logs
@@ -152,20 +152,25 @@ def test_fetches_the_named_bundle_with_the_app_credential_and_it_runs(fake, node
 
 
 def test_the_credential_s_access_rules_allow_the_fetch(fake, node):
-    """keystonemiddleware's own matching of access rules, on the path the fetcher called."""
+    """keystonemiddleware's own matching of access rules, on the path the fetcher called:
+    the rules made for the cloud's catalog (its Heat under /heat-api), enforced by it."""
     from keystonemiddleware.auth_token import _path_matches
 
+    rules = access_rules(f"{fake.url}/heat-api/v1/{PROJECT}", f"{fake.url}/compute/v2.1")
+    fake.keystone.credentials[CREDENTIAL_ID].access_rules = tuple(
+        KeystoneRule(r.service, r.method, r.path) for r in rules
+    )
     assert node.fetch("--deadline", "10").returncode == 0
     (get,) = fake.calls("GET", METADATA_PATH)
-    path = get.path.removeprefix("/heat")  # the fake's Heat lives under /heat
-    assert path.startswith("/v1/")
+    path = get.path
+    assert path.startswith("/heat-api/v1/")
 
     def allowed(method: str, request_path: str) -> bool:
         return any(
             rule.service == "orchestration"
             and rule.method == method
             and _path_matches(request_path, rule.path)
-            for rule in ACCESS_RULES
+            for rule in rules
         )
 
     assert allowed("GET", path)

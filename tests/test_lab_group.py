@@ -1,9 +1,10 @@
 """The lab's cloud keeps Heat's group rules: unit tests, no processes.
 
 The rules are checked two ways: by cases written from Heat's source (openstack-heat
-27.0.1, installed by `.[dev]`), and by a property test that runs Heat's own functions
-(grouputils.get_members, scalingutil.calculate_new_capacity,
-scaling.template.member_definitions) beside lab/group.py on random groups.
+27.0.1, installed beside the lab), and by a property test that runs Heat's own ordering
+(grouputils.get_members) and capacity (scalingutil.calculate_new_capacity) beside
+lab/cloud/heat.py on random groups. The model itself calls Heat's member_definitions and
+CooldownMixin. Then the same cloud through its OpenStack API, as the agents reach it.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ import warnings
 from dataclasses import dataclass
 
 import pytest
-import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.cloud import CloudError
-from agent.cloud_local import LocalGroup
-from agent.settings import LocalCloud as LocalCloudSettings
+from agent.cloud_openstack import OpenStackGroup
+from infra.access_rules import ACCESS_RULES, access_rules
+from lab.cloud.heat import Member, Policy, ScalingGroup
+from lab.cloud.keystone import AccessRule
+from lab.cloud.openstack import AddressPool, AlarmSpec, LabCloud
 from lab.events import EventLog
-from lab.group import Member, Policy, ScalingGroup
-from lab.localcloud import AddressPool, AlarmSpec, LocalCloud
+from tests.fake_openstack import CREDENTIAL_ID, FakeOpenStack, Machines
 from tests.tools import need_module
 
 POLICIES = {
@@ -40,34 +42,21 @@ class Clock:
         return self.now
 
 
-class FakeNova:
-    """Records what the cloud boots and deletes."""
-
-    def __init__(self) -> None:
-        self.booted: list[str] = []
-        self.deleted: list[str] = []
-
-    def boot(self, member: Member) -> None:
-        self.booted.append(member.name)
-
-    def delete(self, member: Member) -> None:
-        self.deleted.append(member.name)
-
-
 def make_cloud(
     capacity: int = 3, *, min_size: int = 3, max_size: int = 5
-) -> tuple[LocalCloud, FakeNova, Clock]:
+) -> tuple[LabCloud, Machines, Clock]:
     clock = Clock()
-    nova = FakeNova()
-    cloud = LocalCloud(
+    nova = Machines()
+    cloud = LabCloud(
         min_size=min_size,
         max_size=max_size,
         policies=dict(POLICIES),
-        servers=nova,
+        hypervisor=nova,
         addresses=AddressPool(f"127.{random.randint(100, 254)}.{random.randint(0, 255)}"),
         events=EventLog(clock=clock),
         clock=clock,
         seed=7,
+        background=False,
     )
     cloud.create(capacity)
     clock.now += 1
@@ -84,7 +73,9 @@ def names(members: list[Member]) -> list[str]:
 def test_create_boots_capacity_initial_servers_with_distinct_names_and_addresses():
     cloud, nova, _ = make_cloud(3)
     members = cloud.members()
-    assert len(members) == 3 and all(m.initial and m.status == "ACTIVE" for m in members)
+    assert len(members) == 3 and all(m.status == "ACTIVE" for m in members)
+    # the nested stack's CREATE, never updated: what the agents read as "initial"
+    assert cloud.nested_status() == ("CREATE_COMPLETE", 1000.0, None)
     assert len({m.name for m in members}) == 3 and len({m.ip for m in members}) == 3
     assert nova.booted == names(members)
 
@@ -94,7 +85,8 @@ def test_scale_up_adds_a_new_server_then_the_cooldown_ignores_the_next_signal():
     first = cloud.signal("scale_up", "alarm")
     assert first.action == "resize" and cloud.group.capacity() == 4
     new = cloud.members()[-1]
-    assert not new.initial and new.name not in names(cloud.members()[:3])
+    assert new.name not in names(cloud.members()[:3])
+    assert cloud.nested_status()[0] == "UPDATE_COMPLETE"  # no member is initial any more
     clock.now += 239
     inside = cloud.signal("scale_up", "alarm")
     assert inside.action == "no-action" and "cooldown" in inside.reason
@@ -164,7 +156,7 @@ def test_scale_down_at_min_size_replaces_a_failed_member_with_a_new_server():
     assert dead.server_id not in {m.server_id for m in after}
     fresh = next(m for m in after if m.slot == dead.slot)
     assert fresh.name != dead.name and fresh.ip != dead.ip and fresh.server_id != dead.server_id
-    assert fresh.status == "ACTIVE" and not fresh.initial
+    assert fresh.status == "ACTIVE" and cloud.nested_status()[2] is not None
     assert fresh.created_at > max(m.created_at for m in after if m is not fresh)
     assert nova.deleted == [dead.name] and nova.booted[-1] == fresh.name
 
@@ -265,7 +257,7 @@ def test_resize_keeps_exactly_the_members_heat_would_keep(
         min_size=min_size,
         max_size=max_size,
         policies={"p": Policy("p", adjustment, 0.0)},
-        new_server=lambda slot, initial: Member(
+        new_server=lambda slot: Member(
             slot=slot, server_id=f"s{next(counter)}", name=slot, ip="", created_at=1e9
         ),
         new_slot=lambda: f"new-{next(counter)}",
@@ -310,93 +302,144 @@ def test_resize_keeps_exactly_the_members_heat_would_keep(
     assert all(m.status != "FAILED" for m in group.members)
 
 
-# --- the HTTP API, through the agent's LocalGroup -------------------------------------------
+# --- the same cloud through its OpenStack API, as the agents reach it ------------------------
 
 
 @pytest.fixture
 def served():
-    cloud, nova, clock = make_cloud(3)
-    for _ in range(20):
-        try:
-            cloud.serve(f"127.{random.randint(100, 254)}.{random.randint(0, 255)}.1")
-            break
-        except OSError:
-            continue
-    yield cloud, nova, clock
-    cloud.stop()
+    fake = FakeOpenStack()
+    fake.start()
+    yield fake
+    fake.stop()
 
 
-def group_for(cloud: LocalCloud, member: Member) -> LocalGroup:
-    return LocalGroup(LocalCloudSettings(url=cloud.url, node_id=member.server_id), timeout=2)
+def driver(fake: FakeOpenStack, member: Member, **changes) -> OpenStackGroup:
+    return OpenStackGroup(
+        fake.settings(metadata_url=fake.cloud.metadata_url(member.server_id), **changes),
+        timeout=2,
+    )
 
 
-def test_local_group_answers_whoami_and_lists_the_group(served):
-    cloud, _, _ = served
-    me = cloud.members()[1]
-    group = group_for(cloud, me)
+def test_the_agents_driver_sees_each_server_as_itself_and_lists_the_group(served):
+    me = served.members[1]
+    group = driver(served, me)
     identity = group.whoami()
     assert (identity.id, identity.name, identity.ip) == (me.server_id, me.name, me.ip)
     listed = group.group_members()
-    assert [n.name for n in listed] == names(cloud.members())
+    assert [n.name for n in listed] == names(served.members)
     assert all(n.initial and n.status == "ACTIVE" for n in listed)
 
 
-def test_local_group_marks_unhealthy_and_signals_policies(served):
-    cloud, nova, clock = served
-    members = cloud.members()
-    group = group_for(cloud, members[0])
-    group.mark_unhealthy(members[2].server_id, "etcd member dead")
-    assert cloud.server(members[2].server_id).status == "FAILED"
+def test_a_signal_through_the_api_changes_the_group_as_heat_does(served):
+    """Heat's rules behind the API: mark + -1 deletes the FAILED member and the oldest
+    healthy one (4 healthy -> 3); the nested stack is updated, so nobody is initial."""
+    served.cloud.update(5)
+    members = served.members
+    group = driver(served, members[0])
+    group.mark_unhealthy(members[3].server_id, "etcd member dead")
     group.scale_down()
-    assert nova.deleted == [members[2].name]
-    assert any(n.name != members[2].name and not n.initial for n in group.group_members())
-    clock.now += 1
-    group.scale_up()  # inside scale_down's cooldown: ignored, as Heat does
-    assert cloud.group.capacity() == 3
-    assert [e.kind for e in cloud.events.all()][-1] == "no-action"
+    assert sorted(served.machines.deleted) == sorted([members[3].name, members[0].name])
+    assert [n.initial for n in group.group_members()] == [False] * 3
+    assert served.events.of("scale-down")
 
 
-def test_local_group_node_id_comes_from_the_environment(served, monkeypatch):
-    cloud, _, _ = served
-    me = cloud.members()[0]
-    monkeypatch.setenv("AUTOSCALE_NODE_ID", me.server_id)
-    assert LocalGroup(LocalCloudSettings(url=cloud.url)).whoami().name == me.name
-    monkeypatch.delenv("AUTOSCALE_NODE_ID")
-    with pytest.raises(CloudError, match="AUTOSCALE_NODE_ID"):
-        LocalGroup(LocalCloudSettings(url=cloud.url))
+def test_a_signal_during_a_resize_is_dropped_as_heat_drops_it(served):
+    """Heat's adjust() raises NoActionRequired while the group is not COMPLETE: the API
+    still answers 200 (the signal is handled behind the answer) and nothing changes."""
+    import threading
+
+    gate = threading.Event()
+    served.cloud.background = True
+    booting = served.machines.boot
+
+    def slow_boot(member: Member) -> None:
+        gate.wait(10)
+        booting(member)
+
+    served.machines.boot = slow_boot  # type: ignore[method-assign]
+    group = driver(served, served.members[0])
+    group.scale_up()  # 3 -> 4, its new server still booting
+    assert served.cloud.nested_status()[0] == "UPDATE_IN_PROGRESS"
+    group.scale_up()  # answered, dropped
+    gate.set()
+    for thread in served.cloud._engine:
+        thread.join(10)
+    assert len(served.members) == 4 and served.cloud.nested_status()[0] == "UPDATE_COMPLETE"
+    assert [o.action for _, _, o in served.cloud.outcomes] == ["resize", "no-action"]
+    assert "not COMPLETE" in served.cloud.outcomes[1][2].reason
 
 
-def test_local_group_errors_name_the_call(served):
-    cloud, _, _ = served
-    stranger = LocalGroup(LocalCloudSettings(url=cloud.url, node_id="srv-none"), timeout=2)
-    with pytest.raises(CloudError, match="GET /v1/servers/srv-none: HTTP 404"):
-        stranger.whoami()
-    with pytest.raises(CloudError, match="POST /v1/policies/nope/signal: HTTP 404"):
-        stranger._signal("nope")
-    host = cloud.url.rsplit(":", 1)[0]
-    with socket_bound(host) as port:
-        dead = LocalGroup(LocalCloudSettings(url=f"{host}:{port}", node_id="x"), timeout=1)
-        with pytest.raises(CloudError, match="ConnectionRefusedError"):
-            dead.group_members()
+def test_the_agents_access_rules_are_checked_as_keystonemiddleware_checks_them():
+    """The agents' credential carries the infra's rules for the lab's catalog (its Heat
+    under /heat-api, its Nova under /compute): every call the driver makes passes. The
+    same rules written for endpoints without a prefix are refused, 401 for every call."""
+    for kind in ("none", "catalog", "no prefix"):
+        fake = FakeOpenStack()
+        fake.start()
+        try:
+            rules = {
+                "none": None,
+                "catalog": access_rules(f"{fake.url}/heat-api/v1/p", f"{fake.url}/compute/v2.1"),
+                "no prefix": ACCESS_RULES,
+            }[kind]
+            fake.keystone.credentials[CREDENTIAL_ID].access_rules = (
+                None
+                if rules is None
+                else tuple(AccessRule(r.service, r.method, r.path) for r in rules)
+            )
+            group = driver(fake, fake.members[0])
+            if kind == "no prefix":
+                with pytest.raises(CloudError, match=r"HTTP 401.*no access rule allows GET"):
+                    group.group_members()
+                continue
+            group.group_members()
+            group.mark_unhealthy(fake.members[2].server_id, "dead")
+            group.scale_up()  # Heat replaces the marked member: a new server in its slot
+            assert len(fake.members) == 3 and all(m.status == "ACTIVE" for m in fake.members)
+            assert fake.machines.deleted, kind
+        finally:
+            fake.stop()
 
 
-def test_the_events_endpoint_lists_what_happened(served):
-    cloud, _, _ = served
-    events = requests.get(cloud.url + "/v1/events", timeout=2).json()
-    assert events[-1]["kind"] == "stack-create" and {"t", "kind", "node"} <= set(events[0])
+def test_a_service_without_service_type_refuses_every_access_rule_token(served):
+    served.keystone.credentials[CREDENTIAL_ID].access_rules = tuple(
+        AccessRule(r.service, r.method, r.path)
+        for r in access_rules(f"{served.url}/heat-api/v1/p", f"{served.url}/compute/v2.1")
+    )
+    served.api.service_types["compute"] = None  # [keystone_authtoken] service_type unset
+    with pytest.raises(CloudError, match=r"nova show server .*HTTP 401.*service_type"):
+        driver(served, served.members[0]).group_members()
 
 
-class socket_bound:
-    """A port on `host` that nothing listens on (bound, not listening)."""
+def test_nova_reboot_and_delete_through_the_api(served):
+    from agent.httpclient import Http
 
-    def __init__(self, url_host: str) -> None:
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind((url_host.split("//", 1)[-1], 0))
-
-    def __enter__(self) -> int:
-        return self.sock.getsockname()[1]
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
+    http = Http()
+    auth = http.request(
+        "POST",
+        f"{served.url}/identity/v3/auth/tokens",
+        json={
+            "auth": {
+                "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": {
+                        "id": served.cloud.operator.id,
+                        "secret": served.cloud.operator.secret,
+                    },
+                }
+            }
+        },
+        timeout=5,
+    )
+    headers = {"X-Auth-Token": auth.headers["X-Subject-Token"]}
+    target = served.members[2]
+    url = f"{served.url}/compute/v2.1/servers/{target.server_id}"
+    reboot = http.request(
+        "POST", url + "/action", json={"reboot": {"type": "HARD"}}, headers=headers, timeout=5
+    )
+    assert reboot.status_code == 202 and served.machines.rebooted == [target.name]
+    assert http.request("DELETE", url, headers=headers, timeout=5).status_code == 204
+    assert served.machines.deleted == [target.name]
+    gone = http.request("GET", url, headers=headers, timeout=5)
+    assert gone.status_code == 404
+    assert driver(served, served.members[0]).group_members()[2].status == "DELETED"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.settings import LocalCloud
+from agent.settings import OpenStackCloud
 from infra.settings import agent_settings, load_stack_file, stack_file
 from lab.timings import (
     DEFAULT_FACTOR,
@@ -61,13 +61,17 @@ def test_the_group_comes_from_the_infra_template(stack):
 
 def test_node_settings_are_the_infras_but_for_paths_and_periods(stack, tmp_path: Path):
     timings = LabTimings.scaled(stack, FAST_FACTOR)
-    cloud = LocalCloud(url="http://127.1.2.1:9", node_id="srv-1")
+    cloud = OpenStackCloud(
+        auth_url="http://127.0.0.1:9/identity/v3",
+        application_credential_id="c",
+        application_credential_secret="s",
+        stack_id="lab/1",
+    )
     ours = node_settings(
         stack,
         timings,
         cluster_name="lab-dev",
-        cloud_url=cloud.url,
-        node_id="srv-1",
+        cloud=cloud,
         node_dir=tmp_path,
         netdata_url="http://127.1.2.10:19999",
         etcd_binary="/usr/bin/etcd",
@@ -86,6 +90,7 @@ def test_node_settings_are_the_infras_but_for_paths_and_periods(stack, tmp_path:
         ("scaling", "scaledownperiod"): timings.scaledownperiod,
         ("scaling", "scaleupcooldown"): timings.scaleupcooldown,
         ("scaling", "retries"): timings.retries,
+        ("scaling", "join_timeout"): timings.join_timeout,
         ("hooks", "configscript"): str(tmp_path / "hooks" / "configscript"),
         ("hooks", "cleanupscript"): str(tmp_path / "hooks" / "cleanupscript"),
         ("hooks", "timeout"): timings.hook_timeout,

@@ -39,7 +39,7 @@ from agent.settings import (
     AgentSettings,
     EtcdSettings,
     HookSettings,
-    LocalCloud,
+    OpenStackCloud,
     ScalingSettings,
     TlsFiles,
 )
@@ -158,7 +158,12 @@ def settings_for(
         ),
         scaling=ScalingSettings(lockattemptperiod=period),
         hooks=HookSettings(proxyconfig=str(hook) if hook else None, timeout=30),
-        cloud=LocalCloud(url="http://127.0.0.1:9", node_id="proxy-1"),
+        cloud=OpenStackCloud(
+            auth_url="http://127.0.0.1:9/identity/v3",
+            application_credential_id="c",
+            application_credential_secret="s",
+            stack_id="lab/1",
+        ),
         state_dir=str(tmp_path / "state"),
     )
 

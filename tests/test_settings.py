@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.settings import AgentSettings, LocalCloud, OpenStackCloud
+from agent.settings import AgentSettings, OpenStackCloud
 from infra.settings import (
     PROJECT_DIR,
     SettingsError,
@@ -280,7 +280,13 @@ def test_agent_settings_are_derived_from_the_stack_and_round_trip(tmp_path: Path
 
 
 def test_agent_settings_reject_what_the_stack_rejects():
-    document = agent_settings(parse(), cluster_name="c", cloud=LocalCloud(url="http://127.0.0.1:1"))
+    cloud = OpenStackCloud(
+        auth_url="http://127.0.0.1:9/identity/v3",
+        application_credential_id="c",
+        application_credential_secret="s",
+        stack_id="lab/1",
+    )
+    document = agent_settings(parse(), cluster_name="c", cloud=cloud)
     data = json.loads(document.to_json())
     data["metric"]["comparator"] = "!="
     with pytest.raises(ValueError, match="comparator"):

@@ -35,8 +35,8 @@ from agent.etcd_server import SubprocessEtcd, etcd_config, write_config
 from agent.settings import EtcdSettings, TlsFiles
 from agent.tls import CA, CA_DAYS, ISSUE_CERT_SCRIPT, NODE_DAYS, TlsError, issue_node_cert, make_ca
 from infra.settings import PROJECT_DIR
+from tests.agent_lab import addresses as _addresses
 from tests.etcd_cluster import wait_until
-from tests.test_agent_cluster import _addresses
 from tests.tools import need, need_etcd
 
 VERSIONS = ["3.4", "3.5"]

@@ -1,0 +1,371 @@
+"""The lab's cloud: Keystone, Heat's group and Nova behind the OpenStack APIs.
+
+`LabCloud` holds one Heat stack (the infra's: an autoscaling group, its scaling policies,
+the agent bundle) whose group's members are Nova servers booted by a `Hypervisor` (the
+lab's nodes, lab.nodes.Nova, or a recorder in tests). It keeps Heat's rules
+(lab.cloud.heat) and carries out what they decide as Heat's engine does: a signal is
+answered at once and its resize runs behind it (the group UPDATE_IN_PROGRESS meanwhile,
+dropping further signals), new servers are created before the ones a resize cuts are
+deleted, and the group's cooldown starts once the resize is done.
+
+The agents reach it through the OpenStack APIs (lab.cloud.api) with the application
+credential the infra would make for them, restricted by the infra's access rules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import string
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from lab.cloud.api import OpenStackApi, StackResource
+from lab.cloud.heat import Member, Policy, Resize, ScalingGroup, SignalOutcome
+from lab.cloud.keystone import AccessRule, AppCredential, Keystone
+from lab.events import EventLog
+
+GROUP = "etcd_group"
+SCALE_UP = "scale_up"
+SCALE_DOWN = "scale_down"
+
+
+class Hypervisor(Protocol):
+    """What Nova does to a server's machine: boot it, power it off for good, reboot it."""
+
+    def boot(self, member: Member) -> object: ...
+
+    def delete(self, member: Member) -> None: ...
+
+    def reboot(self, member: Member, kind: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class AlarmSpec:
+    threshold: float
+    period: float
+    evaluation: float
+    repeat_actions: bool = True
+
+
+def _short_id(rng: random.Random, size: int = 4) -> str:
+    return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(size))
+
+
+class AddressPool:
+    """Fresh addresses `prefix.n`, never handed out twice (a replacement gets a new one)."""
+
+    def __init__(self, prefix: str, first: int = 10, last: int = 250) -> None:
+        self.prefix = prefix
+        self._next = itertools.count(first)
+        self.last = last
+
+    def take(self) -> str:
+        n = next(self._next)
+        if n > self.last:
+            raise RuntimeError(f"the lab's range {self.prefix}.0/24 has no address left")
+        return f"{self.prefix}.{n}"
+
+
+class LabCloud:
+    def __init__(
+        self,
+        *,
+        min_size: int,
+        max_size: int,
+        policies: dict[str, Policy],
+        hypervisor: Hypervisor,
+        addresses: AddressPool,
+        events: EventLog,
+        stack_name: str = "autoscale-etcd-lab",
+        name_prefix: str = "etcd",
+        access_rules: Sequence[AccessRule] | None = None,
+        clock: Callable[[], float] = time.time,
+        seed: int | None = None,
+        background: bool = True,
+        project_id: str | None = None,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.addresses = addresses
+        self.events = events
+        self.clock = clock
+        self.name_prefix = name_prefix
+        self.background = background
+        """Resizes run behind the signal (Heat's engine); False: before it returns (tests)."""
+        self._rng = random.Random(seed)
+        self._seq = itertools.count(1)
+        self._lock = threading.RLock()
+        self.stack_name = stack_name
+        self.stack_id = str(uuid.UUID(int=self._rng.getrandbits(128)))
+        self.group_resource = GROUP
+        self.nested_name = f"{stack_name}-{GROUP}-{_short_id(self._rng, 12)}"
+        self.nested_id = str(uuid.UUID(int=self._rng.getrandbits(128)))
+        self.group = ScalingGroup(
+            min_size=min_size,
+            max_size=max_size,
+            policies=policies,
+            new_server=self._new_server,
+            new_slot=lambda: _short_id(self._rng, 12),
+        )
+        self.extra_resources: list[StackResource] = []
+        """Resources of the parent stack besides the group and policies (agent_bundle)."""
+        self.deleted: list[Member] = []
+        self.outcomes: list[tuple[float, str, SignalOutcome]] = []
+        self.keystone = Keystone(
+            project_id=project_id or uuid.UUID(int=self._rng.getrandbits(128)).hex, clock=clock
+        )
+        self.agents: AppCredential = self.keystone.add_credential(
+            f"{stack_name}-agents", access_rules
+        )
+        """The agents' credential (the infra's, restricted by its access rules)."""
+        self.operator: AppCredential = self.keystone.add_credential(f"{stack_name}-operator")
+        """The lab's own credential (unrestricted), for `python -m lab reboot` and tests."""
+        self.api = OpenStackApi(self, self.keystone)
+        self._stopping = threading.Event()
+        self._engine: list[threading.Thread] = []
+        self._alarm_thread: threading.Thread | None = None
+        self.alarm_state = "insufficient data"
+        self.cpu_of: Callable[[Member, float], float | None] = lambda member, period: None
+
+    # --- the API server ---------------------------------------------------------------------
+
+    def serve(self, host: str, port: int = 0) -> str:
+        url = self.api.serve(host, port)
+        self.keystone.endpoints = self.api.default_endpoints()
+        return url
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    @property
+    def auth_url(self) -> str:
+        return f"{self.api.url}/identity/v3"
+
+    def metadata_url(self, server_id: str) -> str:
+        return self.api.metadata_url(server_id)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.api.stop()
+        for thread in list(self._engine):
+            thread.join(timeout=30)
+        if self._alarm_thread is not None:
+            self._alarm_thread.join(timeout=5)
+
+    # --- Nova: new servers ----------------------------------------------------------------
+
+    def _new_server(self, slot: str) -> Member:
+        seq = next(self._seq)
+        return Member(
+            slot=slot,
+            server_id=str(uuid.UUID(int=self._rng.getrandbits(128))),
+            name=f"{self.name_prefix}-{seq:02d}-{_short_id(self._rng)}",
+            ip=self.addresses.take(),
+            # the resource's creation time; a counter breaks ties the way time would
+            created_at=self.clock() + seq * 1e-6,
+            status="BUILD",
+        )
+
+    # --- the Orchestrator the API serves ----------------------------------------------------
+
+    def resources(self) -> list[StackResource]:
+        policies = [
+            StackResource(name, "OS::Heat::ScalingPolicy", f"policy-{name}")
+            for name in self.group.policies
+        ]
+        group = StackResource(GROUP, "OS::Heat::AutoScalingGroup", self.nested_id)
+        return [group, *policies, *self.extra_resources]
+
+    def members(self) -> list[Member]:
+        with self._lock:
+            return list(self.group.members)
+
+    def nested_status(self) -> tuple[str, float | None, float | None]:
+        with self._lock:
+            return self.group.status, self.group.created_at, self.group.updated_at
+
+    def member_by_slot(self, slot: str) -> Member | None:
+        with self._lock:
+            return self.group.by_slot(slot)
+
+    def server(self, server_id: str) -> Member | None:
+        with self._lock:
+            return self.group.find(server_id)
+
+    # --- Heat -------------------------------------------------------------------------------
+
+    def create(self, desired: int) -> Resize:
+        """Create the stack: the group with `desired` servers."""
+        with self._lock:
+            plan = self.group.create(desired, self.clock())
+        try:
+            self._carry_out(plan)
+        finally:
+            with self._lock:
+                self.group.finished(self.clock(), 0.0, size_changed=False)
+        self.events.add("stack-create", "", f"{len(plan.created)} servers")
+        return plan
+
+    def mark_unhealthy(self, server_id: str, reason: str, caller: str = "") -> Member:
+        with self._lock:
+            member = self.group.mark_unhealthy(server_id, reason)
+        by = self._name_of(caller)
+        self.events.add("mark-unhealthy", member.name, f"by {by}: {reason}" if by else reason)
+        return member
+
+    def signal(self, policy: str, caller: str = "") -> SignalOutcome:
+        """A policy's signal, as Heat's engine handles it: adjust() at once, the resize behind
+        the answer (before it, when `background` is off)."""
+        if policy not in self.group.policies:
+            raise KeyError(policy)
+        by = self._name_of(caller) or caller or "an agent"
+        with self._lock:
+            outcome = self.group.signal(policy, self.clock())
+            self.outcomes.append((self.events.now(), by, outcome))
+        kind = "scale-up" if self.group.policies[policy].adjustment > 0 else "scale-down"
+        if outcome.resize is None:
+            self.events.add("no-action", by, f"{policy}: {outcome.reason}")
+            return outcome
+        self.events.add(kind, by, f"{policy}: {outcome.reason}")
+        cooldown = self.group.policies[policy].cooldown
+        self._run(lambda: self._resize(outcome.resize, cooldown, True), f"resize-{policy}")
+        return outcome
+
+    def update(self, desired: int | None) -> Resize:
+        """A stack update by the operator: resize to `desired` (or the current capacity)."""
+        with self._lock:
+            plan = self.group.update(desired, self.clock())
+        self.events.add(
+            "stack-update",
+            "",
+            f"desired_capacity {desired}: {plan.capacity_before} -> {plan.capacity_after}",
+        )
+        self._resize(plan, 0.0, False)
+        return plan
+
+    def _resize(self, plan: Resize | None, cooldown: float, size_changed: bool) -> None:
+        try:
+            if plan is not None:
+                self._carry_out(plan)
+        finally:
+            with self._lock:
+                self.group.finished(self.clock(), cooldown, size_changed=size_changed)
+
+    def _run(self, work: Callable[[], None], name: str) -> None:
+        if not self.background:
+            work()
+            return
+        thread = threading.Thread(target=work, name=name, daemon=True)
+        self._engine = [t for t in self._engine if t.is_alive()] + [thread]
+        thread.start()
+
+    def _carry_out(self, plan: Resize) -> None:
+        """The nested stack's update: new servers first, then the deletes (the replaced and
+        the cut), each a hard power-off as Nova's delete is."""
+        for old, new in plan.replaced:
+            self.events.add("replace", old.name, f"by {new.name} ({new.ip})")
+        for member in plan.boots:
+            try:
+                self.hypervisor.boot(member)
+                with self._lock:
+                    member.status = "ACTIVE"
+                    member.nova_status = "ACTIVE"
+                    member.resource_status = "CREATE_COMPLETE"
+            except Exception as error:  # a server that fails to boot is FAILED, as in Nova
+                with self._lock:
+                    member.status = "FAILED"
+                    member.nova_status = "ERROR"
+                    member.resource_status = "CREATE_FAILED"
+                    member.reason = f"boot failed: {error}"
+                self.events.add("boot-failed", member.name, str(error))
+        for member in plan.deletes:
+            if member.status != "FAILED":
+                member.reason = "not FAILED: cut by the resize (Heat keeps the newest)"
+            self.hypervisor.delete(member)
+            with self._lock:
+                member.nova_status = None
+                self.deleted.append(member)
+
+    # --- Nova actions -------------------------------------------------------------------------
+
+    def reboot(self, server_id: str, kind: str = "HARD") -> None:
+        """Nova's reboot: HARD_REBOOT while the machine powers off and boots again."""
+        with self._lock:
+            member = self.group.find(server_id)
+            if member is None:
+                raise KeyError(server_id)
+            member.nova_status = "HARD_REBOOT" if kind == "HARD" else "REBOOT"
+        self.events.add("reboot", member.name, f"{kind.lower()} reboot")
+
+        def cycle() -> None:
+            try:
+                self.hypervisor.reboot(member, kind)
+            finally:
+                with self._lock:
+                    if member.nova_status in ("HARD_REBOOT", "REBOOT"):
+                        member.nova_status = "ACTIVE"
+
+        self._run(cycle, f"reboot-{member.name}")
+
+    def delete_server(self, server_id: str) -> None:
+        """Someone deletes a server behind Heat's back: Nova forgets it, Heat keeps the member
+        (its resource now points at a server Nova does not know)."""
+        with self._lock:
+            member = self.group.find(server_id)
+            if member is None:
+                raise KeyError(server_id)
+        self.hypervisor.delete(member)
+        with self._lock:
+            member.nova_status = None
+        self.events.add("server-deleted", member.name, "deleted outside Heat")
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _name_of(self, server_id: str) -> str:
+        member = self.server(server_id) if server_id else None
+        if member is not None:
+            return member.name
+        gone = next((m for m in self.deleted if m.server_id == server_id), None)
+        return gone.name if gone else ""
+
+    # --- Aodh -------------------------------------------------------------------------------
+
+    def evaluate_alarm(self, spec: AlarmSpec) -> str:
+        """One evaluation: the mean CPU use of the group's servers over the period."""
+        values = [
+            cpu
+            for member in self.members()
+            if (cpu := self.cpu_of(member, spec.period)) is not None
+        ]
+        if not values:
+            state = "insufficient data"
+        else:
+            mean = sum(values) / len(values)
+            state = "alarm" if mean > spec.threshold else "ok"
+        if state != self.alarm_state:
+            shown = f"mean CPU {sum(values) / len(values):.0f}%" if values else "no data"
+            self.events.add(
+                "alarm" if state == "alarm" else "alarm-ok",
+                "",
+                f"{shown} over {spec.period:g}s vs {spec.threshold:g}%",
+            )
+        previous, self.alarm_state = self.alarm_state, state
+        if state == "alarm" and (spec.repeat_actions or previous != "alarm"):
+            self.signal(SCALE_UP, caller="alarm")
+        return state
+
+    def start_alarm(self, spec: AlarmSpec) -> None:
+        def run() -> None:
+            while not self._stopping.wait(spec.evaluation):
+                try:
+                    self.evaluate_alarm(spec)
+                except Exception as error:  # keep evaluating, as Aodh does
+                    self.events.add("alarm-error", "", str(error))
+
+        self._alarm_thread = threading.Thread(target=run, name="aodh", daemon=True)
+        self._alarm_thread.start()
