@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from agent.metrics import compare
 from agent.metrics import crosses as metric_crosses
 from agent.settings import AgentSettings
 from agent.snapshot import CloudNode, Member, Snapshot
@@ -331,18 +332,60 @@ def _configure(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     return Action("configure", "joined as a voter; run the configscript once")
 
 
+def reading_fresh_for(settings: AgentSettings) -> float:
+    """Seconds a published reading counts: its lease's TTL (three periods)."""
+    return 3 * settings.scaling.lockattemptperiod
+
+
+def load_verdict(snapshot: Snapshot, settings: AgentSettings) -> tuple[bool | None, str]:
+    """Whether the load says "fewer nodes would do", and the figures that say it.
+
+    node scope: this node's own reading against the threshold. cluster scope (the
+    default): the mean of every voter's fresh published reading (Kubernetes' horizontal
+    autoscaler's rule: the average against the target), so that a busy oldest server does
+    not keep an idle cluster large. A voter with no reading, or one older than its lease,
+    means no decision (None), as an unreadable metric does."""
+    metric = settings.metric
+    if metric.scope == "node":
+        crosses = metric_crosses(snapshot.metric, metric)
+        if crosses is None:
+            return None, f"no metric ({snapshot.metric.error})"
+        return crosses, (
+            f"{metric.name} {snapshot.metric.value:g} {metric.comparator} {metric.threshold:g}"
+        )
+    if snapshot.readings is None:
+        return None, "the members' readings could not be read"
+    values: list[float] = []
+    for voter in snapshot.voters:
+        reading = snapshot.readings.get(voter.name)
+        if reading is None:
+            return None, f"no metric reading from {_label(voter)}"
+        age = snapshot.now - reading.time
+        if age > reading_fresh_for(settings):
+            return None, f"the reading of {voter.name} is {age:.0f}s old"
+        values.append(reading.value)
+    if not values:
+        return None, "no member's reading"
+    mean = sum(values) / len(values)
+    crosses = compare(mean, metric.comparator, metric.threshold)
+    return crosses, (
+        f"mean {metric.name} {mean:.1f} over {len(values)} members"
+        f" ({min(values):.1f}..{max(values):.1f})"
+        f" {metric.comparator if crosses else 'not ' + metric.comparator} {metric.threshold:g}"
+    )
+
+
 def _scale_down(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     scaling = settings.scaling
     me = snapshot.my_member
     voters = snapshot.voters
     if me is None or me.is_learner or len(voters) <= scaling.capacity:
         return None
-    crosses = metric_crosses(snapshot.metric, settings.metric)
+    crosses, figures = load_verdict(snapshot, settings)
     if crosses is None:
         return Action(
             "wait",
-            f"{len(voters)} members > capacity {scaling.capacity} but no metric"
-            f" ({snapshot.metric.error}): no decision",
+            f"{len(voters)} members > capacity {scaling.capacity} but {figures}: no decision",
         )
     if not crosses:
         return None
@@ -363,11 +406,10 @@ def _scale_down(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
         )
     not_oldest = _not_heats_next(snapshot)
     if not_oldest is not None:
-        return Action("wait", f"metric crosses, but {not_oldest}")
+        return Action("wait", f"{figures}, but {not_oldest}")
     return Action(
         "leave",
-        f"{len(voters)} members > capacity {scaling.capacity} and {settings.metric.name}"
-        f" {snapshot.metric.value:g} {settings.metric.comparator} {settings.metric.threshold:g},"
+        f"{len(voters)} members > capacity {scaling.capacity} and {figures},"
         " and this is the group's oldest server (the one Heat's scale-down deletes)",
         member=me,
         lock=KILL_LOCK,

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from agent.httpclient import Http, HttpError, Response
 from agent.settings import TlsFiles
-from agent.snapshot import LockInfo, Member
+from agent.snapshot import LockInfo, Member, PeerReading
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,17 @@ class EtcdClient:
     def leader_id(self) -> int | None:
         return int(self.status().get("leader", 0)) or None
 
+    def move_leader(self, leader_url: str, target_id: int) -> None:
+        """Maintenance "MoveLeader": the leader (it must be asked itself) hands leadership
+        to `target_id`, a started voter; etcd answers once the transfer took or failed."""
+        self._on_any(
+            "move leader",
+            lambda e: self._post_to(
+                e, "maintenance/transfer-leadership", {"targetID": str(target_id)}
+            ),
+            endpoints=[leader_url.rstrip("/")],
+        )
+
     def cluster_id(self) -> str:
         """The cluster id as etcd logs it (hex)."""
         header = self.status().get("header", {})
@@ -518,6 +529,32 @@ class EtcdClient:
                 )
             except EtcdError as error:
                 log.warning("could not take back the removal record %s: %s", key, error)
+
+    # -- the members' metric readings ----------------------------------------------------
+    def reading_key(self, name: str) -> str:
+        return f"{self.prefix}/metrics/{name}"
+
+    def publish_reading(self, reading: PeerReading, ttl: float) -> None:
+        """Put this node's reading under a fresh lease of `ttl` seconds: a node that stops
+        publishing (dead, cut off) has no reading once the lease runs out."""
+        lease = self.grant_lease(ttl)
+        text = json.dumps({"value": reading.value, "time": reading.time}, sort_keys=True)
+        self.put(self.reading_key(reading.name), text, lease=lease)
+
+    def readings(self) -> dict[str, PeerReading]:
+        """Every published reading, by node name."""
+        prefix = f"{self.prefix}/metrics/"
+        found: dict[str, PeerReading] = {}
+        for key, text in self.get_prefix(prefix).items():
+            try:
+                data = json.loads(text)
+                value, moment = float(data["value"]), float(data["time"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if math.isfinite(value):
+                name = key[len(prefix) :]
+                found[name] = PeerReading(name, value, moment)
+        return found
 
     def removal_records(self) -> list[dict[str, Any]]:
         """Every fenced removal's record (member name, reason, time, via), oldest first."""

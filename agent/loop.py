@@ -23,17 +23,30 @@ from agent.decide import (
     Action,
     decide,
     next_failmarker,
+    reading_fresh_for,
     track_unhealthy,
 )
-from agent.etcd import EtcdClient, EtcdError
+from agent.etcd import EtcdClient, EtcdError, UnhealthyCluster
 from agent.etcd_server import EtcdService, client_url
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.metrics import read_metric
 from agent.settings import AgentSettings, MetricSettings
-from agent.snapshot import CloudNode, Member, MetricReading, NodeIdentity, Snapshot
+from agent.snapshot import (
+    CloudNode,
+    LockInfo,
+    Member,
+    MetricReading,
+    NodeIdentity,
+    PeerReading,
+    Snapshot,
+)
 from agent.state import AgentState
 
 log = logging.getLogger("agent.loop")
+
+ETCD_HEALTH_INTERVAL = 5.0
+"""s: etcd's HealthInterval, for which its strict reconfig check counts a member's
+connection as too fresh to rely on (3.4, 3.5)."""
 
 MetricReader = Callable[[MetricSettings], MetricReading]
 
@@ -125,7 +138,9 @@ class Agent:
         holder: str | None = None
         joiner: str | None = None
         client: EtcdClient | None = None
-        for endpoints in ([self.own_url()], self._other_endpoints()):
+        for endpoints in ([self.own_url()], None):
+            if endpoints is None:  # this node's etcd did not answer: ask the others
+                endpoints = self._other_endpoints() or self._group_endpoints()
             if not endpoints:
                 continue
             client = self.client_factory(endpoints)
@@ -145,11 +160,17 @@ class Agent:
         failmarker = next_failmarker(self.state.failmarker, own_ok)
         if not count:
             failmarker = self.state.failmarker
+        metric = self.read_metric(self.settings.metric)
+        readings: dict[str, PeerReading] | None = None
+        if client is not None and members is not None:
+            voters = sum(1 for m in members if not m.is_learner)
+            readings = self._share_readings(client, metric, now, voters)
         snapshot = Snapshot(
             now=now,
             me=self.me,
             members=tuple(members) if members is not None else None,
-            metric=self.read_metric(self.settings.metric),
+            metric=metric,
+            readings=readings,
             kill_lock_holder=holder,
             join_lock_holder=joiner,
             failmarker=failmarker,
@@ -180,6 +201,25 @@ class Agent:
             self.state.unhealthy_since = {f"{k:x}": v for k, v in since.items()}
         return replace(snapshot, unhealthy_since=since)
 
+    def _share_readings(
+        self, client: EtcdClient, metric: MetricReading, now: float, members: int
+    ) -> dict[str, PeerReading] | None:
+        """Publish this node's reading (a lease of three periods), and read every member's
+        when a scale-down may be decided by them (more voters than capacity)."""
+        if metric.ok and metric.value is not None:
+            mine = PeerReading(self.me.name, metric.value, now)
+            try:
+                client.publish_reading(mine, reading_fresh_for(self.settings))
+            except EtcdError as error:
+                log.debug("could not publish the metric reading: %s", error)
+        if self.settings.metric.scope != "cluster" or members <= self.settings.scaling.capacity:
+            return None
+        try:
+            return client.readings()
+        except EtcdError as error:
+            log.debug("members' readings unreadable: %s", error)
+            return None
+
     def _leaving(self, client: EtcdClient, now: float) -> frozenset[str]:
         """Nodes whose fenced removal was recorded within `join_timeout`: out of etcd and
         waiting for Heat to delete their server (not servers that failed to join)."""
@@ -204,6 +244,21 @@ class Agent:
     def _other_endpoints(self) -> list[str]:
         own = self.own_url()
         return [u for u in self._known_endpoints if u != own]
+
+    def _group_endpoints(self) -> list[str]:
+        """The other group servers' client URLs, from the cloud: where to look for the
+        cluster when this node's etcd hangs before this agent ever listed the members
+        (e.g. right after a boot)."""
+        try:
+            nodes = self.cloud.group_members()
+        except CloudError as error:
+            log.debug("group unreadable while looking for the other members: %s", error)
+            return []
+        return [
+            client_url(n.ip, self.settings.etcd)
+            for n in nodes
+            if n.ip and n.ip != self.me.ip and n.status in ("ACTIVE", "BUILD")
+        ]
 
     # --- one cycle -----------------------------------------------------------------------
 
@@ -301,6 +356,7 @@ class Agent:
         client = self._client(self.observe(count=False))
         ttl = self.settings.scaling.scaledownperiod
         lock = client.acquire_lock(KILL_LOCK, self.me.name, ttl)
+        locked_at = self.clock()
         if lock is None:
             return f"lost the kill lock to {client.lock_holder(KILL_LOCK)}"
         # re-check with the lock won: membership may have changed meanwhile
@@ -310,12 +366,21 @@ class Agent:
         if again.kind != action.kind or me is None:
             client.release_lock(lock)
             return f"re-check after winning the lock: {again.kind} ({again.reason}); lock released"
-        record = {"member": me.name, "reason": action.reason, "time": fresh.now, "via": via}
+        handed = self._hand_over_leadership(fresh)
+        record = {
+            "member": me.name,
+            "reason": action.reason,
+            "time": fresh.now,
+            "lock_time": locked_at,
+            "lock_revision": lock.revision,
+            "via": via,
+        }
         try:
-            fenced = self._client(fresh).fenced_remove(lock, me.id, record)
+            fenced = self._fenced_remove(fresh, lock, me.id, record, patient=bool(handed))
         except EtcdError as error:
             client.release_lock(lock)  # nothing was removed: let the next try come soon
-            return f"etcd refused the removal ({error}); lock released, tried again later"
+            prefix = f"{handed}; " if handed else ""
+            return f"{prefix}etcd refused the removal ({error}); lock released, tried again later"
         if not fenced:
             return "the kill lock expired before the removal (fence failed): nothing removed"
         self._save(phase="leaving", leave_via=via)
@@ -325,9 +390,76 @@ class Agent:
         self.service.stop()
         cloud = self._ask_group_to_delete_me()
         return (
-            f"removed itself from etcd (fenced by lock revision {lock.revision});"
-            f" {cleanup.detail}; {cloud}"
+            f"{handed + '; ' if handed else ''}removed itself from etcd (fenced by lock"
+            f" revision {lock.revision}); {cleanup.detail}; {cloud}"
         )
+
+    def _fenced_remove(
+        self,
+        snapshot: Snapshot,
+        lock: LockInfo,
+        member_id: int,
+        record: dict[str, object],
+        *,
+        patient: bool,
+    ) -> bool:
+        """The fenced removal. Right after a leadership transfer etcd's strict reconfig check
+        refuses a removal for up to its health interval (5 s: the members' connections are
+        counted as fresh), so after a handover an "unhealthy cluster" refusal is retried
+        while the lock is held, rather than giving the lock (and the handover) up."""
+        client = self._client(snapshot)
+        deadline = time.monotonic() + (ETCD_HEALTH_INTERVAL + 2.0 if patient else 0.0)
+        while True:
+            try:
+                return client.fenced_remove(lock, member_id, record)
+            except UnhealthyCluster:
+                if time.monotonic() >= deadline or not client.lock_held(lock):
+                    raise
+                time.sleep(0.25)
+
+    def _hand_over_leadership(self, snapshot: Snapshot) -> str:
+        """A planned removal of the leader moves leadership first (etcd's MoveLeader, asked of
+        the leader itself) to the most up-to-date healthy voter, and checks that it took: the
+        removal then costs the clients no election. If it did not, say why; the removal goes
+        on and the cluster elects a leader, as it would have without the move."""
+        me = snapshot.my_member
+        if me is None or not me.is_leader:
+            return ""
+        own = self.own_url()
+        client = self.client_factory([own])
+        indexes: dict[int, int] = {}
+        for member in snapshot.voters:
+            if member.id == me.id or not member.healthy or not member.client_urls:
+                continue
+            try:
+                status = client.status(member.client_urls[0])
+            except EtcdError:
+                continue
+            indexes[member.id] = int(status.get("raftAppliedIndex") or status.get("raftIndex") or 0)
+        if not indexes:
+            return "leadership not moved: no other healthy voter answered; the removal elects one"
+        target = max(
+            (m for m in snapshot.voters if m.id in indexes), key=lambda m: (indexes[m.id], m.name)
+        )
+        try:
+            client.move_leader(own, target.id)
+        except EtcdError as error:
+            return f"leadership not moved to {target.name} ({error}); the removal elects a leader"
+        deadline = time.monotonic() + 2 * self.settings.etcd.election_ms / 1000 + 1.0
+        while time.monotonic() < deadline:
+            try:
+                if client.status(target.client_urls[0]).get("leader") in (
+                    str(target.id),
+                    target.id,
+                ):
+                    return (
+                        f"leadership moved to {target.name} (raft index {indexes[target.id]})"
+                        " before the removal"
+                    )
+            except EtcdError:
+                pass
+            time.sleep(0.05)
+        return f"leadership move to {target.name} not seen in time; the removal elects a leader"
 
     def _ask_group_to_delete_me(self) -> str:
         """One try of the cloud side of leaving; repeated until the server is gone."""

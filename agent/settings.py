@@ -76,6 +76,9 @@ class MetricSettings(_Strict):
     window: Annotated[int, Field(ge=0)] = 60
     netdata_url: str = "http://127.0.0.1:19999"
     timeout: PositiveSeconds = 5.0
+    scope: Literal["cluster", "node"] = "cluster"
+    """cluster: the members' published readings decide, by their mean (the horizontal
+    autoscaler's rule: the average against a target); node: this node's own reading."""
 
 
 class ScalingSettings(_Strict):

@@ -64,6 +64,15 @@ class MetricReading:
 
 
 @dataclass(frozen=True)
+class PeerReading:
+    """A member's published scale-down metric: its value and when it was read (wall clock)."""
+
+    name: str
+    value: float
+    time: float
+
+
+@dataclass(frozen=True)
 class NodeIdentity:
     """Who this node is, as the cloud (metadata service / local cloud) says."""
 
@@ -110,6 +119,8 @@ class Snapshot:
     last_scale_up: float | None = None
     configured: bool = False
     cloud_nodes: tuple[CloudNode, ...] | None = None
+    readings: dict[str, PeerReading] | None = None
+    """Member name -> its latest published metric reading; None: not read this cycle."""
     leaving: frozenset[str] = frozenset()
     """Names of nodes whose fenced removal is recorded: out of etcd, on their way out of the
     group (Heat deletes them); not servers that failed to join."""

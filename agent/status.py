@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from agent.decide import KILL_LOCK
@@ -13,14 +14,20 @@ from agent.settings import AgentSettings
 LOCK_ROOT = "/autoscale-etcd/"
 
 
-def cluster_status(client: EtcdClient, cluster: str | None) -> dict[str, Any]:
-    """Members with health/leader/learner, and kill-lock holders (one cluster, or all)."""
+def cluster_status(
+    client: EtcdClient, cluster: str | None, now: float | None = None
+) -> dict[str, Any]:
+    """Members with health/leader/learner and their latest published metric reading (with
+    its age), and kill-lock holders (one cluster, or all)."""
     members = client.members(check_health=True)
+    now = time.time() if now is None else now
+    readings: dict[str, Any] = {}
     if cluster is not None:
         scoped = EtcdClient(
             client.endpoints, timeout=client.timeout, tls=client.tls, prefix=f"{LOCK_ROOT}{cluster}"
         )
         locks = {cluster: scoped.lock_holder(KILL_LOCK)}
+        readings = scoped.readings()
     else:
         suffix = f"/locks/{KILL_LOCK}"
         locks = {
@@ -38,6 +45,14 @@ def cluster_status(client: EtcdClient, cluster: str | None) -> dict[str, Any]:
                 "healthy": bool(m.healthy),
                 "leader": m.is_leader,
                 "learner": m.is_learner,
+                "reading": (
+                    None
+                    if m.name not in readings
+                    else {
+                        "value": readings[m.name].value,
+                        "age": round(now - readings[m.name].time, 1),
+                    }
+                ),
             }
             for m in members
         ],
@@ -46,8 +61,9 @@ def cluster_status(client: EtcdClient, cluster: str | None) -> dict[str, Any]:
 
 
 def render(status: dict[str, Any]) -> str:
-    rows = [("NAME", "ID", "CLIENT URL", "HEALTHY", "LEADER", "LEARNER")]
+    rows = [("NAME", "ID", "CLIENT URL", "HEALTHY", "LEADER", "LEARNER", "READING (AGE)")]
     for m in status["members"]:
+        reading = m.get("reading")
         rows.append(
             (
                 m["name"],
@@ -56,6 +72,7 @@ def render(status: dict[str, Any]) -> str:
                 "yes" if m["healthy"] else "NO",
                 "*" if m["leader"] else "",
                 "learner" if m["learner"] else "",
+                f"{reading['value']:g} ({reading['age']:g}s)" if reading else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

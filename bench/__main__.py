@@ -78,7 +78,9 @@ def run(quick: bool, root: Path, factor: float | None = None) -> tuple[list[Row]
         recovery_runs=1 if quick else 2,
         footprint_seconds=5.0 if quick else 20.0,
         default_period_seconds=0.0 if quick else 6 * stack.lockattemptperiod,
+        bootstrap_sizes=(3, 5) if quick else (3, 5, 7),
         spread_sizes=(5,) if quick else (5, 7),
+        client_stalls=not quick,
     )
     info = {"mode": "quick" if quick else "full", "factor": setup.factor}
     rows = bench_cluster(stack, setup, shout=lambda text: print(f"  .. {text}", flush=True))

@@ -61,6 +61,8 @@ class Setup:
     spread_sizes: tuple[int, ...] = ()
     """Bootstraps whose agents start up to `spread` (stack) seconds after their boot."""
     spread: float = 180.0
+    client_stalls: bool = False
+    """Also a lab measuring what a client feels through each event (bench/client.py)."""
 
 
 def variant(base: StackSettings, **changes: object) -> StackSettings:
@@ -646,6 +648,18 @@ def bench_cluster(
                 f"bootstrap {size}, agents over {lab.nova.start_spread:.0f} s:"
                 f" {boots[-1].seconds:.2f} s, removed {boots[-1].removed}"
             )
+    felt: list[Row] = []
+    if setup.client_stalls:
+        from bench.client import client_stalls, stall_rows
+
+        with lab_of(stack, setup.factor, setup, "client") as lab:
+            lab.start()
+            if lab.wait_for(lab.settled, 60, "the first members"):
+                found = client_stalls(lab)
+                shout(f"client stalls: quiet {found.quiet.to_json()}")
+                felt = stall_rows(
+                    found, lab.timings.election_ms / 1000, lab.timings.heartbeat_ms / 1000
+                )
     direct: list[Usage] = []
     at_default: list[Recovery] = []
     if setup.default_period_seconds > 0:
@@ -663,6 +677,7 @@ def bench_cluster(
         + bootstrap_rows(sorted(boots, key=lambda b: (b.spread, b.size)))
         + joins_rows(joined)
         + footprint_rows(at_lab, timings.lockattemptperiod, stack.lockattemptperiod, direct)
+        + felt
     )
     rows.append(
         check(

@@ -148,6 +148,9 @@ class StackSettings(BaseModel):
     # --- what the new design adds ------------------------------------------------
     downmetric_window: Annotated[int, Field(ge=0)] = 60
     """Seconds averaged through netdata's /api/v1/data; 0 = the instantaneous value."""
+    downmetric_scope: Literal["cluster", "node"] = "cluster"
+    """cluster: scale down when the mean of the members' readings crosses the threshold;
+    node: when the oldest server's own reading does (the original's per-node rule)."""
     dead_member_periods: Annotated[int, Field(ge=1)] = 6
     """A member failing its health check this many lockattemptperiods is dead. 60 s at the
     default period: longer than a Neutron agent's restart (the network blips) and than a
@@ -499,6 +502,7 @@ def agent_settings(
             threshold=stack.threshold,
             comparator=stack.comparator,
             window=stack.downmetric_window,
+            scope=stack.downmetric_scope,
         ),
         scaling=ScalingSettings(
             capacity=stack.capacity,

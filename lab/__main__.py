@@ -35,15 +35,25 @@ from types import FrameType
 
 from infra.settings import (
     PROJECT_DIR,
+    Problem,
     SettingsError,
     StackSettings,
     load_stack_file,
+    parse_settings,
     stack_file,
 )
 from lab.timings import DEFAULT_FACTOR, FAST_FACTOR, LabTimings
 
 DEFAULT_ROOT = PROJECT_DIR / ".lab"
-SCENARIO_NAMES = ["burst", "node-loss", "etcd-outage", "partition", "bad-metrics", "reboot"]
+SCENARIO_NAMES = [
+    "burst",
+    "node-loss",
+    "etcd-outage",
+    "partition",
+    "bad-metrics",
+    "reboot",
+    "skewed",
+]
 """lab.scenarios.SCENARIOS, named here so that `--help` imports no lab."""
 
 
@@ -53,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--fast", action="store_true", help=f"time factor {FAST_FACTOR}")
     common.add_argument("--factor", type=float, help=f"time factor (default {DEFAULT_FACTOR})")
     common.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the lab's directory")
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a stack key changed for this run (e.g. downmetric_scope=node); repeatable",
+    )
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", parents=[common], help="start the lab's nodes")
@@ -80,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--keep", action="store_true", help="keep the nodes' logs")
     metrics = sub.add_parser("metrics", parents=[common], help="a real netdata parent and child")
     metrics.add_argument("--seconds", type=float, default=20.0, help="how long the pair runs")
+    metrics.add_argument(
+        "--readings", type=int, default=0, help="stop once this many values were read (0: never)"
+    )
     metrics.add_argument("--keep", action="store_true", help="keep the daemons' files")
     sub.add_parser("_serve", parents=[common])  # the detached lab's own process
     return parser
@@ -91,12 +111,25 @@ def _stack(args: argparse.Namespace) -> tuple[StackSettings, LabTimings]:
         path = PROJECT_DIR / "tests" / "stacks" / path.name
     try:
         stack = load_stack_file(path)
+        if getattr(args, "set", None):
+            stack = with_changes(stack, args.set, base_dir=path.parent)
     except FileNotFoundError:
         raise SystemExit(f"no stack file {path}") from None
     except SettingsError as error:
         raise SystemExit(str(error)) from None
     factor = args.factor or (FAST_FACTOR if args.fast else DEFAULT_FACTOR)
     return stack, LabTimings.scaled(stack, factor)
+
+
+def with_changes(stack: StackSettings, changes: Sequence[str], *, base_dir: Path) -> StackSettings:
+    """The stack with `KEY=VALUE` changes, validated as a stack file's keys are."""
+    raw: dict[str, object] = stack.model_dump()
+    for change in changes:
+        key, sep, value = change.partition("=")
+        if not sep:
+            raise SettingsError([Problem(change, change, "write KEY=VALUE")], "--set")
+        raw[key.strip()] = value
+    return parse_settings(raw, base_dir=base_dir, source="the stack with --set")
 
 
 def _show_timings(stack: StackSettings, timings: LabTimings) -> None:
@@ -183,7 +216,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        outcome = run_pair(stack, root, stack_name=args.stack, seconds=args.seconds, out=sys.stdout)
+        outcome = run_pair(
+            stack,
+            root,
+            stack_name=args.stack,
+            seconds=args.seconds,
+            readings=args.readings,
+            out=sys.stdout,
+        )
     except (FileNotFoundError, RuntimeError) as error:  # no netdata, or it did not start
         print(error, file=sys.stderr)
         return 1

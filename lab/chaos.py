@@ -794,6 +794,7 @@ class Chaos:
             writes=writes,
             final_settled=settled,
             clusters=final_views(self.lab),
+            removal_records=self.lab.removal_records(),
         )
 
     def _common(self, result: RoundResult) -> list[Invariant]:

@@ -67,6 +67,8 @@ class NodeView:
     failmarker: int
     frozen: bool
     crashed: bool
+    reading: float | None = None
+    """The scale-down metric the node's agent published last (what the cluster decides by)."""
 
 
 @dataclass
@@ -174,6 +176,7 @@ class Lab:
         self.cloud.cpu_of = self._cpu_of
         self.nova.cloud_for = self._cloud_settings
         self.demand = 0.0
+        self.pinned: dict[str, float] = {}
         self.samples: list[Sample] = []
         self.interval = max(0.25, timings.lockattemptperiod / 2)
         self._stop = threading.Event()
@@ -279,6 +282,15 @@ class Lab:
             self.events.add("thaw", name, "SIGCONT to its etcd")
         return done
 
+    def pin_load(self, name: str, load: float | None) -> None:
+        """Keep one node at `load` % CPU whatever the demand (None: share the demand again)."""
+        if load is None:
+            self.pinned.pop(name, None)
+        else:
+            self.pinned[name] = load
+        self.events.add("load", name, f"pinned at {load:g}%" if load is not None else "unpinned")
+        self._spread_load()
+
     def set_metrics_mode(self, mode: Mode, names: list[str] | None = None) -> None:
         for node in self.nova.live():
             if names is None or node.name in names:
@@ -300,6 +312,18 @@ class Lab:
             prefix=f"/autoscale-etcd/{self.cluster_name}",
             tls=self.client_tls,
         )
+
+    def removal_records(self) -> list[dict[str, Any]] | None:
+        """The fenced removals' records the agents wrote in etcd; None if unreadable."""
+        client = self.client()
+        if client is None:
+            return None
+        try:
+            return client.removal_records()
+        except EtcdError:
+            return None
+        finally:
+            client.close()
 
     # --- waiting ---------------------------------------------------------------------------------
 
@@ -347,6 +371,7 @@ class Lab:
         share = min(100.0, self.demand / len(serving)) if serving else 0.0
         for node in live:
             load = max(IDLE_LOAD, share) if node in serving else IDLE_LOAD
+            load = self.pinned.get(node.name, load)
             if abs(node.metrics.load - load) > 1e-9:
                 node.metrics.set_load(load)
 
@@ -374,10 +399,12 @@ class Lab:
         leader = holder = None
         client = self.client([n.client_url for n in self.nova.live()])
         listed: dict[str, Any] = {}
+        readings: dict[str, Any] = {}
         if client is not None:
             try:
                 found = client.members(check_health=True)
                 holder = client.lock_holder(KILL_LOCK)
+                readings = client.readings()
             except EtcdError:
                 found = None
             finally:
@@ -411,6 +438,7 @@ class Lab:
                     failmarker=state.failmarker,
                     frozen=node.frozen,
                     crashed=node.crashed,
+                    reading=readings[node.name].value if node.name in readings else None,
                 )
             )
         voters = [v for v in listed.values() if not v.is_learner]

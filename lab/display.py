@@ -17,7 +17,7 @@ QUIET = {"leader", "load", "agent-exit", "no-action", "boot", "lab"}
 def node_table(sample: Sample) -> list[str]:
     lines = [
         f"{'node':14} {'ip':16} {'server':7} {'etcd':8} {'health':7} {'load%':>6}"
-        f" {'failmk':>6} {'phase':8} {'agent pid':>9} {'etcd pid':>8}"
+        f" {'metric':>7} {'failmk':>6} {'phase':8} {'agent pid':>9} {'etcd pid':>8}"
     ]
     for n in sorted(sample.nodes, key=lambda v: v.name):
         member = n.member + ("*" if n.leader else "")
@@ -26,9 +26,11 @@ def node_table(sample: Sample) -> list[str]:
             health = "killed"
         elif n.frozen:
             health = "frozen"
+        metric = "-" if n.reading is None else f"{n.reading:.1f}"
         lines.append(
             f"{n.name:14} {n.ip:16} {n.status:7} {member:8} {health:7} {n.load:6.1f}"
-            f" {n.failmarker:6d} {n.phase:8} {n.agent_pid or '-':>9} {n.etcd_pid or '-':>8}"
+            f" {metric:>7} {n.failmarker:6d} {n.phase:8} {n.agent_pid or '-':>9}"
+            f" {n.etcd_pid or '-':>8}"
         )
     return lines
 

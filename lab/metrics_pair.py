@@ -102,10 +102,12 @@ def run_pair(
     stack_name: str,
     seconds: float,
     out: TextIO,
+    readings: int = 0,
 ) -> PairOutcome:
     """Start the parent and the child, wait up to `seconds` for the parent to mirror the
     child and serve its metric, show what it serves each second until `seconds` have
-    passed, and stop both by pid. Raises FileNotFoundError when netdata is not installed."""
+    passed (or `readings` values were shown), and stop both by pid. Raises
+    FileNotFoundError when netdata is not installed."""
     binary = find_netdata()
     if binary is None:
         raise FileNotFoundError("netdata is not installed (setup/system-packages.sh installs it)")
@@ -146,7 +148,7 @@ def run_pair(
             file=out,
             flush=True,
         )
-        outcome = _watch(parent, child_name, seconds, out)
+        outcome = _watch(parent, child_name, seconds, out, readings)
     finally:
         for server in reversed(servers):
             pid = server.pid
@@ -156,8 +158,11 @@ def run_pair(
     return outcome
 
 
-def _watch(parent: NetdataServer, child_name: str, seconds: float, out: TextIO) -> PairOutcome:
-    """Poll the parent: its mirrored hosts, then the child's metric through it."""
+def _watch(
+    parent: NetdataServer, child_name: str, seconds: float, out: TextIO, readings: int = 0
+) -> PairOutcome:
+    """Poll the parent: its mirrored hosts, then the child's metric through it; until
+    `seconds` have passed, or (readings > 0) as soon as that many values were read."""
     outcome = PairOutcome()
     settings = MetricSettings(
         name=METRIC, netdata_url=f"{parent.url}/host/{child_name}", window=0, timeout=2
@@ -167,8 +172,9 @@ def _watch(parent: NetdataServer, child_name: str, seconds: float, out: TextIO) 
     reader_log = logging.getLogger("agent.metrics")
     level = reader_log.level
     reader_log.setLevel(logging.ERROR)  # the child's charts arrive a moment after it does
+    seen = 0
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (readings and seen >= readings):
             hosts = parent.mirrored_hosts()
             if child_name in hosts and not outcome.mirrored:
                 outcome.mirrored, outcome.hosts = True, hosts
@@ -185,6 +191,7 @@ def _watch(parent: NetdataServer, child_name: str, seconds: float, out: TextIO) 
                     print(f"{METRIC} of {child_name} read through the parent:", file=out)
                     print(f"  {settings.netdata_url}/api/v1/allmetrics?format=shell", file=out)
                 if outcome.reading.ok:
+                    seen += 1
                     print(f"  {METRIC}={outcome.reading.value:g}", file=out, flush=True)
             time.sleep(1.0 if outcome.reading is not None and outcome.reading.ok else 0.25)
     finally:

@@ -295,11 +295,13 @@ class Nova:
             node = self.nodes.pop(member.server_id, None)
         if node is None:
             return
+        # the event as the server leaves the list: a watcher that no longer sees the server
+        # finds its deletion recorded (the power-off and the files take a moment more)
+        self.events.add("delete", member.name, member.reason or "")
         self._power_off(node)
         self._keep_logs(node)
         shutil.rmtree(node.dir, ignore_errors=True)
         self.gone.append(node)
-        self.events.add("delete", member.name, member.reason or "")
 
     def _power_off(self, node: Node, *, graceful: float = 0.0) -> None:
         kill_pid(node.agent_pid, str(node.dir / "agent.json"), graceful=graceful)

@@ -22,6 +22,11 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
   leader's server, then a majority (the leader among them), then every server: each time
   the same members come back healthy by themselves, no server is marked unhealthy, and
   etcdctl, from outside, sees the same member ids and one healthy cluster.
+- skewed: the group is grown to max_cluster (a stack update), then the oldest server is
+  kept 30 % busy while the others idle: with `downmetric_scope: cluster` (the default) the
+  members' mean idle crosses the threshold and the cluster shrinks to capacity, the busy
+  oldest leaving first (Heat's -1 deletes it); with `node` the oldest's own reading never
+  crosses and nobody leaves (run it with `--set downmetric_scope=node`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from agent.etcd import EtcdClient, EtcdError
 from infra.settings import StackSettings
 from lab.cluster import Lab
 from lab.display import Display
+from lab.events import Event
 from lab.netdata_stub import each_mode
 from lab.outside import Etcdctl, one_healthy_cluster, same_members, writes_readable
 from lab.report import (
@@ -47,6 +53,7 @@ from lab.report import (
     report_json,
     write_json,
 )
+from lab.stalls import stall
 from lab.timings import LabTimings
 from lab.writer import PREFIX as WRITE_PREFIX
 from lab.writer import Writer
@@ -297,8 +304,10 @@ def reboot(run: Run) -> None:
         start, started = run.now, time.time()
         lab.reboot(victims)
         back = lab.wait_for(
-            lambda s, victims=victims, started=started: lab.settled(s, stack.capacity)
-            and all(_booted(lab, name, started) for name in victims),
+            lambda s, victims=victims, started=started: (
+                lab.settled(s, stack.capacity)
+                and all(_booted(lab, name, started) for name in victims)
+            ),
             t.boot_delay + 4 * run.join_time(),
             f"the cluster back ({what})",
         )
@@ -324,6 +333,74 @@ def reboot(run: Run) -> None:
     run.outside_writes = True
 
 
+SKEWED_BUSY = 30.0
+"""% CPU of the oldest server in `skewed`: idle 70, below the threshold (90) on its own;
+with four idle members (98) the mean of five is 92.4, above it."""
+
+
+def skewed(run: Run) -> None:
+    lab, t, stack = run.lab, run.timings, run.stack
+    run.phase(f"the group grows to {stack.max_cluster} (a stack update), everyone busy")
+    lab.set_demand(40.0 * stack.max_cluster)
+    lab.cloud.update(stack.max_cluster)
+    grown = run.settle(
+        stack.max_cluster, (stack.max_cluster - stack.capacity + 1) * run.join_time(), "growth"
+    )
+    oldest = min(lab.cloud.members(), key=lambda m: (m.created_at, m.name)).name
+    run.phase(f"{oldest} (the oldest) {SKEWED_BUSY:g} % busy, the others idle")
+    lab.pin_load(oldest, SKEWED_BUSY)
+    lab.set_demand(0)
+    start = run.now
+    if stack.downmetric_scope == "cluster":
+        back = run.settle(
+            stack.capacity,
+            t.downmetric_window
+            + (stack.max_cluster - stack.capacity + 1) * 1.6 * t.scaledownperiod
+            + 2 * run.join_time(),
+            "back to capacity",
+        )
+        left = [e.node for e in lab.events.of("removed") if e.t >= start]
+        run.check(
+            "cluster scope: the idle cluster shrank to capacity, its busy oldest first",
+            back and left[:1] == [oldest],
+            f"grown: {grown}; back to {stack.capacity}: {back}; left in order: {left}"
+            f"; the deciding sentence: {_leave_sentence(lab)}",
+        )
+        return
+    # the window fills, then a scaledownperiod and more: time for the oldest to have left
+    lab.wait_for(lambda s: False, t.downmetric_window + 1.5 * t.scaledownperiod)
+    left = [e.node for e in lab.events.of("removed") if e.t >= start]
+    run.check(
+        "node scope: nobody left, the busy oldest's own reading never crossed",
+        grown and not left,
+        f"grown: {grown}; removed: {left or 'none'}; {oldest} said:"
+        f" {lab.node(oldest).state().last_cycle[-160:]}",
+    )
+    lab.pin_load(oldest, None)
+    run.phase("the oldest idles too: the control")
+    back = run.settle(
+        stack.capacity,
+        t.downmetric_window
+        + (stack.max_cluster - stack.capacity + 1) * 1.6 * t.scaledownperiod
+        + 2 * run.join_time(),
+        "back to capacity",
+    )
+    run.check("node scope: once the oldest idles, removals resume", back, f"back: {back}")
+
+
+def _leave_sentence(lab: Lab) -> str:
+    """A leaver's decision as its agent logged it (the figures the cluster decided by)."""
+    for node in lab.nova.gone:
+        try:
+            text = (lab.nova.logs / f"{node.name}.agent.log").read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if "did leave:" in line:
+                return line.split("did leave:", 1)[1].split("|", 1)[0].strip()[:200]
+    return "-"
+
+
 def _booted(lab: Lab, name: str, since: float) -> bool:
     """The node's agent started again after `since` and is through its bootstrap."""
     try:
@@ -344,6 +421,35 @@ def _resumed_line(lab: Lab, name: str) -> str:
     return lines[-1].split(" INFO ", 1)[-1] if lines else ""
 
 
+QUIET_SECONDS = 2.0
+"""The quiet window a scenario starts with: what a client feels with nothing happening."""
+
+
+def event_stalls(
+    puts: list[tuple[float, float | None]],
+    quiet: tuple[float, float] | None,
+    events: list[Event],
+    faults: list[Fault],
+    timeout: float,
+) -> dict[str, Any]:
+    """What the writer felt: the quiet window, each injected fault's window, and a second
+    around each removal and before each join (lab/stalls.py)."""
+    windows: list[tuple[str, float, float]] = [
+        (f"fault {f.kind} {','.join(f.nodes)}".rstrip(), f.start, f.end + 1.0) for f in faults
+    ]
+    for event in events:
+        if event.kind == "removed":
+            windows.append((f"removed {event.node}", event.t - 1.0, event.t + 1.0))
+        elif event.kind == "joined":
+            windows.append((f"joined {event.node}", event.t - 2.0, event.t + 0.5))
+    return {
+        "quiet": stall(puts, *quiet, timeout).to_json() if quiet else None,
+        "events": [
+            {"event": name, **stall(puts, a, b, timeout).to_json()} for name, a, b in windows
+        ],
+    }
+
+
 def _last_cycles(lab: Lab) -> list[str]:
     return [n.state().last_cycle for n in lab.nova.live() if n.state().last_cycle]
 
@@ -355,6 +461,7 @@ SCENARIOS: dict[str, Scenario] = {
     "partition": partition,
     "bad-metrics": bad_metrics,
     "reboot": reboot,
+    "skewed": skewed,
 }
 
 
@@ -414,8 +521,9 @@ def run_scenario(
         lab.events.listeners.append(display.event)
         lab.on_sample.append(display.sample)
     run = Run(lab, timings, stack)
-    writer = Writer(lab.endpoints, interval=0.05, tls=lab.client_tls)
+    writer = Writer(lab.endpoints, interval=0.05, tls=lab.client_tls, clock=lab.events.now)
     lab.acked = lambda: len(writer.acked)
+    quiet: tuple[float, float] | None = None
     facts: RunFacts | None = None
     try:
         lab.start()
@@ -424,6 +532,9 @@ def run_scenario(
         run.check("the group's first members formed a cluster", boot, f"at {run.now:.1f}s")
         writer.start()
         if boot:
+            start = run.now
+            lab.wait_for(lambda s: False, QUIET_SECONDS)  # the baseline a client feels
+            quiet = (start, run.now)
             scenario(run)
         run.phase("settle")
         acked = len(writer.acked)
@@ -453,6 +564,7 @@ def run_scenario(
             writes=writes,
             final_settled=final_settled,
             clusters=final_views(lab),
+            removal_records=lab.removal_records(),
         )
     finally:
         writer.stop()
@@ -465,6 +577,7 @@ def run_scenario(
         "nodes_range": f"{lab.prefix}.0/24",
         "logs": str(lab.nova.logs),
     }
+    extra["stalls"] = event_stalls(writer.puts, quiet, facts.events, facts.faults, writer.timeout)
     report = report_json(name, invariants, facts, extra)
     if json_path is not None:
         write_json(json_path, report)
@@ -502,6 +615,20 @@ def summarize(
         print(f"  [{'ok' if inv['ok'] else 'FAILED'}] {inv['name']}: {inv['detail']}", file=out)
     writes = report["writes"]
     print(f"  writes: {writes['acked']} acknowledged, {writes['lost']} lost", file=out)
+    stalls = report.get("stalls") or {}
+    if stalls.get("quiet"):
+        q = stalls["quiet"]
+        print(
+            f"  what a client felt (longest stall, p99): quiet"
+            f" {1000 * q['longest_stall_s']:.0f} ms, {1000 * q['p99_s']:.0f} ms",
+            file=out,
+        )
+        for e in stalls.get("events", []):
+            print(
+                f"    {e['event']}: {1000 * e['longest_stall_s']:.0f} ms,"
+                f" {1000 * e['p99_s']:.0f} ms ({e['failed']} puts failed)",
+                file=out,
+            )
     verdict = "every invariant held" if report["ok"] else "SOME INVARIANTS FAILED"
     print(f"result: {verdict}", file=out)
     if json_path is not None:

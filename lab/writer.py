@@ -4,6 +4,10 @@ must be readable (a linearizable read through any member).
 Keys are `/lab/writes/<n>` (outside the agents' prefix), values `<n>`. A put counts as
 acknowledged only when etcd answered it with a revision; a put that timed out may or
 may not have been applied and is not counted either way.
+
+Every put is also timed (`puts`: when it was sent on the `clock` the caller gives, its
+latency, or None when it failed), which is what a client of the cluster feels: the stall
+figures of lab/stalls.py are computed from it.
 """
 
 from __future__ import annotations
@@ -45,13 +49,17 @@ class Writer:
         interval: float = 0.05,
         timeout: float = 1.0,
         tls: TlsFiles | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoints = endpoints
         self.tls = tls
         self.interval = interval
         self.timeout = timeout
+        self.clock = clock
         self.acked: list[int] = []
         self.failed = 0
+        self.puts: list[tuple[float, float | None]] = []
+        """(sent at, on `clock`; its latency in s, or None when it failed), one per put."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -73,12 +81,15 @@ class Writer:
                 self._stop.wait(self.interval)
                 continue
             n += 1
+            sent, started = self.clock(), time.monotonic()
             try:
                 client.put(f"{PREFIX}{n:08d}", str(n))
             except (EtcdError, ValueError, KeyError):
                 self.failed += 1
+                self.puts.append((sent, None))
             else:
                 self.acked.append(n)
+                self.puts.append((sent, time.monotonic() - started))
             self._stop.wait(self.interval)
         if client is not None:
             client.close()

@@ -97,8 +97,17 @@ class CloudRecord:
 class Lab:
     """Up to `size` nodes of one cluster; `idle[name]` is each node's CPU idle."""
 
-    def __init__(self, tmp: Path, etcd_bin: str, size: int = 7, **scaling: float) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        etcd_bin: str,
+        size: int = 7,
+        hooks: dict[str, str] | None = None,
+        **scaling: float,
+    ) -> None:
         self.tmp = tmp
+        self.hooks = hooks or {}
+        """Hook settings (configscript, cleanupscript: paths of scripts) of every node."""
         self.ips, self.client_port, self.peer_port = addresses(size + 4)
         self.record = CloudRecord()
         self.idle: dict[str, float] = {}
@@ -174,6 +183,7 @@ class Lab:
                 },
                 "metric": {"threshold": 90, "comparator": ">", "window": 0},
                 "scaling": self.scaling,
+                "hooks": {**self.hooks, "timeout": 30},
                 "cloud": cloud.model_dump(context={"reveal_secrets": True}),
                 "state_dir": str(node_dir / "state"),
                 "log_level": "DEBUG",

@@ -51,7 +51,30 @@ def test_status_lists_every_member_and_the_kill_lock_holder(etcd_cluster):
         "HEALTHY",
         "LEADER",
         "LEARNER",
+        "READING",
+        "(AGE)",
     ]
+
+
+@pytest.mark.etcd
+def test_status_shows_each_members_latest_reading_and_its_age(etcd_cluster):
+    import time
+
+    from agent.snapshot import PeerReading
+
+    cluster = etcd_cluster(3)
+    first = cluster.nodes[0].name
+    client = EtcdClient(cluster.endpoints, prefix="/autoscale-etcd/prod")
+    client.publish_reading(PeerReading(first, 93.5, time.time() - 4), ttl=30)
+    done = agent_cli("status", "--endpoints", ",".join(cluster.endpoints), "--cluster", "prod")
+    assert done.returncode == 0, done.stderr
+    done = agent_cli(
+        "status", "--endpoints", ",".join(cluster.endpoints), "--cluster", "prod", "--json"
+    )
+    members = {m["name"]: m for m in json.loads(done.stdout)["members"]}
+    assert members[first]["reading"]["value"] == 93.5
+    assert 4 <= members[first]["reading"]["age"] < 60
+    assert all(m["reading"] is None for name, m in members.items() if name != first)
 
 
 @pytest.mark.etcd

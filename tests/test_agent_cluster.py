@@ -97,7 +97,8 @@ def test_five_idle_agents_with_capacity_three_remove_exactly_two_spaced_by_the_p
     for node in nodes:
         lab.idle[node.name] = 97.0  # every node idle above 90 %
     assert wait_until(lambda: len(lab.record.deleted) == 2, timeout=40)
-    time.sleep(4 * PERIOD + 3.0)  # one more period: nobody else may leave
+    # one more scaledownperiod (and a few cycles): nobody else may leave
+    time.sleep(lab.scaling["scaledownperiod"] + 4 * PERIOD)
     downs = lab.record.calls_of("scale_down")
     assert len(downs) == 2
     # the removals, fenced by the kill lock, are a scaledownperiod apart (the lock's lease
@@ -138,6 +139,10 @@ def test_a_killed_member_is_removed_after_the_window_and_replaced(lab):
     # convicted at its third failed check: never sooner than 1.5 periods after the first
     # (agent/decide.py dead_member_window), which itself comes after the kill
     assert mark[0] - killed_at >= 1.5 * PERIOD
+    # ... and at the latest at its dead_member_periods-th check: that many periods, one more
+    # for the check that saw it fail first, and the cycle's own calls
+    periods = lab.scaling["dead_member_periods"]
+    assert mark[0] - killed_at <= (periods + 2) * PERIOD + 2.0
     assert victim.name not in lab.voters()
     # Heat counts healthy members only: +1 after the mark swaps the FAILED server for a
     # new one (a -1 would delete a healthy member too)
@@ -165,3 +170,128 @@ def test_etcd_down_everywhere_longer_than_the_tolerance_removes_nobody(lab):
     assert lab.record.calls_of("mark_unhealthy") == []
     assert lab.record.calls_of("scale_down") == []
     assert all(n.running for n in nodes)
+
+
+# --- what README promises, end to end ----------------------------------------------------------
+
+
+def test_a_node_that_cannot_join_marks_its_own_server_unhealthy(lab):
+    """README, Join: a node that cannot join in `retries` attempts marks its server
+    unhealthy (here: two of three members are gone, no quorum answers a newcomer)."""
+    lab = lab(retries=3)
+    nodes = start_initial(lab, 3)
+    for node in nodes[1:]:
+        node.agent.stopped.set()
+        node.service.kill()
+    (joiner,) = lab.grow(1)
+    joiner.start()
+    assert wait_until(lambda: lab.record.calls_of("mark_unhealthy"), timeout=30)
+    (mark,) = lab.record.calls_of("mark_unhealthy")
+    assert mark[1:] == (joiner.name, "mark_unhealthy", joiner.server_id)
+    assert wait_until(lambda: not joiner.running, timeout=10)
+    assert lab.state(joiner.name).phase == "failed"
+    assert lab.state(nodes[0].name).phase == "member"  # the survivor waits, marks nobody
+
+
+def test_the_leaver_repeats_its_signal_until_heat_deletes_its_server(lab):
+    """README, Scale-down: the leaver stays until Heat has deleted its server, repeating
+    the signal Heat did not take (here the first two signals fail: Heat answers 500)."""
+    lab = lab()
+    nodes = start_initial(lab, 4)
+    lab.cloud.api.fail("POST", "/resources/scale_down/signal", 500, times=2)
+    for node in nodes:
+        lab.idle[node.name] = 97.0
+    assert wait_until(lambda: lab.record.deleted == ["node1"], timeout=40)
+    downs = lab.record.calls_of("scale_down")
+    assert len(downs) == 3 and {call[1] for call in downs} == {"node1"}
+    # repeated every few periods (await_deletion: 3 periods), not in a tight loop
+    assert downs[2][0] - downs[1][0] >= 2 * PERIOD
+    assert sorted(lab.voters()) == ["node2", "node3", "node4"]
+
+
+def test_a_failing_node_replaces_itself_through_the_group(lab):
+    """README, Failmarker: above failtolerance, while the rest is healthy, a node whose
+    etcd fails removes itself (fenced by the kill lock), marks its own server unhealthy
+    and asks for +1; Heat swaps its server for a new one."""
+    lab = lab(failtolerance=10, dead_member_periods=200)  # the dead-member rule stays out
+    nodes = start_initial(lab, 3)
+    leader = next(m.name for m in lab.client().members() if m.is_leader)
+    victim = next(n for n in nodes if n.name != leader)
+    victim.service.signal(signal.SIGSTOP)  # its etcd hangs; its agent runs
+    assert wait_until(lambda: victim.name in lab.record.deleted, timeout=40)
+    marks = lab.record.calls_of("mark_unhealthy")
+    said = {n.name: lab.state(n.name).last_cycle for n in nodes}
+    assert [(m[1], m[3]) for m in marks] == [(victim.name, victim.server_id)], (marks, said)
+    # its +1 (the leader may ask one too, once the cluster is below capacity)
+    assert victim.name in [u[1] for u in lab.record.calls_of("scale_up")]
+    (record,) = lab.client().removal_records()
+    assert (record["member"], record["via"]) == (victim.name, "replace")
+    assert "failmarker" in record["reason"] and "> 10" in record["reason"]
+    assert victim.name not in lab.voters()
+    assert lab.record.calls_of("scale_down") == []
+
+
+def test_the_leaver_checks_again_once_it_holds_the_kill_lock(lab):
+    """README, Scale-down: the oldest wins the kill lock, then checks again; a member that
+    went unhealthy meanwhile makes it release the lock and remove nothing."""
+    from dataclasses import replace
+
+    lab = lab()
+    nodes = start_initial(lab, 4)
+    oldest = nodes[0]
+    real_observe = oldest.agent.observe
+    rechecks: list[str] = []
+
+    def observe(*, count: bool = True):
+        seen = real_observe(count=count)
+        if count or seen.members is None:
+            return seen
+        rechecks.append("looked")
+        if len(rechecks) % 2 == 0:  # the re-check, after the lock was won: node4 sick
+            sick = tuple(replace(m, healthy=m.name != "node4") for m in seen.members)
+            return replace(seen, members=sick)
+        return seen
+
+    oldest.agent.observe = observe  # type: ignore[method-assign]
+    for node in nodes:
+        lab.idle[node.name] = 97.0
+    assert wait_until(lambda: len(rechecks) >= 4, timeout=30)
+    assert lab.record.deleted == [] and lab.client().removal_records() == []
+    assert "re-check after winning the lock: wait" in lab.state("node1").last_cycle
+    assert "lock released" in lab.state("node1").last_cycle
+    assert lab.client().lock_holder("kill") is None  # released, not held for its TTL
+    oldest.agent.observe = real_observe  # type: ignore[method-assign]
+    assert wait_until(lambda: lab.record.deleted == ["node1"], timeout=30)
+
+
+def test_configscript_after_join_and_cleanupscript_on_leave(tmp_path, etcd_bin):
+    """README: configscript runs once a node has joined, cleanupscript before it leaves,
+    each with the AUTOSCALE_* variables."""
+    out = tmp_path / "hooks-ran"
+    out.mkdir()
+    scripts = {}
+    for hook in ("configscript", "cleanupscript"):
+        path = tmp_path / f"{hook}.sh"
+        path.write_text(
+            f'#!/bin/sh\nenv | grep ^AUTOSCALE_ | sort > "{out}/{hook}-$AUTOSCALE_NODE_NAME"\n'
+        )
+        path.chmod(0o755)
+        scripts[hook] = str(path)
+    lab = Lab(tmp_path / "lab", etcd_bin, hooks=scripts)
+    try:
+        nodes = start_initial(lab, 4)
+        assert wait_until(lambda: len(list(out.glob("configscript-*"))) == 4, timeout=20)
+        config = (out / "configscript-node2").read_text()
+        assert "AUTOSCALE_NODE_NAME=node2" in config and "AUTOSCALE_CLUSTER=itest" in config
+        assert f":{lab.client_port}" in config.split("AUTOSCALE_ENDPOINTS=")[1]
+        assert not list(out.glob("cleanupscript-*"))
+        for node in nodes:
+            lab.idle[node.name] = 97.0
+        assert wait_until(lambda: lab.record.deleted == ["node1"], timeout=40)
+        (cleanup,) = out.glob("cleanupscript-*")
+        assert cleanup.name == "cleanupscript-node1"
+        text = cleanup.read_text()
+        assert "AUTOSCALE_REASON=4 members > capacity 3" in text
+        assert len(list(out.glob("configscript-*"))) == 4  # once per node, not per cycle
+    finally:
+        lab.close()

@@ -109,8 +109,10 @@ def test_proc_readings_of_a_busy_and_an_idle_process(tmp_path):
             [Watched(busy.pid, "agent", log), Watched(idle.pid, "etcd")], 1.0, wait=wait
         )
         by_pid = {u.pid: u for u in usages}
-        assert by_pid[busy.pid].share > 0.5  # a core spinning
-        assert by_pid[idle.pid].share < 0.05
+        # a core spinning against a sleeper, both measured in the same second: the ratio,
+        # not a fixed share (a busy CI machine gives the spinner less than a core)
+        assert by_pid[busy.pid].share > 0.1
+        assert by_pid[busy.pid].share > 20 * max(by_pid[idle.pid].share, 0.001)
         assert by_pid[busy.pid].cycles == 4 and by_pid[idle.pid].cycles is None
         assert math.isclose(by_pid[busy.pid].per_cycle, by_pid[busy.pid].cpu_seconds / 4)
         assert 1 < by_pid[idle.pid].rss_mb <= by_pid[idle.pid].peak_mb < 200
@@ -160,9 +162,10 @@ EXPECTED = [
     "load drop to the first member out",
     "spacing of removals, by the fenced-removal records",
     "spacing of removals, members seen gone",
-    *(f"{n} nodes to one healthy cluster" for n in (3, 5, 7)),
-    *(f"{n} nodes: cluster ids seen" for n in (3, 5, 7)),
-    *(f"{n} nodes: members removed and rejoined or replaced on the way" for n in (3, 5, 7)),
+    *(f"{n} nodes to one healthy cluster" for n in (3, 5)),
+    *(f"{n} nodes: cluster ids seen" for n in (3, 5)),
+    *(f"{n} nodes: members removed and rejoined or replaced on the way" for n in (3, 5)),
+    "5 nodes, agents starting over 7 s: members removed and re-added on the way",
     "until all 7 are healthy voters",
     "agent RSS, largest of 3",
     "etcd RSS, largest",
@@ -205,8 +208,13 @@ def test_quick_bench_produces_every_row_with_a_number(etcd_bin, tmp_path):
     for row in report["rows"]:
         if row["target"]:
             assert row["met"] is not None and (row["met"] or row["gap"]), row
-    for n in (3, 5, 7):
+    for n in (3, 5):
         assert rows[f"{n} nodes: cluster ids seen"]["value"] == 1
+    # agents starting over minutes (scaled): no late starter taken for dead
+    assert (
+        rows["5 nodes, agents starting over 7 s: members removed and re-added on the way"]["value"]
+        == 0
+    )
     quorum = next(r for r in report["rows"] if r["name"].startswith("polls without a healthy"))
     assert quorum["value"] == 0
     assert rows["processes left running once a lab stopped"]["value"] == 0

@@ -19,7 +19,14 @@ from agent.decide import (
     track_unhealthy,
 )
 from agent.settings import AgentSettings, OpenStackCloud, ScalingSettings
-from agent.snapshot import CloudNode, Member, MetricReading, NodeIdentity, Snapshot
+from agent.snapshot import (
+    CloudNode,
+    Member,
+    MetricReading,
+    NodeIdentity,
+    PeerReading,
+    Snapshot,
+)
 
 SETTINGS = AgentSettings(
     cluster_name="t",
@@ -41,6 +48,7 @@ SETTINGS = AgentSettings(
     ),
 )
 NO_HOOK = SETTINGS
+NODE_SCOPE = SETTINGS.with_changes(metric={"scope": "node"})
 WITH_HOOK = SETTINGS.with_changes(hooks={"configscript": "/etc/autoscale-etcd/hooks/configscript"})
 IDLE = MetricReading("NETDATA_SYSTEM_CPU_IDLE", 97.0)
 BUSY = MetricReading("NETDATA_SYSTEM_CPU_IDLE", 12.0)
@@ -82,8 +90,18 @@ def snap(
         metric=metric,
         configured=True,
         cloud_nodes=group(count),
+        readings=readings({f"node{n}": metric.value for n in range(1, count + 1)}),
     )
     return replace(base, **changes)
+
+
+def readings(values: dict[str, float | None], *, age: float = 5.0) -> dict[str, PeerReading]:
+    """The members' published readings (what every member read, `age` s before now)."""
+    return {
+        name: PeerReading(name, value, 10_000.0 - age)
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 def group(count: int, *, oldest_first: int = 1, **status: str) -> tuple[CloudNode, ...]:
@@ -144,8 +162,9 @@ def test_no_scale_down(snapshot, why):
 
 
 def test_metric_error_is_no_decision_and_says_why():
-    action = act(snap(5, me=2, metric=BROKEN))
+    action = act(snap(5, me=2, metric=BROKEN), NODE_SCOPE)
     assert action.kind == "wait" and "netdata timed out" in action.reason
+    assert "5 members > capacity 3 but no metric" in action.reason
 
 
 def test_no_scale_down_while_a_member_joins():
@@ -153,6 +172,68 @@ def test_no_scale_down_while_a_member_joins():
     members = (*joining.members, member(6, learner=True))
     assert act(replace(joining, members=members)).kind == "wait"
     assert act(replace(joining, members=(*joining.members, unstarted(6)))).kind == "wait"
+
+
+# --- the cluster decides (downmetric_scope: cluster, the default) ---------------------------
+
+SKEWED = {"node1": 60.0, "node2": 99.0, "node3": 99.0, "node4": 99.0, "node5": 99.0}
+"""The oldest server (node1) 40 % busy, the others idle: the mean idle is 91.2."""
+
+
+def test_an_idle_cluster_shrinks_although_its_oldest_server_is_busy():
+    skewed = snap(5, me=1, metric=MetricReading("NETDATA_SYSTEM_CPU_IDLE", 60.0))
+    skewed = replace(skewed, readings=readings(SKEWED))
+    action = act(skewed)
+    assert action.kind == "leave" and action.member is not None
+    assert "mean NETDATA_SYSTEM_CPU_IDLE 91.2 over 5 members (60.0..99.0) > 90" in action.reason
+    # node scope keeps the original's rule: the oldest's own 60 % idle is not above 90
+    assert act(skewed, NODE_SCOPE).kind != "leave"
+
+
+def test_one_hot_member_keeps_the_mean_from_crossing():
+    """hot-one: a node at 100 % busy among four idle ones: mean idle 79.2, nobody leaves."""
+    hot = dict(SKEWED, node1=99.0, node3=0.0)
+    action = act(replace(snap(5, me=1), readings=readings(hot)))
+    assert action.kind != "leave"
+    assert "mean NETDATA_SYSTEM_CPU_IDLE 79.2 over 5 members (0.0..99.0)" in _steady(hot)
+
+
+def _steady(values: dict[str, float]) -> str:
+    from agent.decide import load_verdict
+
+    return load_verdict(replace(snap(5, me=1), readings=readings(values)), NO_HOOK)[1]
+
+
+@pytest.mark.parametrize(
+    ("values", "age", "why"),
+    [
+        ({**SKEWED, "node4": None}, 5.0, "no metric reading from node4"),
+        (SKEWED, 31.0, "the reading of node1 is 31s old"),
+    ],
+)
+def test_a_missing_or_stale_reading_means_no_decision(values, age, why):
+    action = act(replace(snap(5, me=1), readings=readings(values, age=age)))
+    assert action.kind == "wait" and why in action.reason and "no decision" in action.reason
+    blind = act(replace(snap(5, me=1), readings=None))
+    assert blind.kind == "wait" and "readings could not be read" in blind.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.none(), st.floats(0, 100)), min_size=4, max_size=7),
+    age=st.floats(0, 60),
+)
+def test_cluster_scope_leaves_only_on_every_fresh_reading_whose_mean_crosses(values, age):
+    count = len(values)
+    snapshot = replace(
+        snap(count, me=1, cloud_nodes=group(count)),
+        readings=readings({f"node{n}": v for n, v in enumerate(values, 1)}, age=age),
+    )
+    action = decide(snapshot, NO_HOOK)
+    if action.kind == "leave":
+        assert count > NO_HOOK.scaling.capacity
+        assert None not in values and age <= 3 * NO_HOOK.scaling.lockattemptperiod
+        assert sum(values) / count > NO_HOOK.metric.threshold  # type: ignore[arg-type]
 
 
 def test_comparators_compare_numbers():
@@ -176,7 +257,18 @@ def test_failmarker_counts_plus_five_minus_one_floor_zero():
 def test_failmarker_above_tolerance_asks_for_its_replacement_when_rest_is_healthy():
     action = act(snap(3, me=2, leader=1, failmarker=25, own_etcd_ok=False, metric=BUSY))
     assert action.kind == "replace_self" and action.lock == KILL_LOCK
-    assert "failmarker 25 > 20" in action.reason
+    assert action.member is not None and action.member.name == "node2"
+    assert "failmarker 25 > 20" in action.reason and "2/2 healthy, leader elsewhere" in (
+        action.reason
+    )
+
+
+def test_failmarker_tolerance_is_a_strict_bound():
+    """`failtolerance` 20: a marker of 20 is tolerated, 21 is not (the rule is `>`)."""
+    at = act(snap(3, me=2, leader=1, failmarker=20, own_etcd_ok=False, metric=BUSY))
+    above = act(snap(3, me=2, leader=1, failmarker=21, own_etcd_ok=False, metric=BUSY))
+    assert at.kind == "wait" and not at.removes
+    assert above.kind == "replace_self" and "failmarker 21 > 20" in above.reason
 
 
 def test_failmarker_after_recovery_decays_instead_of_removing():
@@ -186,7 +278,8 @@ def test_failmarker_after_recovery_decays_instead_of_removing():
 
 
 def test_failmarker_at_tolerance_does_nothing():
-    assert act(snap(3, me=2, failmarker=20, metric=BUSY)).kind == "wait"
+    action = act(snap(3, me=2, failmarker=20, own_etcd_ok=False, metric=BUSY))
+    assert action.kind == "wait" and "failmarker" not in action.reason
 
 
 def test_failmarker_in_a_cluster_wide_outage_removes_nobody():
@@ -198,11 +291,13 @@ def test_failmarker_in_a_minority_partition_removes_nobody():
     # this node sees the others unhealthy (it is cut off): it must stay
     action = act(snap(5, me=2, leader=2, unhealthy=(1, 3, 4, 5), failmarker=40, own_etcd_ok=False))
     assert not action.removes and "not seen healthy" in action.reason
+    assert "(0/4 healthy)" in action.reason
 
 
 def test_failmarker_needs_a_leader_elsewhere():
     action = act(snap(3, me=2, leader=2, failmarker=40, own_etcd_ok=False))
     assert not action.removes
+    assert "failmarker 40 > 20" in action.reason and "not seen healthy" in action.reason
 
 
 # --- dead members ----------------------------------------------------------------
@@ -464,6 +559,18 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
         ),
         configured=True,
         cloud_nodes=draw(st.one_of(st.none(), st.just(group(count, oldest_first=me)))),
+        readings=draw(
+            st.one_of(
+                st.none(),
+                st.builds(
+                    lambda values, age: readings(
+                        {f"node{n}": v for n, v in enumerate(values, 1)}, age=age
+                    ),
+                    st.lists(st.one_of(st.none(), st.floats(0, 100)), min_size=7, max_size=7),
+                    st.floats(0, 60),
+                ),
+            )
+        ),
     )
 
 
@@ -540,8 +647,10 @@ def test_never_two_removals_inside_one_scaledownperiod(idle, offsets):
                 configured=True,
                 cloud_nodes=tuple(c for c in group(5) if alive[int(c.name[4:])]),
             )
-            action = decide(snapshot, NO_HOOK)
-            if action.kind == "leave" and now >= lock_until:
+            action = decide(snapshot, NODE_SCOPE)
+            if action.kind == "leave":
+                # decide must never choose to leave while it sees the lock held
+                assert holder is None, (now, lock_until, action.reason)
                 lock_until = now + period
                 alive[n] = False
                 removals.append(now)

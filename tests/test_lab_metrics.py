@@ -30,11 +30,15 @@ def needs_netdata() -> None:
 @pytest.mark.usefixtures("needs_netdata")
 def test_the_parent_mirrors_the_child_and_serves_its_cpu_idle(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "lab", "metrics", "--seconds", "5", "--root", str(tmp_path)],
+        # a deadline for a failure, not a duration: it ends once two values came through
+        [
+            *(sys.executable, "-m", "lab", "metrics", "--seconds", "60", "--readings", "2"),
+            *("--root", str(tmp_path)),
+        ],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     out = run.stdout
     assert run.returncode == 0, out + run.stderr

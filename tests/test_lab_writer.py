@@ -92,3 +92,19 @@ def test_a_read_back_that_never_succeeds_is_unverified_with_its_reason() -> None
     assert result.error.startswith("could not read the writes back: ")
     assert result.error != "could not read the writes back: no etcd running"
     assert result.acked == 3 and result.lost == []
+
+
+def test_the_stall_of_a_window_is_the_longest_time_without_an_acknowledged_write():
+    from lab.stalls import stall
+
+    # a put every 0.1 s acked 10 ms later, then nothing acked from 1.0 to 2.5, then again
+    puts = [(t / 10, 0.01) for t in range(10)] + [(1.0, None), (1.5, None)]
+    puts += [(2.5 + t / 10, 0.01) for t in range(5)]
+    during = stall(puts, 0.0, 3.0, timeout=1.0)
+    assert abs(during.longest - (2.51 - 0.91)) < 1e-9  # the last ack before, the first after
+    assert during.failed == 2 and during.puts == 17
+    assert during.p99 == 1.0  # a failed put counts as the client's timeout
+    quiet = stall(puts, 0.0, 0.95, timeout=1.0)
+    assert abs(quiet.longest - 0.1) < 1e-9 and quiet.p99 == 0.01
+    # a window with no acknowledged write stalls for its whole length
+    assert abs(stall(puts, 1.2, 2.0, timeout=1.0).longest - 0.8) < 1e-9
