@@ -24,7 +24,10 @@ cloud = cloud_facts.look_up(settings)
 # 3. Network, security groups, the agents' credential, keypair, cluster CA.
 network = Network("network", NetworkArgs(settings, cluster_name))
 groups = SecurityGroups("security", SecurityGroupsArgs(settings, cluster_name))
-credential = AgentCredential("agents", AgentCredentialArgs(cluster_name, roles=cloud.agent_roles))
+credential = AgentCredential(
+    "agents",
+    AgentCredentialArgs(cluster_name, roles=cloud.agent_roles, access_rules=cloud.access_rules),
+)
 keypair = (
     openstack.compute.Keypair("keypair", name=settings.key_name, public_key=settings.public_key)
     if settings.public_key
@@ -75,5 +78,6 @@ pulumi.export("heat_stack_id", members.stack_id)
 pulumi.export("scale_up_url", members.output("scale_up_url"))
 pulumi.export("etcd_client_endpoints", client_endpoints(settings, members))
 pulumi.export("client_discovery", client_discovery(settings))
+pulumi.export("client_security_group", groups.clients.name)
 pulumi.export("metrics_server", metrics.dashboard_url if metrics else None)
 pulumi.export("etcd_ca_cert", ca.cert_pem if ca else None)

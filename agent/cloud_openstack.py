@@ -390,7 +390,7 @@ class OpenStackGroup:
                 json=json,
                 params=params,
                 timeout=seconds,
-                verify=self.settings.verify_tls,
+                verify=(self.settings.cacert or True) if self.settings.verify_tls else False,
             )
         except HttpTimeout:
             raise CloudError(f"{name}: timed out after {seconds}s") from None

@@ -77,6 +77,7 @@ def etcd_config(
         "initial-cluster-state": state,
         "heartbeat-interval": settings.heartbeat_ms,
         "election-timeout": settings.election_ms,
+        "quota-backend-bytes": settings.quota_backend_bytes,
         # etcd 3.4 turns the HTTP gateway (/v3/...) off when a config file is used
         "enable-grpc-gateway": True,
         # refuse a reconfiguration that would leave the cluster without quorum

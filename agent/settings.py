@@ -55,6 +55,7 @@ class EtcdSettings(_Strict):
     """How the agent runs etcd: the node's systemd unit, or a child process (tests, lab)."""
     heartbeat_ms: Annotated[int, Field(ge=10)] = 100
     election_ms: Annotated[int, Field(ge=50)] = 1000
+    quota_backend_bytes: Annotated[int, Field(ge=0)] = 2 * 2**30
 
     @model_validator(mode="after")
     def _check(self) -> EtcdSettings:
@@ -143,6 +144,9 @@ class OpenStackCloud(_Strict):
     """cloud-init's instance data, read when the metadata service does not answer (clouds
     with a config drive only): the server's uuid and name, and its EC2 local-ipv4."""
     verify_tls: bool = True
+    cacert: str | None = None
+    """A PEM file of the CA that signs the cloud's API certificates (a private CA), as in
+    clouds.yaml; None: the system's trust store."""
 
     @field_serializer("application_credential_secret")
     def _reveal_on_request(self, value: SecretStr, info: SerializationInfo) -> str:

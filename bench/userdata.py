@@ -78,6 +78,13 @@ def example_values() -> dict[str, str]:
         Token.NETDATA_API_KEY: str(uuid.uuid4()),
         Token.TLS_CA_CERT: cert,
         Token.TLS_CA_KEY: key,
+        # the wait-condition handle's endpoint (stack user project in the path) and its
+        # Keystone fernet token (about 180-250 characters)
+        Token.READY_URL: (
+            f"https://heat.cloud.example.com:8004/v1/{uuid.uuid4().hex}/stacks/"
+            f"autoscale-etcd-dev/{uuid.uuid4()}/resources/agents_ready_handle/signal"
+        ),
+        Token.READY_TOKEN: "gAAAAAB" + secrets.token_urlsafe(180),
     }
 
 

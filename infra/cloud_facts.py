@@ -1,7 +1,8 @@
 """What the program asks the cloud before it declares anything (read-only look-ups).
 
-- the Keystone URL and region the agents authenticate at, from the deploying token's
-  service catalog (`openstack.identity.get_auth_scope`);
+- the Keystone URL and region the agents authenticate at, and the Heat and Nova endpoint
+  URLs their access rules are made for (path prefix included), from the deploying
+  token's service catalog (`openstack.identity.get_auth_scope`);
 - the deploying user's roles, to give the agents' credential the least one;
 - the members' flavor vCPUs, for the scale-up alarm's threshold.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import pulumi
 import pulumi_openstack as openstack
 
+from infra.access_rules import AccessRule, access_rules
 from infra.credentials import agent_roles
 from infra.settings import StackSettings
 
@@ -41,6 +43,20 @@ def identity_url(catalog: Sequence[Any], region: str | None) -> str:
     raise ValueError(f"no public identity endpoint in the service catalog (region {region})")
 
 
+def endpoint_url(catalog: Sequence[Any], service_type: str, region: str | None) -> str:
+    """The public URL of `service_type` in the catalog (in `region` when given)."""
+    for service in catalog:
+        if _get(service, "type") != service_type:
+            continue
+        for endpoint in _get(service, "endpoints"):
+            if _get(endpoint, "interface") == "public" and region in (
+                None,
+                _get(endpoint, "region"),
+            ):
+                return str(_get(endpoint, "url")).rstrip("/")
+    raise ValueError(f"no public {service_type} endpoint in the service catalog (region {region})")
+
+
 def catalog_region(catalog: Sequence[Any]) -> str:
     for service in catalog:
         if _get(service, "type") == "orchestration" and _get(service, "endpoints"):
@@ -54,6 +70,8 @@ class CloudFacts:
     region: pulumi.Output[str]
     agent_roles: pulumi.Output[list[str]]
     member_vcpus: pulumi.Output[int]
+    access_rules: pulumi.Output[list[AccessRule]] | None
+    """The agents' rules for this catalog's Heat and Nova paths; None: agent_access_rules off."""
 
 
 def look_up(settings: StackSettings) -> CloudFacts:
@@ -71,6 +89,20 @@ def look_up(settings: StackSettings) -> CloudFacts:
         lambda found: agent_roles([_get(role, "role_name") for role in found])
     )
     flavor = openstack.compute.get_flavor_output(name=settings.instance_type)
+    rules = None
+    if settings.agent_access_rules:
+        rules = pulumi.Output.all(scope.service_catalogs, region).apply(
+            lambda args: list(
+                access_rules(
+                    endpoint_url(args[0], "orchestration", args[1]),
+                    endpoint_url(args[0], "compute", args[1]),
+                )
+            )
+        )
     return CloudFacts(
-        auth_url=auth_url, region=region, agent_roles=roles, member_vcpus=flavor.vcpus
+        auth_url=auth_url,
+        region=region,
+        agent_roles=roles,
+        member_vcpus=flavor.vcpus,
+        access_rules=rules,
     )

@@ -23,11 +23,20 @@ import pulumi_openstack as openstack
 from infra import heat
 from infra.bundle import agent_bundle
 from infra.heat import P
-from infra.settings import StackSettings
+from infra.settings import StackSettings, join_timeout
 from infra.tls import b64
 from infra.userdata import member_user_data, proxy_user_data
 
 STACK_TIMEOUT_MINUTES = 30
+"""Heat's timeout for the stack's create or update, at least."""
+
+
+def stack_timeout_minutes(stack: StackSettings) -> int:
+    """The stack's timeout: the members' boot (Nova, up to about 10 minutes on a busy cloud)
+    plus the agents_ready wait (`join_timeout`), and never under STACK_TIMEOUT_MINUTES: a
+    stack timing out before its wait condition would fail with Heat's "Timed out" instead
+    of the nodes' reason."""
+    return max(STACK_TIMEOUT_MINUTES, -(-join_timeout(stack) // 60) + 15)
 
 
 def cluster_template(stack: StackSettings, cluster_name: str) -> heat.ClusterTemplate:
@@ -115,7 +124,7 @@ class MemberGroup(pulumi.ComponentResource):
             name=args.cluster_name,
             template_opts={"Bin": template_text(self.template)},
             parameters=parameters,
-            timeout=STACK_TIMEOUT_MINUTES,
+            timeout=stack_timeout_minutes(s),
             disable_rollback=True,
             opts=child,
         )

@@ -44,6 +44,27 @@ def agent_roles(user_roles: Sequence[str]) -> list[str]:
 class AgentCredentialArgs:
     cluster_name: str
     roles: pulumi.Input[Sequence[str]]
+    access_rules: pulumi.Input[Sequence[AccessRule]] | None = None
+    """None: no rules (agent_access_rules: false)."""
+
+
+def credential_name(
+    cluster_name: str, roles: Sequence[str], rules: Sequence[AccessRule] | None
+) -> str:
+    """A name that changes with what the credential may do. Keystone keeps one credential
+    name per user and every field of a credential is immutable, so a change of roles or
+    rules is a new credential made before the old is deleted: under a new name."""
+    import hashlib
+    import json
+
+    content = json.dumps(
+        {
+            "roles": sorted(roles),
+            "rules": None if rules is None else [[r.service, r.method, r.path] for r in rules],
+        },
+        sort_keys=True,
+    )
+    return f"{cluster_name}-agents-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
 
 
 class AgentCredential(pulumi.ComponentResource):
@@ -54,18 +75,35 @@ class AgentCredential(pulumi.ComponentResource):
         self, name: str, args: AgentCredentialArgs, opts: pulumi.ResourceOptions | None = None
     ):
         super().__init__("autoscale-etcd:infra:AgentCredential", name, None, opts)
+        rules = (
+            pulumi.Output.from_input(args.access_rules)
+            if args.access_rules is not None
+            else pulumi.Output.from_input(None)
+        )
         credential = openstack.identity.ApplicationCredential(
             f"{name}-appcred",
-            name=f"{args.cluster_name}-agents",
-            description=f"autoscale-etcd agents of {args.cluster_name}: Heat and Nova calls only",
+            name=pulumi.Output.all(args.roles, rules).apply(
+                lambda found: credential_name(args.cluster_name, found[0], found[1])
+            ),
+            description=(
+                f"autoscale-etcd agents of {args.cluster_name}: Heat and Nova calls only"
+                if args.access_rules is not None
+                else f"autoscale-etcd agents of {args.cluster_name} (no access rules)"
+            ),
             roles=args.roles,
             unrestricted=False,
-            access_rules=[
-                openstack.identity.ApplicationCredentialAccessRuleArgs(
-                    service=rule.service, method=rule.method, path=rule.path
+            access_rules=rules.apply(
+                lambda found: (
+                    None
+                    if found is None
+                    else [
+                        openstack.identity.ApplicationCredentialAccessRuleArgs(
+                            service=rule.service, method=rule.method, path=rule.path
+                        )
+                        for rule in found
+                    ]
                 )
-                for rule in ACCESS_RULES
-            ],
+            ),
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["secret"]),
         )
         self.credential_id = credential.id

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from infra.settings import StackSettings
+from infra.settings import StackSettings, join_timeout
 
 HOT_VERSION = "2021-04-16"  # Wallaby: str_replace, list_join, if/conditions, hidden params
 
@@ -34,6 +34,8 @@ SCALE_DOWN = "scale_down"
 ALARM = "scale_up_alarm"
 PROXY_GROUP = "proxy_group"
 AGENT_BUNDLE = "agent_bundle"
+READY_HANDLE = "agents_ready_handle"
+READY = "agents_ready"
 
 # Heat's default `max_template_size` (heat.conf [DEFAULT]): the largest template text
 # it parses, in bytes. The request body around it may be up to `max_json_body_size` (1 MiB).
@@ -454,12 +456,34 @@ class ClusterTemplate:
             # scaledownperiod) spaces removals instead.
             SCALE_DOWN: ScalingPolicy(GROUP, -1, 0).to_hot(),
         }
+        resources |= self.agents_ready()
         scale_up_alarm = alarm(s)
         if scale_up_alarm is not None:
             resources[ALARM] = scale_up_alarm
         if s.proxies > 0:
             resources[PROXY_GROUP] = ResourceGroup(self.proxy(), s.proxies, bundle).to_hot()
         return resources
+
+    def agents_ready(self) -> Hot:
+        """A wait condition the first node's fetch of the agent signals: SUCCESS once the
+        agents' credential has fetched the bundle, FAILURE naming why when Keystone or Heat
+        refuse it (a wrong secret, access rules the cloud's paths do not match). Without it
+        a stack whose nodes cannot authenticate ends CREATE_COMPLETE with no etcd running;
+        with it `pulumi up` fails with the nodes' reason, or after `join_timeout`.
+        The handle's `endpoint` and `token` (a token of the stack's own user, for this
+        stack's signals only) reach the nodes through their user-data."""
+        return {
+            READY_HANDLE: {"type": "OS::Heat::WaitConditionHandle"},
+            READY: {
+                "type": "OS::Heat::WaitCondition",
+                "depends_on": [GROUP],
+                "properties": {
+                    "handle": get_resource(READY_HANDLE),
+                    "count": 1,
+                    "timeout": join_timeout(self.settings),
+                },
+            },
+        }
 
     def outputs(self) -> Hot:
         outputs: Hot = {
@@ -514,7 +538,11 @@ def member_template(cluster: ClusterTemplate) -> Hot:
         "heat_template_version": HOT_VERSION,
         "description": "autoscale-etcd: one member of the group, alone",
         "parameters": {name: p.to_hot() for name, p in used.items()},
-        "resources": {"member": cluster.member().to_hot()},
+        "resources": {
+            "member": cluster.member().to_hot(),
+            # the handle its user-data reads (in the group's nested stack: the values)
+            READY_HANDLE: cluster.agents_ready()[READY_HANDLE],
+        },
         "outputs": {"address": {"value": get_attr("member", "first_address")}},
     }
 

@@ -60,13 +60,17 @@ class Network(pulumi.ComponentResource):
                 external_network_id=external.id,
                 opts=child,
             )
-            openstack.networking.RouterInterface(
+            interface = openstack.networking.RouterInterface(
                 f"{name}-router-interface",
                 router_id=router.id,
                 subnet_id=subnet.id,
                 opts=child,
             )
-            self.network_id = network.id
+            # what uses the network waits for its subnet and router interface: a server
+            # booted on a network without a subnet fails (Heat's stack CREATE_FAILED)
+            self.network_id = pulumi.Output.all(network.id, subnet.id, interface.id).apply(
+                lambda ids: ids[0]
+            )
             self.subnet_id = subnet.id
             self.router_id = router.id
         else:

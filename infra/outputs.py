@@ -25,15 +25,17 @@ def client_endpoints(settings: StackSettings, members: Any) -> pulumi.Output[lis
 
 
 def client_discovery(settings: StackSettings) -> str:
+    allowed = "attach the security group in client_security_group to your client servers" + (
+        f" (or connect from {', '.join(settings.client_cidrs)})" if settings.client_cidrs else ""
+    )
     if settings.proxies > 0:
         return (
             f"use the {settings.proxies} etcd gRPC proxies ({PROXY_GROUP}): their addresses"
-            " stay fixed while members come and go, and they follow the membership;"
-            " attach the security group <cluster>-clients to your client servers"
+            f" stay fixed while members come and go, and they follow the membership; {allowed}"
         )
     return (
         "members change as the cluster scales: give clients several of these endpoints and"
         " let them follow the member list (etcd clientv3 AutoSyncInterval, or"
         " `etcdctl member list`); `python -m agent status --endpoints URL` shows the current"
-        " members; `pulumi refresh` updates this output"
+        f" members; `pulumi refresh` updates this output; {allowed}"
     )

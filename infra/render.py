@@ -69,6 +69,20 @@ PLACEHOLDER_CATALOG = [
             }
         ],
     },
+    {
+        "id": "compute",
+        "name": "nova",
+        "type": "compute",
+        "endpoints": [
+            {
+                "id": "nova-public",
+                "interface": "public",
+                "region": "RegionOne",
+                "regionId": "RegionOne",
+                "url": "https://nova.cloud.invalid:8774/v2.1",
+            }
+        ],
+    },
 ]
 PLACEHOLDER_ROLES = [{"roleId": "r-member", "roleName": "member"}]
 PLACEHOLDER_VCPUS = 2

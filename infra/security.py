@@ -1,10 +1,12 @@
 """Security groups made by the program: etcd's ports open only to the cluster itself.
 
 - members: etcd client and peer ports from members (remote group: the members' own
-  group), the client port from the proxies; netdata (19999) only from the metrics
-  server; ssh from `ssh_cidrs`.
-- proxies: the client port from the `clients` group (attach it to your client
-  servers) and from the members; ssh from `ssh_cidrs`.
+  group), the client port from the proxies; with no proxies, the client port from the
+  `clients` group and from `client_cidrs` (clients talk to the members themselves);
+  netdata (19999) only from the metrics server; ssh from `ssh_cidrs`.
+- proxies: the client port from the `clients` group and `client_cidrs`, and from the
+  members; ssh from `ssh_cidrs`.
+- clients: empty; attach it to the servers that use etcd (the stack exports its name).
 - metrics: netdata's stream port from members and proxies (they push to the parent),
   the dashboard and ssh from `ssh_cidrs`.
 The user's own groups (`sec_grps`) are attached by name beside the program's.
@@ -35,7 +37,7 @@ class SecurityGroups(pulumi.ComponentResource):
 
     members: openstack.networking.SecGroup
     proxies: openstack.networking.SecGroup | None
-    clients: openstack.networking.SecGroup | None
+    clients: openstack.networking.SecGroup
     metrics: openstack.networking.SecGroup | None
 
     def __init__(
@@ -56,18 +58,21 @@ class SecurityGroups(pulumi.ComponentResource):
 
         self.members = group("members", "etcd members")
         self.proxies = group("proxies", "etcd gRPC proxies") if s.proxies > 0 else None
-        self.clients = (
-            group("clients", "servers allowed to use the proxies") if s.proxies > 0 else None
-        )
+        self.clients = group("clients", "servers allowed to use etcd")
         self.metrics = group("metrics", "netdata parent") if s.metrics_server else None
 
         client, peer = s.etcdclientport, s.etcdpeerport
         self._allow("members-client-from-members", self.members, client, group=self.members)
         self._allow("members-peer-from-members", self.members, peer, group=self.members)
-        if self.proxies is not None and self.clients is not None:
+        if self.proxies is not None:
             self._allow("members-client-from-proxies", self.members, client, group=self.proxies)
             self._allow("proxies-client-from-clients", self.proxies, client, group=self.clients)
             self._allow("proxies-client-from-members", self.proxies, client, group=self.members)
+        else:  # no proxies: the clients talk to the members
+            self._allow("members-client-from-clients", self.members, client, group=self.clients)
+        front = self.proxies if self.proxies is not None else self.members
+        for index, cidr in enumerate(s.client_cidrs):
+            self._allow(f"client-{index}", front, client, cidr=cidr)
         if self.metrics is not None:
             self._allow(
                 "members-netdata-from-metrics", self.members, NETDATA_PORT, group=self.metrics
@@ -116,7 +121,7 @@ class SecurityGroups(pulumi.ComponentResource):
             {
                 "members": self.members.id,
                 "proxies": self.proxies.id if self.proxies else None,
-                "clients": self.clients.id if self.clients else None,
+                "clients": self.clients.id,
                 "metrics": self.metrics.id if self.metrics else None,
             }
         )

@@ -160,8 +160,13 @@ class StackSettings(BaseModel):
     upthreshold: Annotated[float, Field(gt=0, le=100)] = 80.0
     """Scale-up when the group's mean CPU use is above this percentage."""
     alarm: Literal["gnocchi", "prometheus", "cpu_util", "none"] = "gnocchi"
-    alarmperiod: Seconds = 600
+    alarmperiod: Seconds = 300
+    """The alarm's granularity: it must equal a granularity of the metric's archive policy
+    (Ceilometer's cpu: ceilometer-low-rate, 5-minute points), else it has no data."""
     ssh_cidrs: Annotated[list[Cidr], BeforeValidator(_json_list)] = []
+    client_cidrs: Annotated[list[Cidr], BeforeValidator(_json_list)] = []
+    """CIDRs allowed on etcd's client port (the proxies' with proxies, else the members');
+    servers in the stack's `clients` security group are allowed anyway."""
     create_network: ZeroOneBool = False
     network_cidr: Cidr = "10.42.0.0/24"
     external_network: OptionalName = None
@@ -176,6 +181,24 @@ class StackSettings(BaseModel):
     metrics_instance_type: OptionalName = None
     volume_size: Annotated[int, Field(ge=0)] = 0
     """GiB of boot volume per member; 0 boots from the image on the hypervisor."""
+    cacert: OptionalName = None
+    """A PEM file (like clouds.yaml's `cacert`) of the CA that signs the cloud's API
+    certificates, when that is a private CA: carried to every node, where the bundle's
+    fetcher and the agent trust it for Keystone, Heat and Nova."""
+    agent_access_rules: ZeroOneBool = True
+    """true: the agents' credential may make exactly their Heat and Nova calls (access
+    rules made from the catalog's paths); false: for clouds whose services refuse
+    access-rule tokens (no [keystone_authtoken] service_type), the credential may do
+    whatever its role allows in the project."""
+    etcd_heartbeat_ms: Annotated[int, Field(ge=10, le=10_000)] = 100
+    """etcd's --heartbeat-interval: about the round trip between members (etcd's tuning
+    guide); raise it with the election on slow or far networks."""
+    etcd_election_ms: Annotated[int, Field(ge=50, le=50_000)] = 1000
+    """etcd's --election-timeout: at least 10 x the heartbeat; a disk whose fsync stalls
+    (Ceph-backed volumes under load) needs 2500-5000 to avoid spurious elections."""
+    quota_backend_bytes: Annotated[int, Field(ge=0, le=8 * 2**30)] = 2 * 2**30
+    """etcd's --quota-backend-bytes (2 GiB; 8 GiB is etcd's advised maximum). At the quota
+    etcd raises NOSPACE and takes no writes until compacted and defragmented."""
     join_timeout: Annotated[PositiveInt | None, BeforeValidator(_empty_is_none)] = None
     """Seconds from a server's creation to its joining; unset: 900 (a plain image installs
     etcd, netdata and the agent's venv at boot), 300 with prebuilt_image."""
@@ -302,6 +325,17 @@ def cross_check(values: Mapping[str, Any], base_dir: Path | None) -> list[Proble
                     "required with create_network: true (the router's gateway network)",
                 )
             )
+    if have("etcd_heartbeat_ms", "etcd_election_ms") and (
+        values["etcd_election_ms"] < 10 * values["etcd_heartbeat_ms"]
+    ):
+        problems.append(
+            Problem(
+                "etcd_election_ms",
+                values["etcd_election_ms"],
+                f"must be at least 10 x etcd_heartbeat_ms ({values['etcd_heartbeat_ms']}):"
+                " etcd's tuning guide",
+            )
+        )
     if have("public_key", "key_name") and values["public_key"] and not values["key_name"]:
         problems.append(Problem("key_name", values["key_name"], "required when public_key is set"))
     if have("alarm", "upmetric") and values["alarm"] == "cpu_util":
@@ -326,6 +360,20 @@ def cross_check(values: Mapping[str, Any], base_dir: Path | None) -> list[Proble
                     " SHA256SUMS to allow it)",
                 )
             )
+    if base_dir is not None and values.get("cacert"):
+        path = Path(values["cacert"])
+        path = path if path.is_absolute() else base_dir / path
+        try:
+            pem = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as error:
+            problems.append(
+                Problem("cacert", values["cacert"], f"must be a readable PEM file ({error})")
+            )
+        else:
+            if "-----BEGIN CERTIFICATE-----" not in pem:
+                problems.append(
+                    Problem("cacert", values["cacert"], f"{path} holds no PEM certificate")
+                )
     if base_dir is not None:
         for key in ("configscript", "cleanupscript", "proxyconfig"):
             if values.get(key):
@@ -338,9 +386,38 @@ def cross_check(values: Mapping[str, Any], base_dir: Path | None) -> list[Proble
     return problems
 
 
+CEILOMETER_GRANULARITY = 300
+"""s: the granularity of Ceilometer's archive policies (ceilometer-low, ceilometer-low-rate:
+5 minutes, 30 days) and its default polling interval (polling.yaml)."""
+
+
+NEUTRON_AGENT_RESTART = 60
+"""s: about how long a Neutron L2 agent's restart (flows re-programmed) or a guest's reboot
+cuts a server off; a shorter dead-member window removes healthy members for it."""
+
+
 def size_warnings(values: Mapping[str, Any]) -> list[str]:
-    """etcd's advice: odd member counts, at most 7 members."""
+    """etcd's advice: odd member counts, at most 7 members; an alarm period Gnocchi has no
+    points for; a dead-member window shorter than a network blip."""
     warnings: list[str] = []
+    if (
+        values.get("alarm") in ("gnocchi", "cpu_util")
+        and values.get("alarmperiod", CEILOMETER_GRANULARITY) != CEILOMETER_GRANULARITY
+    ):
+        warnings.append(
+            f"alarmperiod = {values['alarmperiod']}: Ceilometer stores cpu in the"
+            " ceilometer-low-rate archive policy (300 s points); an alarm asking another"
+            " granularity stays 'insufficient data' unless you gave the metric a policy with"
+            " that granularity"
+        )
+    window = values.get("dead_member_periods", 6) * values.get("lockattemptperiod", 10)
+    if window < NEUTRON_AGENT_RESTART:
+        warnings.append(
+            f"dead_member_periods = {values.get('dead_member_periods')} x lockattemptperiod ="
+            f" {window} s: a member unreachable that long is removed; a Neutron agent restart"
+            f" or a guest reboot takes about {NEUTRON_AGENT_RESTART} s, and a member removed"
+            " for it must rejoin from nothing"
+        )
     if values.get("max_cluster", 0) > 7:
         warnings.append(
             f"max_cluster = {values['max_cluster']}: etcd advises at most 7 members;"
@@ -496,6 +573,9 @@ def agent_settings(
             peer_scheme=stack.etcdpeerscheme,
             cluster_token=re.sub(r"[^A-Za-z0-9_.-]", "-", cluster_name),
             tls=tls,
+            heartbeat_ms=stack.etcd_heartbeat_ms,
+            election_ms=stack.etcd_election_ms,
+            quota_backend_bytes=stack.quota_backend_bytes,
         ),
         metric=MetricSettings(
             name=stack.downmetric,

@@ -88,6 +88,8 @@ class Token:
     NETDATA_API_KEY = "@@NETDATA_API_KEY@@"
     TLS_CA_CERT = "@@TLS_CA_CERT_B64@@"
     TLS_CA_KEY = "@@TLS_CA_KEY_B64@@"
+    READY_URL = "@@READY_URL@@"
+    READY_TOKEN = "@@READY_TOKEN@@"
 
 
 HEAT_VALUES: Mapping[str, heat.Hot] = {
@@ -101,6 +103,8 @@ HEAT_VALUES: Mapping[str, heat.Hot] = {
     Token.NETDATA_API_KEY: heat.get_param(heat.P.NETDATA_API_KEY),
     Token.TLS_CA_CERT: heat.get_param(heat.P.TLS_CA_CERT),
     Token.TLS_CA_KEY: heat.get_param(heat.P.TLS_CA_KEY),
+    Token.READY_URL: heat.get_attr(heat.READY_HANDLE, "endpoint"),
+    Token.READY_TOKEN: heat.get_attr(heat.READY_HANDLE, "token"),
 }
 
 
@@ -108,6 +112,12 @@ def agent_requirements(pyproject: Path = PROJECT_DIR / "pyproject.toml") -> list
     """The agent's pinned dependencies: pyproject.toml [project.dependencies], the one place."""
     document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     return list(document["project"]["dependencies"])
+
+
+CLOUD_CA = "/etc/autoscale-etcd/cloud-ca.pem"
+"""Where a node keeps the stack's `cacert` (the CA of the cloud's API certificates)."""
+READY_FILE = "/etc/autoscale-etcd/ready.json"
+"""The stack's agents_ready wait-condition handle: its signal URL and token (0600)."""
 
 
 def node_agent_settings(
@@ -122,6 +132,7 @@ def node_agent_settings(
         stack_id=Token.STACK,
         group_resource=heat.GROUP,
         scale_down_policy=heat.SCALE_DOWN,
+        cacert=CLOUD_CA if stack.cacert else None,
     )
     return agent_settings(stack, cluster_name=cluster_name, cloud=cloud, role=role)
 
@@ -149,9 +160,10 @@ def compact_json(settings: AgentSettings) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def fetch_command(sha256: str) -> list[str]:
-    """The node's fetch of the agent bundle named by `sha256` (infra/node/fetch-agent.py)."""
-    return [
+def fetch_command(sha256: str, *, ready: bool = False) -> list[str]:
+    """The node's fetch of the agent bundle named by `sha256` (infra/node/fetch-agent.py);
+    `ready`: it signals the stack's agents_ready wait condition (members)."""
+    command = [
         VENV_PYTHON,
         FETCHER,
         "--config",
@@ -163,6 +175,7 @@ def fetch_command(sha256: str) -> list[str]:
         "--out",
         AGENT_PYZ,
     ]
+    return [*command, "--ready", READY_FILE] if ready else command
 
 
 def named_bundle(text: str) -> str:
@@ -255,6 +268,15 @@ def _node_document(
     ]
     hooks = ("configscript", "cleanupscript") if role == "member" else ("proxyconfig",)
     files += _hook_files(stack, hooks, base_dir)
+    if role == "member":
+        ready = json.dumps(
+            {"url": Token.READY_URL, "token": Token.READY_TOKEN, "condition": heat.READY}
+        )
+        files.append(_file(READY_FILE, ready, "0600"))
+    if stack.cacert:
+        path = Path(stack.cacert)
+        pem = (path if path.is_absolute() else base_dir / path).read_text(encoding="ascii")
+        files.append(_file(CLOUD_CA, pem))  # a CA certificate: public
     runcmd: list[list[str]] = []
     if not stack.prebuilt_image:
         install = without_comments((NODE_SCRIPTS_DIR / "install.sh").read_text("utf-8"))
@@ -291,7 +313,8 @@ def _node_document(
             ["systemctl", "restart", "netdata"],
         ]
     # The agent starts only once its bundle is fetched and checked.
-    fetch_then_start = f"{shlex.join(fetch_command(bundle.sha256))} && systemctl enable --now"
+    fetch = fetch_command(bundle.sha256, ready=role == "member")
+    fetch_then_start = f"{shlex.join(fetch)} && systemctl enable --now"
     runcmd += [["systemctl", "daemon-reload"], ["sh", "-c", f"{fetch_then_start} {AGENT_UNIT}"]]
     return {
         "users": [

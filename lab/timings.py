@@ -83,6 +83,13 @@ def group_spec(stack: StackSettings) -> GroupSpec:
     )
 
 
+MIN_DEAD_WINDOW = 4.0
+"""s: the shortest dead-member window the lab scales to. After a reboot the node's agent
+and etcd start (Python, etcd's WAL replay, a catch-up) in real time; on a loaded 2-core
+host that took 2.1 s once, beyond the 2.4 s a factor of 0.04 leaves of the stack's 60 s,
+and a rebooted member was removed."""
+
+
 @dataclass(frozen=True)
 class LabTimings:
     factor: float
@@ -118,9 +125,14 @@ class LabTimings:
             downmetric_window=0 if window == 0 else max(1, round(window * factor)),
             metric_timeout=max(0.5, MetricSettings().timeout * factor),
             hook_timeout=max(5.0, 600 * factor),
-            heartbeat_ms=100,
-            election_ms=1000,
-            dead_member_periods=stack.dead_member_periods,
+            # etcd's own timings are not scaled: a 2-core host would flap
+            heartbeat_ms=stack.etcd_heartbeat_ms,
+            election_ms=stack.etcd_election_ms,
+            # a rebooted node's agent and etcd start in real time, not scaled time
+            dead_member_periods=max(
+                stack.dead_member_periods,
+                math.ceil(MIN_DEAD_WINDOW / (stack.lockattemptperiod * factor)),
+            ),
             failtolerance=stack.failtolerance,
             # the join window (retries x lockattemptperiod) must outlast etcd's fixed 5 s
             retries=max(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.settings import OpenStackCloud
+from infra.heat import READY, READY_HANDLE
 from lab.cloud.api import StackResource
 from lab.cloud.heat import Member, Policy
 from lab.cloud.keystone import AccessRule, Endpoint
@@ -81,16 +82,20 @@ class FakeOpenStack:
             "etcd-prod-agents", access_rules, credential_id=CREDENTIAL_ID, secret=CREDENTIAL_SECRET
         )
         self.url = ""
+        self.ready_url = self.ready_token = ""
 
     # ---- control ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, host: str | None = None, tls: tuple[str, str] | None = None) -> None:
+        """Serve on a free 127.0.0.x (or `host`); over https with `tls` (cert, key files)."""
         for _ in range(20):
-            host = f"127.0.0.{random.randint(2, 250)}"
+            address = host or f"127.0.0.{random.randint(2, 250)}"
             try:
-                self.cloud.serve(host)
+                self.cloud.serve(address, tls=tls)
                 break
             except OSError:
+                if host is not None:
+                    raise
                 continue
         else:
             raise RuntimeError("no free 127.0.0.x address")
@@ -113,7 +118,11 @@ class FakeOpenStack:
             Endpoint("compute", "nova", "internal", "RegionOne", f"{self.url}/compute/v2.1"),
             Endpoint("compute", "nova", "public", "RegionTwo", f"{self.url}/compute/v2.1"),
         ]
+        self.ready_url, self.ready_token = self.cloud.add_wait_handle(
+            READY_HANDLE, condition=READY, count=1, timeout=600
+        )
         self.cloud.create(len(MEMBERS))
+        self.cloud.start_waits()
         for member, (name, ip) in zip(self.cloud.members(), MEMBERS, strict=True):
             member.name, member.ip = name, ip
         self.requests.clear()
@@ -164,7 +173,8 @@ class FakeOpenStack:
 
     @property
     def issued_tokens(self) -> list[str]:
-        return [t.id for t in self.keystone.issued]
+        """The agents' credential's tokens (not Heat's stack-user token of the handle)."""
+        return [t.id for t in self.keystone.issued if t.credential is self.credential]
 
     @property
     def valid_tokens(self) -> set[str]:
@@ -185,6 +195,15 @@ class FakeOpenStack:
 
     def calls(self, method: str | None = None, path_part: str = "") -> list[Any]:
         return self.api.calls(method, path_part)
+
+    def ready(self) -> tuple[str, str]:
+        """The agents_ready wait condition's (status, reason), as `pulumi up` would see it."""
+        (condition,) = [r for r in self.cloud.resources() if r.name == READY]
+        return condition.status, condition.reason
+
+    @property
+    def ready_signals(self) -> dict[str, dict[str, Any]]:
+        return dict(self.cloud.wait_handles[READY_HANDLE].metadata)
 
     def member(self, server_id: str) -> Member:
         return next(m for m in self.members if m.server_id == server_id)

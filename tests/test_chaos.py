@@ -140,6 +140,15 @@ def _hook(tmp_path: Path, target: subprocess.Popen[bytes], **extra: object):
     return hook
 
 
+def _finish(hook: subprocess.Popen[str], timeout: float = 10) -> tuple[str, str]:
+    """The rest of the hook's output. Not communicate(): it reads the pipes' descriptors,
+    and lines the readline() of "ready" already buffered ("gone" comes right after when
+    the pid is not the agent's) would be lost."""
+    assert hook.stdout is not None and hook.stderr is not None
+    hook.wait(timeout=timeout)
+    return hook.stdout.read(), hook.stderr.read()
+
+
 def test_the_hook_kills_the_agent_the_moment_it_leaves(tmp_path):
     agent = _sleeper(tmp_path, "agent.json")
     try:
@@ -148,7 +157,7 @@ def test_the_hook_kills_the_agent_the_moment_it_leaves(tmp_path):
         time.sleep(0.3)
         assert agent.poll() is None  # a member is left alone
         (tmp_path / "state.json").write_text(json.dumps({"phase": "leaving"}))
-        out, _ = hook.communicate(timeout=10)
+        out, _ = _finish(hook)
         assert out.split() == ["killed", "leaving"]
         assert agent.wait(timeout=5) == -9
     finally:
@@ -162,7 +171,7 @@ def test_the_hook_leaves_a_process_that_is_not_the_agent(tmp_path):
     try:
         (tmp_path / "state.json").write_text(json.dumps({"phase": "leaving"}))
         hook = _hook(tmp_path, other)
-        out, err = hook.communicate(timeout=10)
+        out, err = _finish(hook)
         # the pid is not the agent's: never killed
         assert out.split() == ["gone"], (out, err, hook.returncode)
         assert other.poll() is None

@@ -407,3 +407,40 @@ def test_the_secret_and_the_token_never_reach_logs_or_errors(cloud, caplog):
     everything = caplog.text + "\n".join(texts) + repr(group.settings) + str(group.settings)
     assert CREDENTIAL_SECRET not in everything
     assert not any(token in everything for token in cloud.issued_tokens)
+
+
+# ---- a cloud whose APIs a private CA certifies ---------------------------------------------
+
+
+@pytest.fixture
+def private_ca_cloud(tmp_path):
+    """The fake cloud over https, its certificate signed by a company CA of its own."""
+    import random
+
+    from agent.tls import issue_node_cert, make_ca
+    from tests.tools import need
+
+    need("openssl")
+    ca = make_ca(tmp_path / "company-ca", "company-ca")
+    for _ in range(10):
+        host = f"127.0.0.{random.randint(2, 250)}"
+        server = issue_node_cert(ca, tmp_path / f"api-{host}", ip=host, name="cloud.example")
+        fake = FakeOpenStack()
+        try:
+            fake.start(host=host, tls=(server.cert_file, server.key_file))
+            break
+        except OSError:
+            continue
+    yield fake, str(ca.cert_file)
+    fake.stop()
+
+
+def test_a_private_ca_is_trusted_through_cacert_and_only_then(private_ca_cloud):
+    fake, ca_file = private_ca_cloud
+    assert fake.url.startswith("https://")
+    trusted = OpenStackGroup(fake.settings(cacert=ca_file), timeout=5)
+    assert trusted.whoami().name == "etcd-prod-node-a"
+    assert [n.name for n in trusted.group_members()] == [m.name for m in fake.members]
+    plain = OpenStackGroup(fake.settings(), timeout=5)  # the system store only
+    with pytest.raises(CloudError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        plain.group_members()

@@ -264,6 +264,38 @@ def test_the_stack_holds_the_bundle_its_nodes_name_and_the_groups_wait_for_it(st
 
 
 @pytest.mark.parametrize("stack", STACKS)
+def test_the_stack_waits_for_its_first_member_s_report(stack):
+    """`pulumi up` ends only when a member's fetch has reported (tests/test_infra_node.py
+    runs the fetcher's side): the wait condition follows the group, waits `join_timeout`
+    for one signal, and only members are handed its handle."""
+    from infra.settings import join_timeout
+
+    s = settings_of(stack)
+    cluster = cluster_template(s, f"autoscale-etcd-{stack}")
+    resources = cluster.to_hot()["resources"]
+    assert resources[heat.READY_HANDLE] == {"type": "OS::Heat::WaitConditionHandle"}
+    assert resources[heat.READY] == {
+        "type": "OS::Heat::WaitCondition",
+        "depends_on": [heat.GROUP],
+        "properties": {
+            "handle": {"get_resource": heat.READY_HANDLE},
+            "count": 1,
+            "timeout": join_timeout(s),
+        },
+    }
+    user_data = resources[heat.GROUP]["properties"]["resource"]["properties"]["user_data"]
+    params = user_data["str_replace"]["params"]
+    assert {"get_attr": [heat.READY_HANDLE, "endpoint"]} in params.values()
+    assert {"get_attr": [heat.READY_HANDLE, "token"]} in params.values()
+    assert "--ready" in user_data["str_replace"]["template"]
+    if s.proxies:
+        proxy = resources[heat.PROXY_GROUP]["properties"]["resource_def"]["properties"]
+        proxy_params = proxy["user_data"]["str_replace"]["params"]
+        assert heat.READY_HANDLE not in yaml.safe_dump(proxy_params)
+        assert "--ready /etc" not in proxy["user_data"]["str_replace"]["template"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
 def test_the_template_is_within_heat_s_max_template_size(stack):
     from heat.common import config  # noqa: F401  (registers max_template_size)
     from oslo_config import cfg

@@ -6,7 +6,9 @@
   credential, reads the `agent_bundle` metadata the cluster template holds, installs
   the bundle only when it is the one the user-data names, retries failures, and never
   prints the secret or the token. Its Heat call is one the credential's access rules
-  allow (keystonemiddleware's own matching).
+  allow (keystonemiddleware's own matching). It reports to the stack's agents_ready wait
+  condition (run with Heat's own signal checks by the fake): SUCCESS once the agent's
+  calls are let through, FAILURE naming the refused call when the credential is not.
 - `install.sh`, as the user-data ships it, in a fake root with recording stubs for the
   package managers, curl and the interpreters: EL9 gets python3.11, etcd is installed
   only when its sha256 is in the list the user-data carries.
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -34,12 +37,13 @@ from infra.access_rules import access_rules
 from infra.bundle import Bundle, agent_bundle
 from infra.cluster import cluster_template
 from infra.render import find_stack_file, stack_config
-from infra.settings import parse_settings, strip_namespace
+from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
 from infra.userdata import (
     AGENT_CONFIG,
     AGENT_PYZ,
     ETCD_SUMS,
     FETCHER,
+    READY_FILE,
     VENV_PYTHON,
     Token,
     member_user_data,
@@ -49,6 +53,7 @@ from tests.fake_openstack import CREDENTIAL_ID, CREDENTIAL_SECRET, PROJECT, Fake
 from tests.tools import need
 
 METADATA_PATH = "/resources/agent_bundle/metadata"
+SIGNAL_PATH = f"/resources/{heat.READY_HANDLE}/signal"
 
 
 def settings_of(stack: str):
@@ -90,6 +95,8 @@ def heat_substituted(text: str, fake: FakeOpenStack) -> str:
         Token.CREDENTIAL_ID: CREDENTIAL_ID,
         Token.CREDENTIAL_SECRET: CREDENTIAL_SECRET,
         Token.STACK: f"{fake.stack_name}/{fake.stack_id}",
+        Token.READY_URL: fake.ready_url,
+        Token.READY_TOKEN: fake.ready_token,
     }
     for token, value in values.items():
         text = text.replace(token, value)
@@ -111,8 +118,9 @@ def node(fake, tmp_path) -> Node:
         FETCHER: str(tmp_path / "fetch-agent.py"),
         AGENT_CONFIG: str(tmp_path / "agent.json"),
         AGENT_PYZ: str(tmp_path / "agent.pyz"),
+        READY_FILE: str(tmp_path / "ready.json"),
     }
-    for path in (FETCHER, AGENT_CONFIG):
+    for path in (FETCHER, AGENT_CONFIG, READY_FILE):
         Path(places[path]).write_text(files[path])
     (last,) = [cmd for cmd in document["runcmd"] if cmd[:2] == ["sh", "-c"] and FETCHER in cmd[2]]
     fetch = shlex.split(last[2].split(" && ")[0])
@@ -138,9 +146,16 @@ def test_fetches_the_named_bundle_with_the_app_credential_and_it_runs(fake, node
     assert get.path.startswith("/heat-api/v1/")
     assert f"/stacks/{fake.stack_name}/{fake.stack_id}" in get.path
     assert get.headers["x-auth-token"] == fake.issued_tokens[0]
-    assert len(fake.requests) == 2
-    # never the secret or the token in what cloud-init logs
-    for secret in (CREDENTIAL_SECRET, fake.issued_tokens[0]):
+    # then the agent's other calls with the same token, and the stack told it works:
+    # `pulumi up` waits for this (the agents_ready wait condition)
+    assert len(fake.issued_tokens) == 1
+    assert [r.method for r in fake.requests] == ["POST", "GET", "GET", "GET", "POST"]
+    (signal,) = fake.calls("POST", SIGNAL_PATH)
+    assert signal.headers["x-auth-token"] == fake.issued_tokens[0]
+    assert signal.body["status"] == "SUCCESS"
+    assert fake.ready() == ("CREATE_COMPLETE", "state changed")
+    # never the secret or a token in what cloud-init logs
+    for secret in (CREDENTIAL_SECRET, fake.issued_tokens[0], fake.ready_token):
         assert secret not in result.stdout + result.stderr
     assert agent_bundle().sha256 in result.stderr
     # the file it installed is the agent
@@ -174,6 +189,8 @@ def test_the_credential_s_access_rules_allow_the_fetch(fake, node):
         )
 
     assert allowed("GET", path)
+    # the ready report's calls went through the same rules
+    assert fake.ready() == ("CREATE_COMPLETE", "state changed")
     # the rules are not "anything": no writes to the metadata, no stack deletion
     assert not allowed("PUT", path) and not allowed("POST", path)
     assert not allowed("DELETE", path.split("/resources/")[0])
@@ -189,6 +206,7 @@ def test_retries_a_503_from_heat_and_from_keystone(fake, node):
     assert len(fake.calls("POST", "/v3/auth/tokens")) == 4
     assert result.stderr.count("HTTP 503") == 3
     assert "attempt 4" not in result.stderr and "installed" in result.stderr
+    assert fake.ready()[0] == "CREATE_COMPLETE"  # a broken cloud is not a refused credential
 
 
 def test_refuses_a_bundle_that_is_not_the_named_one(fake, node):
@@ -218,6 +236,75 @@ def test_a_bad_secret_is_refused_and_never_printed(fake, node):
     assert wrong not in result.stdout + result.stderr
     assert not fake.calls("GET", METADATA_PATH)
     assert not node.pyz.exists()
+
+
+def test_a_credential_keystone_refuses_fails_the_stack_naming_why(fake, node):
+    """A wrong secret: three refusals in a row and the wait condition is failed, once,
+    with the stack user's token; Heat's reason names Keystone's answer. The fetcher
+    keeps trying until its deadline (a fixed credential would still be fetched with)."""
+    config = node.dir / "agent.json"
+    config.write_text(config.read_text().replace(CREDENTIAL_SECRET, "not-the-secret"))
+    result = node.fetch("--deadline", "1.5")
+    assert result.returncode == 1 and not node.pyz.exists()
+    assert len(fake.calls("POST", "/v3/auth/tokens")) >= 4
+    (failure,) = fake.calls("POST", SIGNAL_PATH)
+    assert failure.headers["x-auth-token"] == fake.ready_token
+    status, reason = fake.ready()
+    assert status == "CREATE_FAILED"
+    assert reason.startswith(f"WaitConditionFailure: resources.{heat.READY}: ")
+    assert "credential is refused" in reason and "keystone POST /v3/auth/tokens: HTTP 401" in reason
+    assert "not-the-secret" not in result.stderr + reason
+
+
+def test_access_rules_that_miss_the_compute_prefix_fail_the_stack(fake, node):
+    """Rules made for Nova on :8774/v2.1 while the catalog serves it under /compute: the
+    bundle comes (Heat's rule matches), Nova refuses the agent's call, and the stack fails
+    naming it, where before `pulumi up` succeeded with agents that could do nothing."""
+    wrong = access_rules(f"{fake.url}/heat-api/v1/{PROJECT}", "https://nova.example:8774/v2.1")
+    fake.keystone.credentials[CREDENTIAL_ID].access_rules = tuple(
+        KeystoneRule(r.service, r.method, r.path) for r in wrong
+    )
+    result = node.fetch("--deadline", "10")
+    assert result.returncode == 0, result.stderr  # the agent is installed all the same
+    status, reason = fake.ready()
+    assert status == "CREATE_FAILED"
+    assert "nova GET /servers/<nil uuid>: HTTP 401" in reason
+    assert "no access rule allows GET /compute/v2.1/servers/" in reason
+    # the rules made from the catalog let it through
+    right = access_rules(f"{fake.url}/heat-api/v1/{PROJECT}", f"{fake.url}/compute/v2.1")
+    assert any(r.service == "compute" and r.path.startswith("/compute/v2.1/") for r in right)
+
+
+def test_a_node_made_after_the_wait_reports_nothing(fake, node):
+    """The wait condition is done (the first nodes): a later node's fetch signals nothing,
+    so the handle's metadata does not grow with every replacement over the years."""
+    fake.cloud.wait_signal(heat.READY_HANDLE, {"status": "SUCCESS", "id": "first"})
+    assert fake.ready()[0] == "CREATE_COMPLETE"
+    result = node.fetch("--deadline", "10")
+    assert result.returncode == 0, result.stderr
+    assert not fake.calls("POST", SIGNAL_PATH)
+    assert list(fake.ready_signals) == ["first"]
+    assert "nothing to report" in result.stderr
+
+
+def test_a_node_faster_than_its_group_reports_before_the_wait_begins(fake, node):
+    """The condition waits only once the whole group is made (it depends on it); a node
+    that fetched before sees it INIT_COMPLETE, signals all the same, and the handle keeps
+    the signal for when the wait begins."""
+    fake.cloud.wait_handles[heat.READY_HANDLE].started_at = None
+    assert fake.ready()[0] == "INIT_COMPLETE"
+    assert node.fetch("--deadline", "10").returncode == 0
+    assert fake.ready()[0] == "INIT_COMPLETE" and len(fake.ready_signals) == 1
+    fake.cloud.start_waits()
+    assert fake.ready() == ("CREATE_COMPLETE", "state changed")
+
+
+def test_a_broken_ready_file_does_not_keep_the_agent_from_its_node(fake, node):
+    (node.dir / "ready.json").write_text("{")
+    result = node.fetch("--deadline", "10")
+    assert result.returncode == 0 and node.pyz.exists()
+    assert "nothing will be reported" in result.stderr
+    assert fake.ready()[0] == "CREATE_IN_PROGRESS"
 
 
 def test_a_broken_settings_file_or_checksum_fails_at_once(fake, node):
@@ -410,3 +497,56 @@ def test_install_sh_is_shellcheck_clean(tmp_path):
     broken = tmp_path / "install.sh"
     broken.write_text(script.read_text().replace('"${sums}"', "$sums_file", 1))
     assert subprocess.run([shellcheck, str(broken)], capture_output=True).returncode != 0
+
+
+def test_the_fetcher_trusts_a_private_ca_through_the_settings_cacert(tmp_path):
+    """A cloud whose Keystone and Heat a company CA certifies: with the stack's `cacert`
+    (written to the node, named in its settings) the bundle comes; without, the fetcher
+    refuses the certificate and names it."""
+    import random
+
+    from agent.tls import issue_node_cert, make_ca
+    from tests.tools import need
+
+    need("openssl")
+    ca = make_ca(tmp_path / "company-ca", "company-ca")
+    fake = FakeOpenStack()
+    for _ in range(10):
+        host = f"127.0.0.{random.randint(2, 250)}"
+        server = issue_node_cert(ca, tmp_path / f"api-{host}", ip=host, name="cloud.example")
+        try:
+            fake.start(host=host, tls=(server.cert_file, server.key_file))
+            break
+        except OSError:
+            continue
+    try:
+        bundle = agent_bundle()
+        fake.resource_metadata[heat.AGENT_BUNDLE] = heat.AgentBundle(
+            bundle.sha256, bundle.packed, len(bundle.zipapp)
+        ).to_hot()["metadata"]
+        cloud = fake.settings(cacert=str(ca.cert_file)).model_dump(
+            mode="json", context={"reveal_secrets": True}
+        )
+        runs = {}
+        for name, settings in (("with", cloud), ("without", {**cloud, "cacert": None})):
+            config = tmp_path / f"{name}.json"
+            config.write_text(json.dumps({"cloud": settings}))
+            runs[name] = subprocess.run(
+                [
+                    sys.executable,
+                    str(PROJECT_DIR / "infra/node/fetch-agent.py"),
+                    *("--config", str(config), "--sha256", bundle.sha256),
+                    *("--out", str(tmp_path / f"{name}.pyz"), "--deadline", "1"),
+                    *("--first-delay", "0.05"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert runs["with"].returncode == 0, runs["with"].stderr
+        assert (tmp_path / "with.pyz").read_bytes() == bundle.zipapp
+        assert runs["without"].returncode == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in runs["without"].stderr
+        assert not (tmp_path / "without.pyz").exists()
+    finally:
+        fake.stop()

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from infra import heat
-from infra.credentials import ACCESS_RULES
-from infra.render import MASK, find_stack_file, stack_config
+from infra.access_rules import access_rules
+from infra.credentials import credential_name
+from infra.render import MASK, PLACEHOLDER_PROJECT_ID, find_stack_file, stack_config
 from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
 from infra.userdata import BUDGET, named_bundle
 
@@ -108,6 +109,8 @@ def test_dev_declares_exactly_the_resources_of_its_settings(dev):
             "AgentCredential",
             "MemberGroup",
             "SecGroup",
+            "SecGroup",
+            "SecGroupRule",
             "SecGroupRule",
             "SecGroupRule",
             "ApplicationCredential",
@@ -121,9 +124,13 @@ def test_dev_declares_exactly_the_resources_of_its_settings(dev):
     assert not any(":networking/network:" in r["type"] for r in dev.resources)
 
 
-def test_dev_etcd_ports_open_only_to_the_members_own_group(dev):
-    members = dev.group_id("members")
-    assert dev.rules() == {(members, 12379, members), (members, 12380, members)}
+def test_dev_etcd_ports_open_only_to_the_members_own_group_and_the_clients(dev):
+    members, clients = dev.group_id("members"), dev.group_id("clients")
+    assert dev.rules() == {
+        (members, 12379, members),
+        (members, 12380, members),
+        (members, 12379, clients),  # no proxies: clients use the members' client port
+    }
     for rule in dev.of_type(RULE):
         assert rule["inputs"]["direction"] == "ingress"
         assert rule["inputs"]["protocol"] == "tcp"
@@ -142,11 +149,26 @@ def test_dev_heat_parameters_wire_network_groups_server_group_and_credential(dev
     assert params["agent_credential_secret"] == MASK
     assert params["auth_url"] == "https://keystone.cloud.invalid:5000/v3"
     assert params["image"] == "Ubuntu 24.04" and params["flavor"] == "m1.small"
-    # 80 % of the placeholder flavor's 2 vCPUs over 600 s, in ns of CPU time
-    assert params["alarm_threshold"] == str(int(0.8 * 600 * 1e9 * 2))
+    # 80 % of the placeholder flavor's 2 vCPUs over 300 s (Ceilometer's cpu points), in ns
+    assert params["alarm_threshold"] == str(int(0.8 * 300 * 1e9 * 2))
     assert set(params) == {
         p.name for p in heat.ClusterTemplate(dev.settings, heat.UserData("")).parameters()
     }
+
+
+def test_the_heat_stack_outlasts_its_wait_for_the_nodes(dev):
+    """A failed first create is left as it is (disable_rollback: its servers' console logs
+    say why) under the name README's way back deletes; Heat's timeout is longer than the
+    agents_ready wait, so a stack fails with the nodes' reason, not Heat's "Timed out"."""
+    from infra.settings import join_timeout
+
+    (stack,) = dev.of_type(STACK_V1)
+    assert stack["inputs"]["name"] == "autoscale-etcd-dev"
+    assert stack["inputs"]["disableRollback"] is True
+    assert stack["inputs"]["timeout"] * 60 >= join_timeout(dev.settings) + 600
+    readme = (PROJECT_DIR / "README.md").read_text()
+    assert "openstack stack delete --yes --wait autoscale-etcd-<stack>" in readme
+    assert f"pulumi import {STACK_V1} {stack['name']}" in readme
 
 
 def test_dev_agent_credential_is_restricted_to_the_agents_calls(dev):
@@ -155,9 +177,19 @@ def test_dev_agent_credential_is_restricted_to_the_agents_calls(dev):
     assert inputs["unrestricted"] is False
     assert inputs["roles"] == ["member"]
     rules = {(r["service"], r["method"], r["path"]) for r in inputs["accessRules"]}
-    assert rules == {(r.service, r.method, r.path) for r in ACCESS_RULES}
+    # made from the catalog's Heat and Nova URLs (the placeholder's have no path prefix)
+    made = access_rules(
+        f"https://heat.cloud.invalid:8004/v1/{PLACEHOLDER_PROJECT_ID}",
+        "https://nova.cloud.invalid:8774/v2.1",
+    )
+    assert rules == {(r.service, r.method, r.path) for r in made}
     assert {service for service, _, _ in rules} == {"orchestration", "compute"}
     assert "secret" not in inputs  # Keystone makes it; it is never an input
+    # its name changes with what it may do: a change is a new credential, no name clash
+    assert inputs["name"] == credential_name("autoscale-etcd-dev", ["member"], made)
+    assert credential_name("c", ["member"], made) != credential_name("c", ["reader"], made)
+    assert credential_name("c", ["member"], made) != credential_name("c", ["member"], made[:2])
+    assert credential_name("c", ["member"], made) != credential_name("c", ["member"], None)
 
 
 def test_dev_group_sizes_cooldowns_and_policies_follow_the_settings(dev):
@@ -298,6 +330,75 @@ def test_ownnet_creates_network_subnet_router_and_attaches_members(ownnet):
     assert router["inputs"]["externalNetworkId"] == "net-ext-net"
     assert interface["inputs"] == {"routerId": router["id"], "subnetId": subnet["id"]}
     assert ownnet.heat_parameters["network"] == network["id"]
+
+
+_NETWORK_DEPENDENCIES = """
+import asyncio, json, sys
+import pulumi
+from infra.network import Network, NetworkArgs
+from infra.settings import load_stack_file
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def new_resource(self, args):
+        return args.name + "-id", dict(args.inputs)
+
+    def call(self, args):
+        return {"id": "net-ext"}
+
+
+pulumi.runtime.set_mocks(Mocks(), project="autoscale-etcd", stack="ownnet", preview=False)
+
+
+@pulumi.runtime.test
+def needs():
+    network = Network("network", NetworkArgs(load_stack_file(sys.argv[1]), "c"))
+
+    async def types():
+        return sorted(type(r).__name__ for r in await network.network_id.resources())
+
+    return pulumi.Output.from_input(asyncio.ensure_future(types())).apply(
+        lambda found: print(json.dumps(found))
+    )
+
+
+needs()
+"""
+
+
+def test_what_uses_a_created_network_waits_for_its_subnet_and_router_interface():
+    """create_network: the network id the Heat stack gets carries the subnet and the
+    router interface as dependencies (a server booted on a network with no subnet fails,
+    and the stack with it): Pulumi creates the stack after them."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _NETWORK_DEPENDENCIES,
+            str(PROJECT_DIR / "tests/stacks/Pulumi.ownnet.yaml"),
+        ],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    needed = json.loads(run.stdout.strip().splitlines()[-1])
+    assert {"Network", "Subnet", "RouterInterface"} <= set(needed), needed
+
+
+def test_ownnet_without_access_rules_and_with_client_cidrs(ownnet):
+    credential = ownnet.one("openstack:identity/applicationCredential:ApplicationCredential")
+    assert "accessRules" not in credential["inputs"] or not credential["inputs"]["accessRules"]
+    assert credential["inputs"]["unrestricted"] is False  # it still makes no credentials
+    assert "(no access rules)" in credential["inputs"]["description"]
+    members = ownnet.group_id("members")
+    cidr_rules = [r["inputs"] for r in ownnet.of_type(RULE) if r["inputs"].get("remoteIpPrefix")]
+    assert [(r["securityGroupId"], r["portRangeMin"], r["remoteIpPrefix"]) for r in cidr_rules] == [
+        (members, 12379, "192.0.2.0/24")
+    ]
+    assert "192.0.2.0/24" in ownnet.outputs["client_discovery"]
+    assert ownnet.outputs["client_security_group"] == "autoscale-etcd-ownnet-clients"
 
 
 def test_ownnet_without_server_group_alarm_key_or_cleanup_hook(ownnet):

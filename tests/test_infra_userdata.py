@@ -228,3 +228,23 @@ def test_hooks_units_tls_and_netdata_stream_by_settings():
     assert json.loads(proxy[AGENT_CONFIG]["content"])["role"] == "proxy"
     dev = files_of(member_user_data(settings_of("dev"), cluster_name="c").text)
     assert not any("pki" in path or "netdata" in path for path in dev)
+
+
+def test_a_private_cloud_ca_is_written_to_the_nodes_and_named_in_their_settings(tmp_path):
+    from infra.settings import SettingsError
+    from infra.userdata import CLOUD_CA, member_user_data
+
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBcompanyCA\n-----END CERTIFICATE-----\n"
+    (tmp_path / "company-ca.pem").write_text(pem)
+    raw = {**strip_namespace(stack_config(find_stack_file("dev"))), "cacert": "company-ca.pem"}
+    for key in ("configscript", "cleanupscript", "proxyconfig"):
+        raw[key] = str(find_stack_file("dev").parent / raw.get(key, f"hooks/{key}.sh"))
+    stack = parse_settings(raw, base_dir=tmp_path)
+    document = yaml.safe_load(member_user_data(stack, cluster_name="c", base_dir=tmp_path).text)
+    files = {f["path"]: f for f in document["write_files"]}
+    assert files[CLOUD_CA]["content"] == pem and files[CLOUD_CA]["permissions"] == "0644"
+    agent = AgentSettings.model_validate_json(files[AGENT_CONFIG]["content"])
+    assert agent.cloud.cacert == CLOUD_CA
+    (tmp_path / "not-a-ca.pem").write_text("hello")
+    with pytest.raises(SettingsError, match=r"cacert = 'not-a-ca.pem': .* holds no PEM"):
+        parse_settings({**raw, "cacert": "not-a-ca.pem"}, base_dir=tmp_path)

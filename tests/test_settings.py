@@ -197,6 +197,14 @@ def test_metrics_server_takes_zero_one_true_false(value, expected):
     assert parse(metrics_server=value).metrics_server is expected
 
 
+def test_a_dead_member_window_shorter_than_a_neutron_restart_is_warned_of():
+    assert not [w for w in size_warnings(parse().model_dump()) if "dead_member" in w]
+    (warning,) = [
+        w for w in size_warnings(parse(dead_member_periods=2).model_dump()) if "dead_member" in w
+    ]
+    assert "= 20 s" in warning and "Neutron" in warning
+
+
 def test_size_warnings_follow_etcd_advice():
     assert size_warnings(parse(max_cluster=9).model_dump())[0].startswith("max_cluster = 9")
     even = size_warnings(parse(capacity=4).model_dump())

@@ -19,6 +19,24 @@ cloud-init runs it once, at first boot, before it starts the agent:
 4. The file is written next to its target and renamed over it (mode 0755), so it
    replaces any older copy (an image's) and is never seen half-written.
 
+With `--ready FILE` (members; FILE holds the stack's agents_ready wait-condition handle,
+`{"url", "token"}`: its `endpoint` and stack-user `token` attributes) the fetch also
+reports to that wait condition, so `pulumi up` sees a node that cannot work:
+
+5. once installed, while the wait condition has not ended (INIT_COMPLETE or
+   CREATE_IN_PROGRESS: a node made later reports nothing), the calls the agent makes
+   beyond this one are tried: Nova "Show server
+   details" of a server id that exists nowhere (`GET {nova}/servers/<nil uuid>`: 404 when
+   the credential's access rules let the call through, keystonemiddleware's 401 when not),
+   then the handle's signal with the credential's own token
+   (`POST {heat}/stacks/{name}/{id}/resources/{handle}/signal`, body `{"status":
+   "SUCCESS", "reason", "data", "id"}`), the call the agent makes to scaling policies;
+6. when Keystone or a service refuses the credential (HTTP 401 or 403) three times in a
+   row, or step 5 is refused, the handle is signalled FAILURE once with the stack user's
+   token (a token that may signal this handle only), the reason naming the refused call:
+   the wait condition fails and the stack with it. Other failures are retried as before:
+   a slow or broken cloud is not the credential's fault.
+
 Any failure (network, HTTP status, a bundle that is not the named one) is retried with
 exponential backoff until `--deadline` seconds have passed. Redirects are not followed
 (the token goes nowhere else). The credential secret and the token never reach the output.
@@ -38,6 +56,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 import ssl
 import sys
 import tempfile
@@ -50,8 +69,21 @@ from urllib.parse import quote
 MAX_DELAY = 60.0
 
 
+NIL_SERVER = "00000000-0000-0000-0000-000000000000"
+REFUSALS_BEFORE_FAILURE = 3
+
+
 class Failure(Exception):
-    """One attempt failed; worth another."""
+    """One attempt failed; worth another. `status`: the HTTP status, if there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def refused(self) -> bool:
+        """Keystone or a service refused the credential (or the token it gave)."""
+        return self.status in (401, 403)
 
 
 class BadSettings(Exception):
@@ -87,7 +119,9 @@ class Client:
         self.cloud = cloud
         self.timeout = timeout
         self.secrets = [cloud["application_credential_secret"]]
-        context = ssl.create_default_context()
+        self.services: tuple[str, ...] = ("orchestration",)
+        self.session: tuple[str, dict[str, str]] | None = None
+        context = ssl.create_default_context(cafile=cloud.get("cacert") or None)
         if cloud.get("verify_tls") is False:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -113,19 +147,28 @@ class Client:
         request = urllib.request.Request(url, data=data, headers=headers)
         try:
             with self.opener.open(request, timeout=self.timeout) as response:
-                return response.headers, json.loads(response.read())
+                raw = response.read()
+                return response.headers, json.loads(raw) if raw.strip() else None
         except urllib.error.HTTPError as error:
             try:
                 excerpt = " ".join(error.read(300).decode("utf-8", "replace").split())
             except OSError:
                 excerpt = ""
-            raise Failure(self.scrub(f"{what}: HTTP {error.code} {excerpt}".rstrip())) from None
+            message = self.scrub(f"{what}: HTTP {error.code} {excerpt}".rstrip())
+            raise Failure(message, error.code) from None
         except (OSError, ValueError) as error:
             reason = getattr(error, "reason", error)
             raise Failure(self.scrub(f"{what}: {type(error).__name__}: {reason}")) from None
 
     def authenticate(self) -> tuple[str, str]:
-        """A token and Heat's endpoint (Keystone v3, application credential)."""
+        """A token and Heat's endpoint (Keystone v3, application credential); the token
+        and the endpoints of `services` are kept in `session` for the calls after."""
+        self.session = self.authenticate_for(*self.services)
+        token, endpoints = self.session
+        return token, endpoints["orchestration"]
+
+    def authenticate_for(self, *services: str) -> tuple[str, dict[str, str]]:
+        """A token and the catalog's endpoints of `services` at this interface and region."""
         base = self.cloud["auth_url"].rstrip("/")
         url = (base if base.endswith("/v3") else base + "/v3") + "/auth/tokens"
         credential = {
@@ -147,16 +190,20 @@ class Client:
             raise Failure("keystone POST /v3/auth/tokens: no X-Subject-Token or no catalog")
         self.secrets.append(token)
         want = (self.cloud.get("interface", "public"), self.cloud.get("region", "RegionOne"))
+        found: dict[str, str] = {}
         for service in catalog:
-            if not isinstance(service, dict) or service.get("type") != "orchestration":
+            if not isinstance(service, dict) or service.get("type") not in services:
                 continue
             for endpoint in service.get("endpoints") or []:
                 if not isinstance(endpoint, dict):
                     continue
                 region = endpoint.get("region_id") or endpoint.get("region")
                 if (endpoint.get("interface"), region) == want and endpoint.get("url"):
-                    return token, endpoint["url"].rstrip("/")
-        raise Failure(f"keystone catalog: no orchestration endpoint for {want[0]} in {want[1]}")
+                    found[service["type"]] = endpoint["url"].rstrip("/")
+        for kind in services:
+            if kind not in found:
+                raise Failure(f"keystone catalog: no {kind} endpoint for {want[0]} in {want[1]}")
+        return token, found
 
     def metadata(self, resource: str) -> dict[str, Any]:
         """Heat "Show resource metadata" of `resource` in this node's stack."""
@@ -169,6 +216,94 @@ class Client:
         if not isinstance(metadata, dict):
             raise Failure(f"{what}: no metadata object in the answer")
         return metadata
+
+
+class Ready:
+    """The stack's agents_ready wait condition, as this node reports to it."""
+
+    def __init__(self, path: str, client: Client) -> None:
+        self.client = client
+        self.failed = False
+        try:
+            with open(path, encoding="utf-8") as handle:
+                ready = json.load(handle)
+            self.url, self.token = str(ready["url"]), str(ready["token"])
+            self.condition = str(ready["condition"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            message = f"{path}: no wait-condition handle ({type(error).__name__})"
+            raise BadSettings(message) from None
+        client.secrets.append(self.token)
+        client.services = ("orchestration", "compute")
+        marker = "/resources/"
+        if marker not in self.url or not self.url.endswith("/signal"):
+            raise BadSettings(f"{path}: {self.url!r} is not a resource's signal URL")
+        self.handle = self.url[self.url.rindex(marker) + len(marker) : -len("/signal")]
+        self.id = socket.gethostname() or "node"
+
+    def body(self, status: str, reason: str) -> dict[str, Any]:
+        return {"status": status, "reason": reason[:400], "data": None, "id": self.id}
+
+    def check_and_succeed(self) -> bool:
+        """Step 5: while the wait condition has not ended (a node made later adds nothing
+        to its handle's metadata), the agent's other calls, then SUCCESS with the
+        credential's own token. True if signalled."""
+        if self.client.session is None:
+            self.client.authenticate()
+        assert self.client.session is not None
+        token, endpoints = self.client.session
+        name, stack_id = self.client.cloud["stack_id"].strip("/").split("/", 1)
+
+        def resource(name_of: str) -> str:
+            parts = (name, stack_id, "resources", name_of)
+            return f"{endpoints['orchestration']}/stacks/" + "/".join(
+                quote(part, safe="") for part in parts
+            )
+
+        _, shown = self.client.call(
+            f"heat show resource ({self.condition})", resource(self.condition), token=token
+        )
+        shown = shown.get("resource") if isinstance(shown, dict) else None
+        status = shown.get("resource_status", "") if isinstance(shown, dict) else ""
+        # INIT_COMPLETE: the group is still being made and the condition not yet waiting;
+        # the handle keeps the signal for it
+        if status not in ("INIT_COMPLETE", "CREATE_IN_PROGRESS"):
+            log(f"the stack's {self.condition} is {status}: nothing to report")
+            return False
+        try:
+            self.client.call(
+                "nova GET /servers/<nil uuid>",
+                f"{endpoints['compute']}/servers/{NIL_SERVER}",
+                token=token,
+            )
+        except Failure as error:
+            if error.status != 404:
+                raise
+        reason = f"{self.id}: the agent is installed; Keystone, Heat and Nova take its credential"
+        self.client.call(
+            f"heat POST signal ({self.handle})",
+            resource(self.handle) + "/signal",
+            body=self.body("SUCCESS", reason),
+            token=token,
+        )
+        return True
+
+    def fail(self, why: str) -> None:
+        """Step 6: FAILURE, once, with the stack user's token."""
+        if self.failed:
+            return
+        reason = f"{self.id}: the agents' credential is refused: {why}"
+        try:
+            self.client.call(
+                "heat POST wait-condition signal",
+                self.url,
+                body=self.body("FAILURE", reason),
+                token=self.token,
+            )
+        except Failure as error:
+            log(f"could not report to the stack's wait condition: {error}")
+            return
+        self.failed = True
+        log(f"reported to the stack: {reason}")
 
 
 def unpack(metadata: dict[str, Any], sha256: str) -> bytes:
@@ -221,27 +356,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds of retries")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--first-delay", type=float, default=2.0, help="first backoff, seconds")
+    parser.add_argument("--ready", help="the stack's wait-condition handle (JSON: url, token)")
     args = parser.parse_args(argv)
     try:
         client = Client(read_cloud(args.config), args.timeout)
     except BadSettings as error:
         log(str(error))
         return 2
+    ready = None
+    try:
+        ready = Ready(args.ready, client) if args.ready else None
+    except BadSettings as error:  # the agent is still fetched: reporting is not worth a node
+        log(f"{error}; nothing will be reported to the stack")
     deadline = time.monotonic() + args.deadline
     delay = args.first_delay
     attempt = 0
+    refusals = 0
+    installed = False
     while True:
         attempt += 1
         try:
-            data = unpack(client.metadata(args.resource), args.sha256)
-            install(data, args.out)
-            log(f"installed {args.out}: {len(data)} bytes, sha256 {args.sha256}")
+            if not installed:
+                data = unpack(client.metadata(args.resource), args.sha256)
+                install(data, args.out)
+                installed = True
+                log(f"installed {args.out}: {len(data)} bytes, sha256 {args.sha256}")
+            if ready is None or ready.failed:
+                return 0
+            try:
+                if ready.check_and_succeed():
+                    log(f"reported to the stack: {ready.handle} SUCCESS")
+            except Failure as error:
+                if not error.refused:
+                    raise
+                ready.fail(str(error))
             return 0
         except Failure as error:
+            client.session = None
+            refusals = refusals + 1 if error.refused else 0
+            if ready is not None and refusals >= REFUSALS_BEFORE_FAILURE:
+                ready.fail(f"{error} ({refusals} times in a row)")
             left = deadline - time.monotonic()
             if left <= 0:
                 log(f"attempt {attempt}: {error}; giving up after {args.deadline:g} s")
-                return 1
+                return 0 if installed else 1
             wait = min(delay * random.uniform(0.5, 1.0), left)
             log(f"attempt {attempt}: {error}; again in {wait:.1f} s")
             time.sleep(wait)

@@ -77,6 +77,8 @@ class StackResource:
     type: str
     physical_id: str
     metadata: dict[str, Any] | None = None
+    status: str = "CREATE_COMPLETE"
+    reason: str = "state changed"
 
 
 class Orchestrator(Protocol):
@@ -103,6 +105,8 @@ class Orchestrator(Protocol):
     def mark_unhealthy(self, server_id: str, reason: str) -> Member: ...
 
     def signal(self, policy: str) -> None: ...
+
+    def wait_signal(self, handle: str, details: Any) -> None: ...
 
     def reboot(self, server_id: str, kind: str) -> None: ...
 
@@ -145,10 +149,20 @@ class OpenStackApi:
 
     # --- life ----------------------------------------------------------------------------
 
-    def serve(self, host: str, port: int = 0) -> str:
+    def serve(self, host: str, port: int = 0, *, tls: tuple[str, str] | None = None) -> str:
+        """Answer on host:port; with `tls` (certificate and key files) over https, as a
+        cloud whose APIs a private CA certifies."""
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
-        self.url = f"http://{host}:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://{host}:{self._server.server_address[1]}"
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
@@ -408,6 +422,9 @@ class OpenStackApi:
             if rest[2:] == ["metadata"] and method == "GET":
                 return 200, {}, {"metadata": self._metadata_of(nested, rest[1])}
             if rest[2:] == ["signal"] and method == "POST":
+                if found["resource_type"] == "OS::Heat::WaitConditionHandle":
+                    self.cloud.wait_signal(rest[1], body)
+                    return 200, {}, ""
                 if found["resource_type"] != "OS::Heat::ScalingPolicy":
                     # Heat: ResourceActionNotSupported for a resource without handle_signal
                     message = f"signal is not supported for resource {rest[1]}."
@@ -463,8 +480,8 @@ class OpenStackApi:
                 "logical_resource_id": r.name,
                 "resource_type": r.type,
                 "physical_resource_id": r.physical_id,
-                "resource_status": "CREATE_COMPLETE",
-                "resource_status_reason": "state changed",
+                "resource_status": r.status,
+                "resource_status_reason": r.reason,
                 "creation_time": _iso(created_at_of(self.cloud)),
                 "updated_time": _iso(created_at_of(self.cloud)),
                 "required_by": [],

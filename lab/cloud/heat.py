@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 ServerStatus = Literal["BUILD", "ACTIVE", "FAILED"]
 
@@ -329,3 +329,80 @@ class ScalingGroup:
         """`_finished_scaling`: the cooldown runs from the end of the resize."""
         self.cooldown.finished(cooldown, "resize", now, size_changed)
         self.in_progress = False
+
+
+class WaitHandle:
+    """An OS::Heat::WaitConditionHandle (signal_transport TOKEN_SIGNAL) and the
+    OS::Heat::WaitCondition waiting on it, with Heat's own code: a signal's body is
+    completed and checked by `HeatWaitConditionHandle.normalise_signal_data` and
+    `_metadata_format_ok` (keys exactly status, reason, data, id; status SUCCESS or
+    FAILURE) and kept by its id; the condition's outcome is `HeatWaitCondition._wait`'s
+    (any FAILURE fails it with `WaitConditionFailure`, the reasons joined by ';'; `count`
+    successes complete it; past `timeout`, `WaitConditionTimeout`)."""
+
+    def __init__(
+        self, condition: str, count: int, timeout: float, started_at: float | None = None
+    ) -> None:
+        self.name = condition
+        self.count = count
+        self.timeout = timeout
+        self.started_at = started_at
+        """When the condition began to wait (after the resources it depends on: the group);
+        None: not yet (Heat's INIT_COMPLETE; signals to the handle are kept meanwhile)."""
+        self.metadata: dict[str, dict[str, Any]] = {}
+        self.rejected: list[Any] = []
+        """Signals Heat refused (ValueError "Metadata format invalid", logged only)."""
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _heat_handle() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from heat.engine.resources.openstack.heat import wait_condition_handle
+        # Heat's methods used here read only class constants: an instance without __init__
+        return object.__new__(wait_condition_handle.HeatWaitConditionHandle)
+
+    def signal(self, details: Any) -> None:
+        handle = self._heat_handle()
+        with self._lock:
+            data = handle.normalise_signal_data(details, self.metadata)
+            if not handle._metadata_format_ok(data):
+                self.rejected.append(details)
+                return
+            entry = dict(data)
+            self.metadata[str(entry.pop(handle.UNIQUE_ID))] = entry
+
+    def outcome(self, now: float) -> tuple[str, str]:
+        """("INIT" | "IN_PROGRESS" | "COMPLETE" | "FAILED", Heat's reason)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from heat.engine.resources import wait_condition
+
+        handle = self._heat_handle()
+        with self._lock:
+            entries = list(self.metadata.values())
+
+        class _Handle:
+            STATUS_FAILURE = handle.STATUS_FAILURE
+            STATUS_SUCCESS = handle.STATUS_SUCCESS
+
+            @staticmethod
+            def get_status_reason(status: str) -> list[str]:
+                return [e[handle.REASON] for e in entries if e[handle.STATUS] == status]
+
+        class _Condition:
+            COUNT = "count"
+            properties: ClassVar[dict[str, int]] = {"count": self.count}
+
+        statuses = [e[handle.STATUS] for e in entries]
+        if self.started_at is None:
+            return "INIT", ""
+        if now - self.started_at > self.timeout:
+            error = wait_condition.WaitConditionTimeout(_Condition, _Handle)
+            return "FAILED", f"WaitConditionTimeout: resources.{self.name}: {error}"
+        if any(s != handle.STATUS_SUCCESS for s in statuses):
+            error = wait_condition.WaitConditionFailure(_Condition, _Handle)
+            return "FAILED", f"WaitConditionFailure: resources.{self.name}: {error}"
+        if len(statuses) >= self.count:
+            return "COMPLETE", "state changed"
+        return "IN_PROGRESS", ""

@@ -123,12 +123,31 @@ class Keystone:
             or not secrets.compare_digest(str(given.get("secret", "")), credential.secret)
         ):
             return 401, {}, UNAUTHORIZED
+        token = self.issue(credential)
+        return 201, {"X-Subject-Token": token.id}, {"token": self._token_body(token)}
+
+    def issue(self, credential: AppCredential) -> Token:
+        """A token of `credential`, valid for `token_lifetime` from now."""
         now = self.clock()
         token = Token("gAAAAA" + uuid.uuid4().hex, credential, now, now + self.token_lifetime)
         with self._lock:
             self.tokens[token.id] = token
             self.issued.append(token)
-        return 201, {"X-Subject-Token": token.id}, {"token": self._token_body(token)}
+        return token
+
+    def stack_user_token(self, name: str, signal_path: str) -> Token:
+        """The token Heat gets for a WaitConditionHandle's stack user (signal_transport
+        TOKEN_SIGNAL): a user of Heat's stack domain whose token, by Heat's policy, may only
+        signal its own resource (here: a rule for exactly `signal_path`); it expires with
+        the token lifetime (Heat's FIXME: "the assumption here is that token expiry >
+        timeout")."""
+        user = AppCredential(
+            id=uuid.uuid4().hex,
+            secret=secrets.token_urlsafe(24),
+            name=f"stack-user:{name}",
+            access_rules=(AccessRule("orchestration", "POST", signal_path),),
+        )
+        return self.issue(user)
 
     def validate(self, subject: str) -> tuple[int, dict[str, str], Any]:
         token = self.valid(subject)

@@ -22,10 +22,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from lab.cloud.api import OpenStackApi, StackResource
-from lab.cloud.heat import Member, Policy, Resize, ScalingGroup, SignalOutcome
+from lab.cloud.heat import Member, Policy, Resize, ScalingGroup, SignalOutcome, WaitHandle
 from lab.cloud.keystone import AccessRule, AppCredential, Keystone
 from lab.events import EventLog
 
@@ -113,6 +114,8 @@ class LabCloud:
         )
         self.extra_resources: list[StackResource] = []
         """Resources of the parent stack besides the group and policies (agent_bundle)."""
+        self.wait_handles: dict[str, WaitHandle] = {}
+        """The stack's OS::Heat::WaitConditionHandle resources by name (agents_ready_handle)."""
         self.deleted: list[Member] = []
         self.outcomes: list[tuple[float, str, SignalOutcome]] = []
         self.keystone = Keystone(
@@ -133,8 +136,8 @@ class LabCloud:
 
     # --- the API server ---------------------------------------------------------------------
 
-    def serve(self, host: str, port: int = 0) -> str:
-        url = self.api.serve(host, port)
+    def serve(self, host: str, port: int = 0, *, tls: tuple[str, str] | None = None) -> str:
+        url = self.api.serve(host, port, tls=tls)
         self.keystone.endpoints = self.api.default_endpoints()
         return url
 
@@ -179,7 +182,44 @@ class LabCloud:
             for name in self.group.policies
         ]
         group = StackResource(GROUP, "OS::Heat::AutoScalingGroup", self.nested_id)
-        return [group, *policies, *self.extra_resources]
+        handles: list[StackResource] = []
+        for name, handle in self.wait_handles.items():
+            handles.append(
+                StackResource(name, "OS::Heat::WaitConditionHandle", f"stack-user-{name}")
+            )
+            status, reason = handle.outcome(self.clock())
+            handles.append(
+                StackResource(
+                    handle.name,
+                    "OS::Heat::WaitCondition",
+                    f"{self.stack_name}-{handle.name}",
+                    status="INIT_COMPLETE" if status == "INIT" else f"CREATE_{status}",
+                    reason=reason or "state changed",
+                )
+            )
+        return [group, *policies, *handles, *self.extra_resources]
+
+    def add_wait_handle(
+        self, name: str, *, condition: str, count: int, timeout: float
+    ) -> tuple[str, str]:
+        """An OS::Heat::WaitConditionHandle and the WaitCondition `condition` on it (`count`,
+        `timeout`): the handle's `endpoint` and `token` attributes, as a template's
+        get_attr hands them to the servers. Heat's endpoint names the stack user's project;
+        the lab serves one project, so the endpoint keeps the stack's."""
+        heat = next(e for e in self.keystone.endpoints if e.service_type == "orchestration")
+        endpoint = f"{heat.url}/stacks/{self.stack_name}/{self.stack_id}/resources/{name}/signal"
+        token = self.keystone.stack_user_token(name, urlsplit(endpoint).path)
+        self.wait_handles[name] = WaitHandle(condition, count, timeout)
+        return endpoint, token.id
+
+    def start_waits(self) -> None:
+        """The wait conditions begin (Heat: once the group they depend on is created)."""
+        for handle in self.wait_handles.values():
+            if handle.started_at is None:
+                handle.started_at = self.clock()
+
+    def wait_signal(self, name: str, details: Any) -> None:
+        self.wait_handles[name].signal(details)
 
     def members(self) -> list[Member]:
         with self._lock:
