@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from agent.settings import AgentSettings
@@ -55,7 +56,7 @@ def _logging(level: str) -> None:
     )
 
 
-def _agent(settings: AgentSettings):  # imports stay lazy for `metric`/`status`
+def _agent(settings: AgentSettings, path: str):  # imports stay lazy for `metric`/`status`
     from agent.cloud import make_cloud
 
     if settings.role == "proxy":
@@ -67,7 +68,12 @@ def _agent(settings: AgentSettings):  # imports stay lazy for `metric`/`status`
     from agent.etcd_server import make_service
     from agent.loop import Agent
 
-    return Agent(settings, cloud=make_cloud(settings), service=make_service(settings.etcd))
+    return Agent(
+        settings,
+        cloud=make_cloud(settings),
+        service=make_service(settings.etcd),
+        settings_path=Path(path),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("a proxy has nothing to bootstrap (it is not a member); use run", file=sys.stderr)
         return 2
     _logging(settings.log_level)
-    agent = _agent(settings)
+    agent = _agent(settings, args.config)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         logging.getLogger("agent").info("signal %d: stopping after this cycle", signum)

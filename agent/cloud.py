@@ -12,7 +12,7 @@ then +1" (README, "Why the oldest server leaves").
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.settings import AgentSettings
 from agent.snapshot import CloudNode, NodeIdentity
@@ -41,6 +41,11 @@ class Cloud(Protocol):
 
     def scale_up(self) -> None:
         """Ask for one more member (the scale-up policy's webhook)."""
+        ...
+
+    def stack_document(self) -> dict[str, Any] | None:
+        """The stack's settings document (its `agent_settings` resource's metadata:
+        `sha256`, `bundle_sha256`, `roles`), or None when the stack holds none."""
         ...
 
 

@@ -191,6 +191,19 @@ class OpenStackGroup:
             self._call("heat", "POST", url[len(heat) :], what="scale up webhook")
         log.info("scale-up webhook posted")
 
+    def stack_document(self) -> dict[str, Any] | None:
+        """Heat "Show resource metadata" of the settings resource of the parent stack."""
+        name, stack_id = self._parent_stack()
+        resource = quote(self.settings.settings_resource, safe="")
+        path = f"/stacks/{quote(name, safe='')}/{stack_id}/resources/{resource}/metadata"
+        response = self._call("heat", "GET", path, what="show settings", ok=(404,))
+        if response.status_code == 404:
+            return None
+        metadata = _body(response, "heat show settings").get("metadata")
+        if not isinstance(metadata, dict) or not metadata:
+            return None
+        return metadata
+
     # ---- Heat ---------------------------------------------------------------------------
 
     def _signal(self, policy: str, what: str) -> None:

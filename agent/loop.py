@@ -30,7 +30,7 @@ from agent.etcd import EtcdClient, EtcdError, UnhealthyCluster
 from agent.etcd_server import EtcdService, client_url
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.metrics import read_metric
-from agent.settings import AgentSettings, MetricSettings
+from agent.settings import AgentSettings, MetricSettings, adopt, document_sha256
 from agent.snapshot import (
     CloudNode,
     LockInfo,
@@ -43,6 +43,10 @@ from agent.snapshot import (
 from agent.state import AgentState
 
 log = logging.getLogger("agent.loop")
+
+SETTINGS_POLL_CYCLES = 6
+"""Every this many cycles (a minute at the default period) an agent reads the stack's
+settings document; at its first cycle too."""
 
 ETCD_HEALTH_INTERVAL = 5.0
 """s: etcd's HealthInterval, for which its strict reconfig check counts a member's
@@ -72,8 +76,13 @@ class Agent:
         metric_reader: MetricReader = read_metric,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        settings_path: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.settings_path = settings_path
+        """The node's settings file: rewritten when the stack's settings change."""
+        self._default_clients = client_factory is None
+        self._cycles = 0
         self.cloud = cloud
         self.service = service
         self.client_factory = client_factory or etcd_client_factory(settings)
@@ -263,6 +272,9 @@ class Agent:
     # --- one cycle -----------------------------------------------------------------------
 
     def cycle(self) -> str:
+        if self._cycles % SETTINGS_POLL_CYCLES == 0:
+            self.follow_stack()
+        self._cycles += 1
         snapshot = self.observe()
         action = decide(snapshot, self.settings)
         try:
@@ -274,6 +286,44 @@ class Agent:
             sentence += f" | {result}"
         self.state.last_cycle = sentence
         self._save()
+        log.info("%s", sentence)
+        return sentence
+
+    def follow_stack(self) -> str | None:
+        """Take the stack's settings document when it changed (a `pulumi up`): the keys a
+        running agent may change apply from this cycle, those etcd reads at start are
+        kept for its next start, the fixed ones are refused; the node's file is rewritten.
+        Nothing changes when the cloud does not answer or the document is not whole."""
+        try:
+            document = self.cloud.stack_document()
+        except CloudError as error:
+            log.warning("the stack's settings are unreadable: %s", error)
+            return None
+        if not document or document.get("sha256") == self.state.settings_sha256:
+            return None
+        sha = str(document.get("sha256"))
+        if document_sha256(document) != sha:
+            log.warning("the stack's settings document does not match its sha256: ignored")
+            return None
+        mine = (document.get("roles") or {}).get(self.settings.role)
+        if not isinstance(mine, dict):
+            log.warning("the stack's settings document has no %s settings", self.settings.role)
+            return None
+        try:
+            settings, notes = adopt(self.settings, mine)
+        except ValueError as error:  # pydantic's ValidationError is a ValueError
+            log.warning("the stack's settings %s are refused: %s", sha[:12], error)
+            self._save(settings_sha256=sha)
+            return None
+        if self.settings_path is not None and settings != self.settings:
+            settings.write(self.settings_path)
+        self.settings = settings
+        if self._default_clients:
+            self.client_factory = etcd_client_factory(settings)
+        self._save(settings_sha256=sha)
+        sentence = f"settings {sha[:12]} from the stack: " + (
+            "; ".join(notes) or "nothing changes for this node"
+        )
         log.info("%s", sentence)
         return sentence
 

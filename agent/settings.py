@@ -139,6 +139,8 @@ class OpenStackCloud(_Strict):
     scale_up_policy: str = "scale_up"
     """Signalled through Heat's API unless `scale_up_url` (a webhook) is set."""
     scale_up_url: str | None = None
+    settings_resource: str = "agent_settings"
+    """The stack's resource whose metadata holds the settings the agents follow."""
     metadata_url: str = "http://169.254.169.254"
     instance_data: str = "/run/cloud-init/instance-data.json"
     """cloud-init's instance data, read when the metadata service does not answer (clouds
@@ -200,3 +202,115 @@ class AgentSettings(_Strict):
         data = self.model_dump(context={"reveal_secrets": True})
         data.update(changes)
         return AgentSettings.model_validate(data)
+
+
+# --- the stack's settings document: what a running agent may take from it -----------------
+
+NODE_LOCAL = frozenset(
+    {
+        "cloud",
+        "state_dir",
+        "etcd.data_dir",
+        "etcd.binary",
+        "etcd.service",
+        "etcd.tls",
+        "metric.netdata_url",
+        "hooks.configscript",
+        "hooks.cleanupscript",
+        "hooks.proxyconfig",
+    }
+)
+"""Where this node keeps things (its files, its credential): never taken from the stack's
+document. A hook's presence comes with its file, in the user-data: a new server's."""
+
+FIXED = frozenset(
+    {
+        "schema_version",
+        "cluster_name",
+        "role",
+        "etcd.client_port",
+        "etcd.peer_port",
+        "etcd.client_scheme",
+        "etcd.peer_scheme",
+        "etcd.cluster_token",
+    }
+)
+"""What a running cluster cannot change: every member's URLs, certificates and cluster
+name are made of these. A change is refused (the agent keeps its value and says so)."""
+
+AT_ETCD_START = frozenset({"etcd.heartbeat_ms", "etcd.election_ms", "etcd.quota_backend_bytes"})
+"""etcd reads these when it starts: kept in the node's file, in force at etcd's next start
+(a reboot, a new server)."""
+
+ChangeKind = Literal["live", "at etcd start", "refused", "node-local"]
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path not in NODE_LOCAL and path != "etcd.tls":
+            out |= _flat(value, f"{path}.")
+        else:
+            out[path] = value
+    return out
+
+
+def change_kind(path: str) -> ChangeKind:
+    if path in NODE_LOCAL or path.startswith("cloud."):
+        return "node-local"
+    if path in FIXED:
+        return "refused"
+    if path in AT_ETCD_START:
+        return "at etcd start"
+    return "live"
+
+
+def settings_changes(
+    old: dict[str, Any], new: dict[str, Any]
+) -> list[tuple[str, Any, Any, ChangeKind]]:
+    """(dotted key, old value, new value, what a running agent does with it) for every
+    key whose value differs between two settings documents (JSON dicts), sorted."""
+    before, after = _flat(old), _flat(new)
+    return [
+        (key, before.get(key), after.get(key), change_kind(key))
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
+
+
+def document_sha256(document: dict[str, Any]) -> str:
+    """The sha256 a settings document names itself by: of its canonical JSON without it."""
+    import hashlib
+
+    body = {k: v for k, v in document.items() if k != "sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def adopt(current: AgentSettings, document: dict[str, Any]) -> tuple[AgentSettings, list[str]]:
+    """`current` with what the stack's document (one role's settings, no `cloud`) changes
+    that a running agent may take: live keys and those etcd reads at its next start; node
+    paths and the fixed keys stay. Returns the new settings and one note per change."""
+    mine = current.model_dump(mode="json", context={"reveal_secrets": True})
+    theirs = dict(document)
+    notes: list[str] = []
+    merged = json.loads(json.dumps(mine))
+    for key, old, new, kind in settings_changes(
+        {k: v for k, v in mine.items() if k != "cloud"}, theirs
+    ):
+        if kind == "node-local":
+            continue
+        if kind == "refused":
+            notes.append(f"{key} {old!r} -> {new!r} refused: a running cluster cannot change it")
+            continue
+        target = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        if new is None and key not in _flat(theirs):
+            continue  # a key the document does not have (an older program): keep ours
+        target[leaf] = new
+        when = "at etcd's next start" if kind == "at etcd start" else "now"
+        notes.append(f"{key} {old!r} -> {new!r} ({when})")
+    return AgentSettings.model_validate(merged), notes

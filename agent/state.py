@@ -30,6 +30,8 @@ class AgentState:
     """How this node leaves the group: "scale_down" (Heat deletes it) or "replace"."""
     last_cycle: str = ""
     """The sentence the last cycle logged."""
+    settings_sha256: str | None = None
+    """The stack's settings document this agent follows (its sha256), once taken."""
     updated: float = 0.0
 
     @classmethod

@@ -635,12 +635,16 @@ def bench_cluster(
     for size in setup.bootstrap_sizes:
         if size == stack.capacity:
             continue
-        sized = variant(stack, capacity=size, max_cluster=max(size, stack.max_cluster))
+        sized = variant(
+            stack, capacity=size, min_cluster=size, max_cluster=max(size, stack.max_cluster)
+        )
         with lab_of(sized, setup.factor, setup, f"bootstrap-{size}") as lab:
             boots.append(bootstrap(lab, size))
             shout(f"bootstrap {size}: {boots[-1].seconds:.2f} s, ids {boots[-1].ids}")
     for size in setup.spread_sizes:
-        sized = variant(stack, capacity=size, max_cluster=max(size, stack.max_cluster))
+        sized = variant(
+            stack, capacity=size, min_cluster=size, max_cluster=max(size, stack.max_cluster)
+        )
         with lab_of(sized, setup.factor, setup, f"spread-{size}") as lab:
             lab.nova.start_spread = setup.spread * setup.factor
             boots.append(bootstrap(lab, size))

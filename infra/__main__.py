@@ -1,4 +1,6 @@
-"""`python -m infra render --stack NAME --out DIR`: what a stack would deploy, no cloud needed."""
+"""`python -m infra render --stack NAME --out DIR`: what a stack would deploy, no cloud needed.
+`python -m infra plan --stack NAME --from DIR|GIT_REF [--to DIR]`: what a `pulumi up` from
+that render (or that commit) to this checkout's will do to the running cluster."""
 
 from __future__ import annotations
 
@@ -16,7 +18,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     render = sub.add_parser("render", help="run the program under Pulumi's mocks, write files")
     render.add_argument("--stack", required=True, help="stack name: Pulumi.<NAME>.yaml")
     render.add_argument("--out", required=True, type=Path, help="directory to write into")
+    plan = sub.add_parser("plan", help="what a pulumi up will do to the running cluster")
+    plan.add_argument("--stack", required=True, help="stack name: Pulumi.<NAME>.yaml")
+    plan.add_argument(
+        "--from", dest="source", required=True, help="a render directory or a git ref (deployed)"
+    )
+    plan.add_argument("--to", type=Path, help="a render directory (default: this checkout)")
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        from infra.plan import plan_command
+
+        return plan_command(args.stack, args.source, args.to)
 
     from infra.heat import AGENT_BUNDLE, MAX_TEMPLATE_SIZE
     from infra.render import run_program, write_render

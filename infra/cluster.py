@@ -2,12 +2,14 @@
 
 `MemberGroup` renders the HOT of `infra.heat.ClusterTemplate` (with the members' and
 proxies' user-data of `infra.userdata`) and deploys it with
-`openstack.orchestration.StackV1`. The stack also holds the agent bundle the nodes
-fetch at boot (`heat.AgentBundle`; their user-data names its sha256). Every value only
-the cloud knows is a stack
-parameter (StackV1 passes them as strings); the secrets among them (the agents'
-credential secret, the netdata API key, the CA key) are hidden parameters, so the
-template body holds none. Heat's outputs come back as strings (JSON for lists and maps).
+`openstack.orchestration.StackV1`. The stack also holds the agents' settings and the
+bundle the nodes fetch at boot (`heat.SettingsDocument`, naming the `heat.AgentBundle`
+by its sha256). Every value only the cloud knows is a stack parameter (StackV1 passes
+them as strings); the secrets among them (the agents' credential secret, the netdata API
+key, the CA key) are Pulumi secrets, so the template body holds none and the state keeps
+them encrypted; every parameter is sent as Heat will show it back (none hidden), so a
+`pulumi up` with nothing changed is a no-op. Heat's outputs come back as strings (JSON
+for lists and maps).
 """
 
 from __future__ import annotations
@@ -25,32 +27,36 @@ from infra.bundle import agent_bundle
 from infra.heat import P
 from infra.settings import StackSettings, join_timeout
 from infra.tls import b64
-from infra.userdata import member_user_data, proxy_user_data
+from infra.userdata import member_user_data, proxy_user_data, settings_document
 
 STACK_TIMEOUT_MINUTES = 30
 """Heat's timeout for the stack's create or update, at least."""
 
 
 def stack_timeout_minutes(stack: StackSettings) -> int:
-    """The stack's timeout: the members' boot (Nova, up to about 10 minutes on a busy cloud)
-    plus the agents_ready wait (`join_timeout`), and never under STACK_TIMEOUT_MINUTES: a
-    stack timing out before its wait condition would fail with Heat's "Timed out" instead
-    of the nodes' reason."""
-    return max(STACK_TIMEOUT_MINUTES, -(-join_timeout(stack) // 60) + 15)
+    """The stack's timeout, for its create and every update: the members' boot (Nova, up to
+    about 10 minutes on a busy cloud) plus the agents_ready wait (`join_timeout`), and a
+    rolling replacement of a whole grown group (`max_cluster` members, one `pause_time`
+    each); never under STACK_TIMEOUT_MINUTES. A stack timing out first would fail with
+    Heat's "Timed out" instead of the nodes' reason, or in the middle of a roll."""
+    create = join_timeout(stack) + 15 * 60
+    roll = stack.max_cluster * heat.rolling_pause(stack) + 15 * 60
+    return max(STACK_TIMEOUT_MINUTES, -(-max(create, roll) // 60))
 
 
 def cluster_template(stack: StackSettings, cluster_name: str) -> heat.ClusterTemplate:
     """The Heat template of a stack: a pure function of its settings and the agent's
-    sources (no cloud needed). The nodes' user-data and the stack's `agent_bundle` name
-    the same bundle."""
+    sources (no cloud needed). The stack's settings document names the bundle it holds."""
     bundle = agent_bundle()
-    member = member_user_data(stack, cluster_name=cluster_name, bundle=bundle)
-    proxy = proxy_user_data(stack, cluster_name=cluster_name, bundle=bundle)
+    member = member_user_data(stack, cluster_name=cluster_name)
+    proxy = proxy_user_data(stack, cluster_name=cluster_name)
+    document = settings_document(stack, cluster_name=cluster_name, bundle=bundle)
     return heat.ClusterTemplate(
         settings=stack,
         member_user_data=member.heat(),
         proxy_user_data=proxy.heat() if stack.proxies else None,
         agent_bundle=heat.AgentBundle(bundle.sha256, bundle.packed, len(bundle.zipapp)),
+        settings_document=heat.SettingsDocument(document),
     )
 
 

@@ -8,7 +8,7 @@ allow exactly the API calls the agent makes, nothing else:
   node's member), mark a member unhealthy (PATCH a resource), signal a scaling policy.
 - Nova: show a server (this node's own, and a group member's status).
 
-Its secret is a Pulumi secret output; it reaches Heat as a hidden parameter.
+Its secret is a Pulumi secret output; it reaches Heat as a stack parameter.
 References: https://docs.openstack.org/api-ref/identity/v3/#application-credentials
 https://docs.openstack.org/api-ref/orchestration/v1/ (resources: show, list, mark unhealthy,
 send a signal), https://docs.openstack.org/api-ref/compute/#show-server-details

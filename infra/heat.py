@@ -7,8 +7,11 @@ ids reach this template as parameters.
 
 The template is a pure function of the stack settings and the nodes' user-data text:
 what only the cloud knows at deploy time (ids, the flavor's vCPUs, secrets) arrives as
-parameters. Secrets are `hidden: true` parameters that Heat itself writes into the
-user-data with `str_replace`, so the template body never holds one.
+parameters; Heat itself writes the secrets among them into the user-data with
+`str_replace`, so the template body never holds one. No parameter is `hidden`: Heat
+shows a hidden one as '******', the provider reads that back into Pulumi's state and
+every `pulumi up` would update the stack; and hiding would hide nothing, since the
+group's nested stack holds the resolved user-data (README, "Who can read what").
 
 Resource names are an interface: the agents call the policies and mark members
 unhealthy by these names through Heat's API (`GROUP`, `SCALE_DOWN`, `SCALE_UP`), and the
@@ -34,6 +37,7 @@ SCALE_DOWN = "scale_down"
 ALARM = "scale_up_alarm"
 PROXY_GROUP = "proxy_group"
 AGENT_BUNDLE = "agent_bundle"
+SETTINGS = "agent_settings"
 READY_HANDLE = "agents_ready_handle"
 READY = "agents_ready"
 
@@ -158,6 +162,13 @@ class Server:
             props["metadata"] = dict(self.metadata)
         props["user_data_format"] = "RAW"
         props["user_data"] = self.user_data.to_hot()
+        # A member's disk holds its etcd data: never re-imaged (Heat's default REBUILD) nor
+        # resized in place (RESIZE reboots it elsewhere); a new image or flavor is a new
+        # server, one at a time. Its user-data holds only what stays for its life (its
+        # credential, how to fetch the agent): a change of it is a new server too.
+        props["image_update_policy"] = "REPLACE"
+        props["flavor_update_policy"] = "REPLACE"
+        props["user_data_update_policy"] = "REPLACE"
         return {"type": "OS::Nova::Server", "properties": props}
 
 
@@ -198,12 +209,52 @@ class AgentBundle:
         }
 
 
+def rolling_pause(s: StackSettings) -> int:
+    """s Heat waits after replacing one member before the next (`pause_time`): the new
+    server's boot and join (`join_timeout`) and the agents' removal of the member Heat
+    deleted (the dead-member window and two periods). Heat deletes the old server once the
+    new one is ACTIVE, not once it votes: until the members signal that (not built yet),
+    this time is what keeps a quorum through a roll."""
+    window = (s.dead_member_periods + 2) * s.lockattemptperiod
+    return int(join_timeout(s) + window)
+
+
+@dataclass(frozen=True)
+class SettingsDocument:
+    """The agents' settings, held by the stack: the nodes' fetcher writes its role's part
+    into the node's settings file at boot, and every agent reads it again each minute
+    (agent/loop.py, `follow_stack`) and takes what a running agent may change. So a
+    setting changed by `pulumi up` replaces no server: only this resource is replaced
+    (an `OS::Heat::RandomString` salted with the document's sha256, as `AgentBundle`,
+    since Heat keeps a resource's metadata through updates in place). It names the
+    bundle by sha256 (the nodes install only that one); it depends on the bundle, so the
+    new bundle is in place before the document naming it."""
+
+    document: Hot
+    """{"sha256", "bundle_sha256", "roles": {"member": {...}, "proxy": {...}}}"""
+
+    def to_hot(self) -> Hot:
+        return {
+            "type": "OS::Heat::RandomString",
+            "depends_on": [AGENT_BUNDLE],
+            "properties": {"salt": self.document["sha256"]},
+            "metadata": self.document,
+        }
+
+
 @dataclass(frozen=True)
 class AutoScalingGroup:
+    """Heat's group. No `desired_capacity`: Heat's `handle_update` ends in
+    `resize(desired_capacity or current size)`, so a set value would shrink a group the
+    alarm had grown, deleting members without a leave, at every stack update; without it
+    the group starts at `min_size`, the agents grow it to `capacity`, and an update keeps
+    its size. `min_in_service` 0 with batches of one: a rolling update replaces one member
+    at a time without first growing the group by one (which, at capacity = min_in_service,
+    Heat does, and ends deleting a member)."""
+
     member: Server
     min_size: int
     max_size: int
-    desired_capacity: int
     cooldown: int
     max_batch_size: int = 1
     min_in_service: int = 0
@@ -217,7 +268,6 @@ class AutoScalingGroup:
             "properties": {
                 "min_size": self.min_size,
                 "max_size": self.max_size,
-                "desired_capacity": self.desired_capacity,
                 "cooldown": self.cooldown,
                 "rolling_updates": {
                     "max_batch_size": self.max_batch_size,
@@ -346,7 +396,8 @@ class ClusterTemplate:
     proxy_user_data: UserData | None = None
     description: str = "autoscale-etcd: the members' autoscaling group, its policies and alarm"
     agent_bundle: AgentBundle | None = None
-    """The bundle the nodes fetch at boot (their user-data names its sha256)."""
+    """The bundle the nodes fetch at boot (the settings document names its sha256)."""
+    settings_document: SettingsDocument | None = None
 
     def parameters(self) -> list[Parameter]:
         s = self.settings
@@ -363,7 +414,6 @@ class ClusterTemplate:
             Parameter(
                 P.CREDENTIAL_SECRET,
                 description="application credential secret of the agents",
-                hidden=True,
             ),
             Parameter(P.AUTH_URL, description="Keystone v3 URL the agents authenticate at"),
             Parameter(P.REGION, description="region of the Heat and Nova endpoints"),
@@ -383,14 +433,12 @@ class ClusterTemplate:
         if s.metrics_server:
             params += [
                 Parameter(P.METRICS_HOST, description="address of the netdata parent"),
-                Parameter(P.NETDATA_API_KEY, description="netdata stream API key", hidden=True),
+                Parameter(P.NETDATA_API_KEY, description="netdata stream API key"),
             ]
         if "https" in (s.etcdclientscheme, s.etcdpeerscheme):
             params += [
                 Parameter(P.TLS_CA_CERT, description="cluster CA certificate (PEM, base64)"),
-                Parameter(
-                    P.TLS_CA_KEY, description="cluster CA private key (PEM, base64)", hidden=True
-                ),
+                Parameter(P.TLS_CA_KEY, description="cluster CA private key (PEM, base64)"),
             ]
         if s.proxies > 0:
             params += [
@@ -431,23 +479,23 @@ class ClusterTemplate:
 
     def resources(self) -> Hot:
         s = self.settings
-        # Rolling replacement (e.g. a new agent bundle): one member at a time, never below
-        # min_cluster, and a pause long enough for the agents to remove the old member.
-        pause = (s.dead_member_periods + 2) * s.lockattemptperiod
-        bundle = (AGENT_BUNDLE,) if self.agent_bundle is not None else ()
+        bundle: tuple[str, ...] = ()
         resources: Hot = {}
         if self.agent_bundle is not None:
             resources[AGENT_BUNDLE] = self.agent_bundle.to_hot()
+            bundle = (AGENT_BUNDLE,)
+        if self.settings_document is not None:
+            resources[SETTINGS] = self.settings_document.to_hot()
+            bundle = (*bundle, SETTINGS)
         resources |= {
             GROUP: AutoScalingGroup(
                 member=self.member(),
                 min_size=s.min_cluster,
                 max_size=s.max_cluster,
-                desired_capacity=s.capacity,
                 cooldown=s.scaleupcooldown,
                 max_batch_size=1,
-                min_in_service=s.min_cluster,
-                pause_time=pause,
+                min_in_service=0,
+                pause_time=rolling_pause(s),
                 depends_on=bundle,
             ).to_hot(),
             SCALE_UP: ScalingPolicy(GROUP, +1, s.scaleupcooldown).to_hot(),

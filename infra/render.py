@@ -8,9 +8,11 @@ writes:
 - `heat-template.yaml`: the HOT the Heat stack gets;
 - `user-data.yaml`: an etcd member's cloud-config, as Heat receives it (tokens such
   as `@@CREDENTIAL_SECRET@@` are what Heat fills in at server creation);
-- `agent-settings.json`: the member's agent settings file, secret masked;
+- `agent-settings.json`: the member's agent settings file as its fetcher writes it at
+  boot (the stack's settings document for members, the user-data's `cloud`), secret
+  masked;
 - `agent.pyz`: the agent bundle the Heat stack holds for the nodes to fetch at boot
-  (checked against the sha256 the member's user-data names);
+  (checked against the sha256 the stack's settings document names);
 - `resources.json`: type, name, parent and inputs of every resource, secrets masked,
   and the stack's outputs.
 
@@ -189,9 +191,9 @@ def _fake_heat_outputs(inputs: Mapping[str, Any], stack_id: str) -> list[dict[st
             f"{inputs.get('name')}/{stack_id}/resources/scale_down/signal"
         ),
         "member_addresses": {
-            f"member-{i}": f"{MEMBER_NET}.{11 + i}" for i in range(props["desired_capacity"])
+            f"member-{i}": f"{MEMBER_NET}.{11 + i}" for i in range(props["min_size"])
         },
-        "current_size": props["desired_capacity"],
+        "current_size": props["min_size"],
         "proxy_addresses": [f"{MEMBER_NET}.{101 + i}" for i in range(proxies)],
     }
     return [
@@ -327,10 +329,19 @@ def _secret_free(text: str, run: ProgramRun) -> str:
     return text
 
 
-def bundle_of(template: Mapping[str, Any], sha256: str) -> bytes:
-    """The agent bundle in a cluster template's metadata, if it is the one named `sha256`."""
+def settings_of(template: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings document a cluster template holds (`agent_settings`' metadata)."""
+    from infra.heat import SETTINGS
+
+    return dict(template["resources"][SETTINGS]["metadata"])
+
+
+def bundle_of(template: Mapping[str, Any], sha256: str | None = None) -> bytes:
+    """The agent bundle in a cluster template's metadata, if it is the one its settings
+    document (or `sha256`) names."""
     from infra.heat import AGENT_BUNDLE
 
+    sha256 = sha256 or settings_of(template)["bundle_sha256"]
     metadata = template["resources"][AGENT_BUNDLE]["metadata"]
     data = gzip.decompress(base64.b64decode(metadata["content"], validate=True))
     if not hashlib.sha256(data).hexdigest() == metadata["sha256"] == sha256:
@@ -342,7 +353,7 @@ def write_render(run: ProgramRun, out: Path) -> dict[str, Path]:
     """Write the five files of `python -m infra render`; returns their paths."""
     from agent.settings import AgentSettings
     from infra.heat import GROUP
-    from infra.userdata import AGENT_CONFIG, named_bundle
+    from infra.userdata import AGENT_CONFIG
 
     out.mkdir(parents=True, exist_ok=True)
     (stack,) = run.of_type("openstack:orchestration/stackV1:StackV1")
@@ -352,7 +363,10 @@ def write_render(run: ProgramRun, out: Path) -> dict[str, Path]:
     user_data = member["properties"]["user_data"]["str_replace"]["template"]
     node_files = yaml.safe_load(user_data)["write_files"]
     (agent_file,) = [f for f in node_files if f["path"] == AGENT_CONFIG]
-    agent_doc = AgentSettings.from_json(agent_file["content"]).to_json()
+    # what the fetcher writes at boot: the document's member settings, the file's cloud
+    cloud = json.loads(agent_file["content"])["cloud"]
+    member_settings = settings_of(template)["roles"]["member"]
+    agent_doc = AgentSettings.model_validate({**member_settings, "cloud": cloud}).to_json()
     resources = {
         "stack": run.stack,
         "resources": [
@@ -382,5 +396,5 @@ def write_render(run: ProgramRun, out: Path) -> dict[str, Path]:
         path.write_text(_secret_free(text, run), encoding="utf-8")
         paths[name] = path
     paths["agent.pyz"] = out / "agent.pyz"
-    paths["agent.pyz"].write_bytes(bundle_of(template, named_bundle(user_data)))
+    paths["agent.pyz"].write_bytes(bundle_of(template))
     return paths

@@ -1,6 +1,6 @@
 """The cluster CA of an https stack, made at deploy time and kept as a Pulumi secret.
 
-Nodes get the CA certificate and key through Heat (the key as a hidden parameter),
+Nodes get the CA certificate and key through Heat (the key as a stack parameter),
 issue their own certificate for their own address at boot (`infra/node/issue-cert.sh`)
 and delete the CA key right after. No auto-tls: it is slow on low-entropy VMs.
 """

@@ -1,22 +1,25 @@
 """cloud-init for every node role: one `#cloud-config` document each (member, proxy, metrics).
 
-A member's user-data holds its agent settings file (the `AgentSettings` JSON from
-`infra.settings.agent_settings()`, mode 0600), the systemd units of `infra/units/`, the
+A member's user-data holds what stays for the server's life: its cloud identity and
+credential (the `cloud` part of its agent settings file, mode 0600), the systemd units of
+`infra/units/`, the
 user's hooks, netdata streaming to the metrics server when there is one, and, on a
 plain image, the installs a Packer image already has (`infra/node/install.sh`: netdata,
 a pinned etcd release checked against the repository's sha256 list, the agent's
 virtualenv with the pins of pyproject.toml's [project.dependencies]).
 
-The agent itself is not in the user-data: the Heat stack holds it (`infra.heat.AgentBundle`)
-and `infra/node/fetch-agent.py`, written here, fetches it at first boot with the
-agent's application credential, installs it only if its sha256 is the one this
-user-data names (`infra.bundle.Bundle.sha256`), and only then is the agent started. A
-node therefore runs the bundle of the program that made its user-data, whatever image
-it boots from.
+Neither the agent nor its settings are in the user-data: the Heat stack holds both
+(`infra.heat.AgentBundle`, `infra.heat.SettingsDocument`, made by `settings_document`
+here), and `infra/node/fetch-agent.py`, written here, fetches them at first boot with the
+agent's application credential: the settings document, then the bundle it names by
+sha256 (installed only if it is that one); it writes the node's settings file (the
+document's part for the node's role, with the user-data's `cloud`), and only then is the
+agent started. So a `pulumi up` that changes a setting or the agent leaves the user-data,
+hence the servers, as they are; the agents take the new settings from the stack.
 
 What only the cloud knows at deploy time is written here as a token, `@@NAME@@`, and
 Heat's `str_replace` puts the value in when it creates a server: the application
-credential's secret reaches Heat as a hidden parameter and lands only in the agent
+credential's secret reaches Heat as a stack parameter and lands only in the agent
 settings file on the node. `HEAT_VALUES` maps each token to its HOT value.
 
 Nova refuses user-data above 65,535 bytes once base64-encoded; this project keeps
@@ -37,9 +40,9 @@ from typing import Any, Literal
 
 import yaml
 
-from agent.settings import AgentSettings, OpenStackCloud
+from agent.settings import AgentSettings, OpenStackCloud, document_sha256
 from infra import heat
-from infra.bundle import Bundle, agent_bundle, minified
+from infra.bundle import Bundle, minified
 from infra.settings import (
     NODE_HOOK_DIR,
     NODE_TLS_DIR,
@@ -155,36 +158,57 @@ def _file(path: str, content: str, permissions: str = "0644") -> dict[str, Any]:
 
 
 def compact_json(settings: AgentSettings) -> str:
-    """The node's settings file: `AgentSettings` with the secret (a token here), one line."""
+    """A settings file's text: `AgentSettings` with the secret (a token here), one line."""
     data = settings.model_dump(mode="json", context={"reveal_secrets": True})
     return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def fetch_command(sha256: str, *, ready: bool = False) -> list[str]:
-    """The node's fetch of the agent bundle named by `sha256` (infra/node/fetch-agent.py);
-    `ready`: it signals the stack's agents_ready wait condition (members)."""
+def cloud_json(settings: AgentSettings) -> str:
+    """The settings file as the user-data writes it: the node's `cloud` (tokens Heat
+    replaces) and role; the fetcher adds the stack's settings for the role."""
+    data = {
+        "cloud": settings.cloud.model_dump(mode="json", context={"reveal_secrets": True}),
+        "role": settings.role,
+    }
+    return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def role_settings(settings: AgentSettings) -> dict[str, Any]:
+    """One role's part of the stack's settings document: the settings without `cloud`."""
+    data = settings.model_dump(mode="json", context={"reveal_secrets": True})
+    del data["cloud"]
+    return data
+
+
+def settings_document(stack: StackSettings, *, cluster_name: str, bundle: Bundle) -> dict:
+    """The stack's settings document (`heat.SettingsDocument`): every node role's settings
+    and the bundle they run, named by its own sha256 (agent.settings.document_sha256)."""
+    roles = {"member": role_settings(node_agent_settings(stack, cluster_name=cluster_name))}
+    if stack.proxies:
+        proxy = node_agent_settings(stack, cluster_name=cluster_name, role="proxy")
+        roles["proxy"] = role_settings(proxy)
+    document: dict[str, Any] = {"bundle_sha256": bundle.sha256, "roles": roles}
+    document["sha256"] = document_sha256(document)
+    return document
+
+
+def fetch_command(*, ready: bool = False) -> list[str]:
+    """The node's fetch of its settings and of the agent bundle they name
+    (infra/node/fetch-agent.py); `ready`: it signals the stack's agents_ready wait
+    condition (members)."""
     command = [
         VENV_PYTHON,
         FETCHER,
         "--config",
         AGENT_CONFIG,
+        "--settings-resource",
+        heat.SETTINGS,
         "--resource",
         heat.AGENT_BUNDLE,
-        "--sha256",
-        sha256,
         "--out",
         AGENT_PYZ,
     ]
     return [*command, "--ready", READY_FILE] if ready else command
-
-
-def named_bundle(text: str) -> str:
-    """The sha256 of the agent bundle a rendered cloud-config fetches (its runcmd)."""
-    for command in yaml.safe_load(text).get("runcmd", []):
-        if command[:2] == ["sh", "-c"] and FETCHER in command[2]:
-            words = shlex.split(command[2])
-            return words[words.index("--sha256") + 1]
-    raise ValueError("this cloud-config fetches no agent bundle")
 
 
 def fetcher_source() -> str:
@@ -257,12 +281,11 @@ def _node_document(
     cluster_name: str,
     role: Literal["member", "proxy"],
     base_dir: Path,
-    bundle: Bundle,
 ) -> dict[str, Any]:
     https = "https" in (stack.etcdclientscheme, stack.etcdpeerscheme)
     settings = node_agent_settings(stack, cluster_name=cluster_name, role=role)
     files: list[dict[str, Any]] = [
-        _file(AGENT_CONFIG, compact_json(settings), "0600"),
+        _file(AGENT_CONFIG, cloud_json(settings), "0600"),
         _file(FETCHER, fetcher_source()),
         *_unit_files(role),
     ]
@@ -312,8 +335,8 @@ def _node_document(
             list(_INSTALL_STREAM_CONF),
             ["systemctl", "restart", "netdata"],
         ]
-    # The agent starts only once its bundle is fetched and checked.
-    fetch = fetch_command(bundle.sha256, ready=role == "member")
+    # The agent starts only once its settings and bundle are fetched and checked.
+    fetch = fetch_command(ready=role == "member")
     fetch_then_start = f"{shlex.join(fetch)} && systemctl enable --now"
     runcmd += [["systemctl", "daemon-reload"], ["sh", "-c", f"{fetch_then_start} {AGENT_UNIT}"]]
     return {
@@ -373,17 +396,9 @@ def node_user_data(
     *,
     cluster_name: str,
     base_dir: Path = PROJECT_DIR,
-    bundle: Bundle | None = None,
 ) -> NodeUserData:
-    """An etcd member's or gRPC proxy's cloud-config; it names `bundle` (default: this
-    checkout's agent)."""
-    document = _node_document(
-        stack,
-        cluster_name=cluster_name,
-        role=role,
-        base_dir=base_dir,
-        bundle=bundle or agent_bundle(),
-    )
+    """An etcd member's or gRPC proxy's cloud-config."""
+    document = _node_document(stack, cluster_name=cluster_name, role=role, base_dir=base_dir)
     comment = _NODE_COMMENTS[role].format(cluster=cluster_name)
     return NodeUserData(role, render(document, comment))
 

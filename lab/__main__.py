@@ -5,10 +5,13 @@ python -m lab status [--json]          the nodes of the lab that is up
 python -m lab down                     stop everything the lab started, remove its files
 python -m lab scenario NAME [--json FILE] [--plot FILE]
                                        burst, node-loss, etcd-outage, partition, bad-metrics,
-                                       reboot
+                                       reboot, skewed, update
 python -m lab reboot NODE [NODE ...] | --majority | --all
                                        Nova's hard reboot of those servers of the lab that is
                                        up: power off, the disk kept, then boot
+python -m lab update --set KEY=VALUE   a `pulumi up` of the lab that is up: the program's
+                                       template for the changed stack through Heat's
+                                       "Update stack"; settings reach the agents live
 python -m lab metrics [--seconds N]    a real netdata parent and child with the stack's
                                        rendered stream.conf: what the parent serves
 python -m lab chaos --rounds N --seed S [--json FILE] [--plan]
@@ -53,6 +56,7 @@ SCENARIO_NAMES = [
     "bad-metrics",
     "reboot",
     "skewed",
+    "update",
 ]
 """lab.scenarios.SCENARIOS, named here so that `--help` imports no lab."""
 
@@ -82,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     which = reboot.add_mutually_exclusive_group()
     which.add_argument("--majority", action="store_true", help="the leader and others: a quorum")
     which.add_argument("--all", action="store_true", help="every server of the group")
+    sub.add_parser(
+        "update",
+        parents=[common],
+        help="a pulumi up of the lab that is up: its stack with --set KEY=VALUE changes",
+    )
     scenario = sub.add_parser("scenario", parents=[common], help="run one scenario and check it")
     scenario.add_argument("name", choices=SCENARIO_NAMES)
     scenario.add_argument("--json", type=Path, help="write the JSON report here")
@@ -279,6 +288,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     log = open(args.root / "daemon.log", "ab")  # the daemon keeps it open
     command = [sys.executable, "-m", "lab", "_serve", "--stack", args.stack]
     command += ["--factor", str(timings.factor), "--root", str(args.root)]
+    for change in args.set:  # the daemon's stack is the one shown, --set included
+        command += ["--set", change]
     daemon = subprocess.Popen(
         command,
         cwd=PROJECT_DIR,
@@ -360,6 +371,54 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    """`pulumi up` of the lab's stack with `--set` changes: the program's template (with the
+    lab's periods) through Heat's "Update stack" on the lab's cloud, after the plan."""
+    from infra.plan import Render, plan
+    from lab.operator import CloudCallError, Operator
+    from lab.status import NoLab, read_state
+    from lab.timings import lab_template
+
+    try:
+        state = read_state(args.root)
+    except NoLab as error:
+        print(error, file=sys.stderr)
+        return 1
+    if not args.set:
+        print("say what changes: --set KEY=VALUE (repeatable)", file=sys.stderr)
+        return 2
+    if not isinstance(state.get("settings"), dict) or not state.get("heat_stack"):
+        print("the lab's state names no stack settings (an older lab?)", file=sys.stderr)
+        return 1
+    stack = StackSettings.model_validate(state["settings"])
+    base_dir = stack_file(args.stack).parent
+    try:
+        new = with_changes(stack, args.set, base_dir=base_dir)
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    factor = float(state["factor"])
+
+    def template(s: StackSettings) -> dict:
+        return lab_template(s, LabTimings.scaled(s, factor), cluster_name=state["cluster"])
+
+    after = template(new)
+    verdict = plan(Render(template(stack), {}), Render(after, {}))
+    sys.stdout.write(verdict.text())
+    if verdict.refused:
+        print("refused: nothing was sent to Heat", file=sys.stderr)
+        return 1
+    if not verdict.changed:
+        return 0
+    try:
+        Operator.from_state(state).update_stack(state["heat_stack"], after)
+    except CloudCallError as error:
+        print(f"the lab's cloud refused: {error}", file=sys.stderr)
+        return 1
+    print(f"stack update accepted by Heat ({state['heat_stack'].split('/')[0]})")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from lab.status import down
 
@@ -384,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "down": cmd_down,
         "reboot": cmd_reboot,
+        "update": cmd_update,
         "metrics": cmd_metrics,
         "_serve": lambda a: _serve(a, show=False),
     }

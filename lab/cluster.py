@@ -40,7 +40,7 @@ from lab.etcd_binaries import find_etcd_binary
 from lab.events import EventLog
 from lab.netdata_stub import NETDATA_PORT, Mode
 from lab.nodes import Node, Nova
-from lab.timings import LabTimings, group_spec
+from lab.timings import LabTimings, group_spec, lab_template
 from lab.tls import LabPki
 
 STATE_FILE = "lab.json"
@@ -216,7 +216,9 @@ class Lab:
             )
         )
         self.events.add("lab", "", f"cloud at {self.nova.cloud_url}, nodes on {self.prefix}.0/24")
-        self.cloud.create(self.spec.desired_capacity)
+        self.cloud.load_template(self.template())
+        self.cloud.update_listeners.append(self._stack_updated)
+        self.cloud.create(self.spec.min_size)
         if self.spec.alarm:
             self.cloud.start_alarm(
                 AlarmSpec(
@@ -237,6 +239,42 @@ class Lab:
         self.nova.shutdown()
         self.status = "stopped"
         self.write_state()
+
+    # --- the stack: what `pulumi up` would change ------------------------------------------------
+
+    def template(self, stack: StackSettings | None = None) -> dict[str, Any]:
+        """The program's template for `stack` (default: the lab's), with the lab's periods."""
+        stack = stack or self.stack
+        timings = LabTimings.scaled(stack, self.timings.factor)
+        return lab_template(stack, timings, cluster_name=self.cluster_name)
+
+    def update(self, **changes: object) -> list[str]:
+        """A `pulumi up` of the stack with these keys changed, through the lab's Heat: what
+        the program's template changes, the lab's stack takes (infra.plan says what that
+        does; a key a running cluster cannot change is refused first, nothing changed)."""
+        from infra.plan import Render, plan
+        from infra.settings import parse_settings
+
+        raw = {**self.stack.model_dump(), **changes}
+        stack = parse_settings(raw, base_dir=self.nova.base_dir, source="the lab's update")
+        old, new = self.template(), self.template(stack)
+        verdict = plan(Render(old, {}), Render(new, {}))
+        if verdict.refused:
+            raise ValueError("; ".join(verdict.refused))
+        self.events.add("update", "", "; ".join(verdict.lines) or "no change")
+        return self.cloud.stack_update(new)
+
+    def _stack_updated(self, template: dict[str, Any]) -> None:
+        """The lab's own view follows its stack: new servers get the new settings."""
+        document = self.cloud.settings_document or {}
+        raw = document.get("lab_stack")
+        if not isinstance(raw, dict):
+            return
+        stack = StackSettings.model_validate(raw)
+        timings = LabTimings.scaled(stack, self.timings.factor)
+        self.stack, self.timings = stack, timings
+        self.nova.stack, self.nova.timings = stack, timings
+        self.spec = group_spec(stack)
 
     # --- what scenarios do ----------------------------------------------------------------------
 
@@ -508,6 +546,9 @@ class Lab:
                 "secret": self.cloud.operator.secret,
             },
             "etcd_binary": self.etcd_binary,
+            "heat_stack": f"{self.cloud.stack_name}/{self.cloud.stack_id}",
+            "settings": self.stack.model_dump(mode="json"),
+            "settings_sha256": (self.cloud.settings_document or {}).get("sha256"),
             "client_tls": self.client_tls.model_dump() if self.client_tls else None,
             "nodes": nodes,
             "updated": time.time(),

@@ -3,6 +3,7 @@ reboot` would do, through the same APIs (Keystone, then Nova) with the lab's own
 unrestricted credential, which `<root>/lab.json` holds.
 
     python -m lab reboot NODE [NODE ...] | --majority | --all
+    python -m lab update --set KEY=VALUE ...    (Heat's "Update stack")
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ class Operator:
         if answer.status_code >= 400:
             raise CloudCallError(f"{method} {path}: HTTP {answer.status_code} {answer.text[:200]}")
         return answer.json() if answer.text.strip() else None
+
+    def update_stack(self, stack: str, template: dict[str, Any]) -> None:
+        """Heat "Update stack (PATCH)": PATCH /stacks/{name}/{id} {"template": ...}."""
+        name, _, stack_id = stack.partition("/")
+        self.call("orchestration", "PATCH", f"/stacks/{name}/{stack_id}", {"template": template})
 
     def reboot(self, server_id: str, kind: str = "HARD") -> None:
         """Nova "Reboot Server": POST /servers/{id}/action {"reboot": {"type": "HARD"}}."""

@@ -27,6 +27,14 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
   members' mean idle crosses the threshold and the cluster shrinks to capacity, the busy
   oldest leaving first (Heat's -1 deletes it); with `node` the oldest's own reading never
   crosses and nobody leaves (run it with `--set downmetric_scope=node`).
+- update: a second `pulumi up`, through the lab's Heat ("Update stack" with the program's
+  template): the group is grown by one (everyone busy), then the stack is updated with a
+  new threshold and failtolerance (the settings document) and a larger max_cluster (the
+  group's bounds): every agent takes the new settings within a minute of lab time, no
+  server is made, replaced or deleted, the grown group keeps its size (no desired_capacity
+  reset), etcdctl from outside sees the same member ids; an update changing the client
+  port is refused before anything changes; then the load falls and the group shrinks
+  back under the new threshold.
 """
 
 from __future__ import annotations
@@ -333,6 +341,94 @@ def reboot(run: Run) -> None:
     run.outside_writes = True
 
 
+def update(run: Run) -> None:
+    import json
+
+    from agent.loop import SETTINGS_POLL_CYCLES
+
+    lab, t, stack = run.lab, run.timings, run.stack
+    grown = stack.capacity + 1
+    run.phase("the group grows by one (an operator's resize), everyone busy")
+    lab.set_demand(40.0 * grown)
+    lab.cloud.update(grown)
+    ok = run.settle(grown, 2 * run.join_time(), "one more member")
+    run.check("the group grew by one", ok, f"{grown} members: {ok}")
+    outside = Etcdctl(tls=lab.client_tls)
+    before = outside.look(lab.endpoints())
+    servers = sorted(n.member.server_id for n in lab.nova.live())
+    threshold = stack.threshold - 5
+    changes = {
+        "threshold": threshold,
+        "failtolerance": stack.failtolerance + 5,
+        "max_cluster": stack.max_cluster + 1,
+    }
+    run.phase(f"pulumi up: {', '.join(f'{k}={v}' for k, v in changes.items())}")
+    start = run.now
+    refused = ""
+    try:
+        lab.update(etcdclientport=stack.etcdclientport + 1000)
+    except ValueError as error:
+        refused = str(error)
+    sha_before = (lab.cloud.settings_document or {}).get("sha256")
+    run.check(
+        "a client port change is refused before anything changes",
+        "REFUSED" in refused and "etcd.client_port" in refused,
+        refused[:200] or "it was not refused",
+    )
+    notes = lab.update(**changes)
+    sha = (lab.cloud.settings_document or {}).get("sha256")
+    run.check(
+        "the update reached the stack: a new settings document, the group's new bound",
+        sha != sha_before and lab.cloud.group.max_size == stack.max_cluster + 1,
+        "; ".join(notes),
+    )
+
+    def taken(node: Any) -> bool:
+        try:
+            state = json.loads((node.state_dir / "state.json").read_text())
+            settings = json.loads((node.dir / "agent.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return (
+            state.get("settings_sha256") == sha
+            and settings["metric"]["threshold"] == threshold
+            and settings["scaling"]["failtolerance"] == changes["failtolerance"]
+        )
+
+    window = (SETTINGS_POLL_CYCLES + 3) * t.lockattemptperiod + 5
+    followed = lab.wait_for(
+        lambda s: all(taken(n) for n in lab.nova.live()), window, "every agent on the new settings"
+    )
+    run.faults.append(Fault("update", start, run.now))
+    run.check(
+        "every agent took the new settings (its file and its state name the document)",
+        followed,
+        f"{sum(taken(n) for n in lab.nova.live())} of {len(lab.nova.live())} within {window:g}s",
+    )
+    made = [e for e in lab.events.of("boot", "delete", "replace") if e.t >= start]
+    sample = lab.latest()
+    run.check(
+        "no server made, replaced or deleted; the grown group kept its size",
+        not made
+        and sorted(n.member.server_id for n in lab.nova.live()) == servers
+        and sample is not None
+        and lab.settled(sample, grown),
+        f"servers: {len(servers)} -> {len(lab.nova.live())}; events: {len(made)}",
+    )
+    after = outside.look(lab.endpoints())
+    run.checks.append(same_members(before, after, "the update"))
+    run.checks.append(one_healthy_cluster(after, grown))
+    run.phase("the load falls: back to capacity under the new threshold")
+    lab.set_demand(5.0 * stack.capacity)
+    back = run.settle(
+        stack.capacity,
+        t.downmetric_window + 1.6 * t.scaledownperiod + 2 * run.join_time(),
+        "back to capacity",
+    )
+    run.check("the group shrank back to capacity", back, f"{stack.capacity} members: {back}")
+    run.outside_writes = True
+
+
 SKEWED_BUSY = 30.0
 """% CPU of the oldest server in `skewed`: idle 70, below the threshold (90) on its own;
 with four idle members (98) the mean of five is 92.4, above it."""
@@ -462,6 +558,7 @@ SCENARIOS: dict[str, Scenario] = {
     "bad-metrics": bad_metrics,
     "reboot": reboot,
     "skewed": skewed,
+    "update": update,
 }
 
 

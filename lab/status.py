@@ -85,6 +85,7 @@ def status(root: Path) -> dict[str, Any]:
                 "leader": bool(member and member.is_leader),
                 "failmarker": agent.failmarker,
                 "phase": agent.phase,
+                "settings": (agent.settings_sha256 or "")[:12] or None,
                 "load": None if reading.value is None else round(100 - reading.value, 1),
             }
         )
@@ -96,6 +97,7 @@ def status(root: Path) -> dict[str, Any]:
         "cloud_url": state.get("cloud_url"),
         "leader": next((r["name"] for r in rows if r["leader"]), None),
         "kill_lock_holder": holder,
+        "settings": (state.get("settings_sha256") or "")[:12] or None,
         "etcd_error": error,
         "nodes": rows,
     }
@@ -105,10 +107,11 @@ def format_status(data: dict[str, Any]) -> str:
     lines = [
         f"lab ({data['status']}, stack {data['stack']}, time factor {data['factor']},"
         f" daemon pid {data['daemon_pid'] or '-'}) cloud {data['cloud_url']}",
-        f"leader {data['leader'] or '-'}, kill lock {data['kill_lock_holder'] or 'free'}"
+        f"leader {data['leader'] or '-'}, kill lock {data['kill_lock_holder'] or 'free'},"
+        f" the stack's settings {data.get('settings') or '-'}"
         + (f", etcd: {data['etcd_error']}" if data["etcd_error"] else ""),
         f"{'node':14} {'ip':16} {'client URL':28} {'etcd pid':>8} {'agent pid':>9}"
-        f" {'member':8} {'health':6} {'failmk':>6} {'load%':>6}",
+        f" {'member':8} {'health':6} {'failmk':>6} {'load%':>6} {'settings':12}",
     ]
     for r in data["nodes"]:
         member = (r["member"] or "-") + ("*" if r["leader"] else "")
@@ -117,6 +120,7 @@ def format_status(data: dict[str, Any]) -> str:
         lines.append(
             f"{r['name']:14} {r['ip']:16} {r['client_url']:28} {r['etcd_pid'] or '-':>8}"
             f" {r['agent_pid'] or '-':>9} {member:8} {health:6} {r['failmarker']:6d} {load:>6}"
+            f" {r.get('settings') or '-':12}"
         )
     return "\n".join(lines)
 

@@ -45,8 +45,9 @@ class GroupSpec:
     """The autoscaling group, its policies and alarm as the infra's Heat template has them."""
 
     min_size: int
+    """Also the group's first size: the template sets no desired_capacity (the agents grow
+    it to capacity; a stack update keeps its size)."""
     max_size: int
-    desired_capacity: int
     group_cooldown: float
     policies: dict[str, tuple[int, float]]
     """policy name -> (adjustment, cooldown s), unscaled."""
@@ -58,7 +59,7 @@ class GroupSpec:
 
 
 def group_spec(stack: StackSettings) -> GroupSpec:
-    """Read min/max/desired, cooldowns, policies and the alarm out of the infra's template."""
+    """Read min/max, cooldowns, policies and the alarm out of the infra's template."""
     resources = ClusterTemplate(stack, member_user_data=UserData("#cloud-config\n")).resources()
     group = resources[GROUP]["properties"]
     policies = {
@@ -72,7 +73,6 @@ def group_spec(stack: StackSettings) -> GroupSpec:
     return GroupSpec(
         min_size=int(group["min_size"]),
         max_size=int(group["max_size"]),
-        desired_capacity=int(group["desired_capacity"]),
         group_cooldown=float(group["cooldown"]),
         policies=policies,
         alarm=alarm is not None,
@@ -221,6 +221,7 @@ def node_settings(
         scaling["scaleupcooldown"] = timings.scaleupcooldown
         scaling["retries"] = timings.retries
         scaling["join_timeout"] = timings.join_timeout
+        scaling["dead_member_periods"] = timings.dead_member_periods
         data["hooks"]["timeout"] = timings.hook_timeout
 
     return agent_settings(
@@ -231,3 +232,56 @@ def node_settings(
         tls_dir=str(node_dir / "pki"),
         adjust=adjust,
     )
+
+
+def lab_settings_document(
+    stack: StackSettings, timings: LabTimings, *, cluster_name: str
+) -> dict[str, Any]:
+    """The settings document the lab's stack holds (infra.heat.SettingsDocument), as the
+    program makes it but with the lab's periods: the agents follow it as they follow the
+    real stack's (their paths, which differ per node, they never take from it). The lab
+    runs the agents from this checkout's source: no bundle is named. `lab_stack` records
+    the stack settings it was made from (`python -m lab update` starts from them)."""
+    from agent.settings import document_sha256
+    from infra.userdata import role_settings
+
+    settings = node_settings(
+        stack,
+        timings,
+        cluster_name=cluster_name,
+        cloud=OpenStackCloud(
+            auth_url="http://127.0.0.1:9/identity/v3",
+            application_credential_id="lab",
+            application_credential_secret="lab",
+            stack_id="lab/lab",
+        ),
+        node_dir=Path("/lab/node"),
+        netdata_url="http://127.0.0.1:19999",
+        etcd_binary="etcd",
+    )
+    document: dict[str, Any] = {
+        "bundle_sha256": "this checkout's source",
+        "roles": {"member": role_settings(settings)},
+        "lab_stack": stack.model_dump(mode="json"),
+    }
+    document["sha256"] = document_sha256(document)
+    return document
+
+
+def lab_template(stack: StackSettings, timings: LabTimings, *, cluster_name: str) -> dict:
+    """The program's Heat template for `stack` (infra.cluster.cluster_template), with the
+    lab's periods: the group's and the policies' cooldowns scaled, the lab's settings
+    document. What the lab's stack is created from and updated with."""
+    from infra.cluster import cluster_template
+    from infra.heat import SETTINGS
+
+    template = cluster_template(stack, cluster_name).to_hot()
+    resources = template["resources"]
+    resources[GROUP]["properties"]["cooldown"] = timings.scaleupcooldown
+    for name in (SCALE_UP, SCALE_DOWN):
+        cooldown = float(resources[name]["properties"]["cooldown"])
+        resources[name]["properties"]["cooldown"] = cooldown * timings.factor
+    document = lab_settings_document(stack, timings, cluster_name=cluster_name)
+    resources[SETTINGS]["metadata"] = document
+    resources[SETTINGS]["properties"]["salt"] = document["sha256"]
+    return template

@@ -196,6 +196,11 @@ class FakeOpenStack:
     def calls(self, method: str | None = None, path_part: str = "") -> list[Any]:
         return self.api.calls(method, path_part)
 
+    def cloud_metadata(self, name: str) -> dict[str, Any]:
+        """The metadata of the parent stack's resource `name`, as Heat answers it."""
+        (found,) = [r for r in self.cloud.resources() if r.name == name]
+        return dict(found.metadata or {})
+
     def ready(self) -> tuple[str, str]:
         """The agents_ready wait condition's (status, reason), as `pulumi up` would see it."""
         (condition,) = [r for r in self.cloud.resources() if r.name == READY]

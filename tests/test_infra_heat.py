@@ -225,10 +225,12 @@ def _uses(node, name: str, path: tuple = ()) -> list[tuple]:
     return found
 
 
-def test_secrets_reach_heat_only_as_hidden_parameters_put_into_user_data():
+def test_secrets_reach_heat_only_as_parameters_put_into_user_data():
     template = cluster_template(settings_of("metrics"), "autoscale-etcd-metrics").to_hot()
     for name in heat.SECRET_PARAMETERS:
-        assert template["parameters"][name]["hidden"] is True
+        # not hidden: Heat would answer '******' and every `pulumi up` would update
+        # (tests/test_infra_program.py, test_heat_answers_the_parameters_the_program_sent)
+        assert "hidden" not in template["parameters"][name]
         uses = _uses(template["resources"], name)
         assert len(uses) == 2, (name, uses)  # the members' and the proxies' user-data
         for path in uses:
@@ -258,9 +260,9 @@ def test_the_stack_holds_the_bundle_its_nodes_name_and_the_groups_wait_for_it(st
         "encoding": "gzip+base64",
         "content": bundle.packed,
     }
-    assert resources[heat.GROUP]["depends_on"] == [heat.AGENT_BUNDLE]
+    assert resources[heat.GROUP]["depends_on"] == [heat.AGENT_BUNDLE, heat.SETTINGS]
     if s.proxies:
-        assert resources[heat.PROXY_GROUP]["depends_on"] == [heat.AGENT_BUNDLE]
+        assert resources[heat.PROXY_GROUP]["depends_on"] == [heat.AGENT_BUNDLE, heat.SETTINGS]
 
 
 @pytest.mark.parametrize("stack", STACKS)

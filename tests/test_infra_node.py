@@ -53,7 +53,9 @@ from tests.fake_openstack import CREDENTIAL_ID, CREDENTIAL_SECRET, PROJECT, Fake
 from tests.tools import need
 
 METADATA_PATH = "/resources/agent_bundle/metadata"
+FETCHER_SOURCE = "infra/node/fetch-agent.py"
 SIGNAL_PATH = f"/resources/{heat.READY_HANDLE}/signal"
+SETTINGS_PATH = f"/resources/{heat.SETTINGS}/metadata"
 
 
 def settings_of(stack: str):
@@ -109,6 +111,7 @@ def node(fake, tmp_path) -> Node:
     s = settings_of("dev")
     template = cluster_template(s, "autoscale-etcd-dev").to_hot()
     fake.resource_metadata[heat.AGENT_BUNDLE] = template["resources"][heat.AGENT_BUNDLE]["metadata"]
+    fake.resource_metadata[heat.SETTINGS] = template["resources"][heat.SETTINGS]["metadata"]
     document = yaml.safe_load(
         heat_substituted(member_user_data(s, cluster_name="autoscale-etcd-dev").text, fake)
     )
@@ -129,7 +132,7 @@ def node(fake, tmp_path) -> Node:
     return Node(tmp_path, [*argv, "--first-delay", "0.05"])
 
 
-def test_fetches_the_named_bundle_with_the_app_credential_and_it_runs(fake, node):
+def test_fetches_the_settings_and_the_bundle_they_name_and_it_runs(fake, node):
     node.pyz.write_text("an older copy, e.g. an image's\n")
     result = node.fetch("--deadline", "10")
     assert result.returncode == 0, result.stderr
@@ -141,7 +144,10 @@ def test_fetches_the_named_bundle_with_the_app_credential_and_it_runs(fake, node
     identity = auth.body["auth"]["identity"]
     assert identity["methods"] == ["application_credential"]
     assert identity["application_credential"] == {"id": CREDENTIAL_ID, "secret": CREDENTIAL_SECRET}
-    # Heat: Show resource metadata of agent_bundle in this node's stack, with that token
+    # Heat: Show resource metadata of agent_settings, then of agent_bundle, in this
+    # node's stack, with that token
+    (settings,) = fake.calls("GET", SETTINGS_PATH)
+    assert settings.headers["x-auth-token"] == fake.issued_tokens[0]
     (get,) = fake.calls("GET", METADATA_PATH)
     assert get.path.startswith("/heat-api/v1/")
     assert f"/stacks/{fake.stack_name}/{fake.stack_id}" in get.path
@@ -149,7 +155,7 @@ def test_fetches_the_named_bundle_with_the_app_credential_and_it_runs(fake, node
     # then the agent's other calls with the same token, and the stack told it works:
     # `pulumi up` waits for this (the agents_ready wait condition)
     assert len(fake.issued_tokens) == 1
-    assert [r.method for r in fake.requests] == ["POST", "GET", "GET", "GET", "POST"]
+    assert [r.method for r in fake.requests] == ["POST", "GET", "GET", "GET", "GET", "POST"]
     (signal,) = fake.calls("POST", SIGNAL_PATH)
     assert signal.headers["x-auth-token"] == fake.issued_tokens[0]
     assert signal.body["status"] == "SUCCESS"
@@ -158,12 +164,26 @@ def test_fetches_the_named_bundle_with_the_app_credential_and_it_runs(fake, node
     for secret in (CREDENTIAL_SECRET, fake.issued_tokens[0], fake.ready_token):
         assert secret not in result.stdout + result.stderr
     assert agent_bundle().sha256 in result.stderr
-    # the file it installed is the agent
+    # the settings file: the stack's member settings with the user-data's cloud (0600)
+    config = node.dir / "agent.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    written = json.loads(config.read_text())
+    document = fake.cloud_metadata(heat.SETTINGS)
+    assert {k: v for k, v in written.items() if k != "cloud"} == document["roles"]["member"]
+    assert written["cloud"]["application_credential_secret"] == CREDENTIAL_SECRET
+    # the file it installed is the agent, and it reads that settings file
     run = subprocess.run(
         [sys.executable, str(node.pyz), "--help"], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, run.stderr
     assert "bootstrap" in run.stdout
+    status = subprocess.run(
+        [sys.executable, str(node.pyz), "--config", str(config), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "cannot read agent settings" not in status.stderr, status.stderr
 
 
 def test_the_credential_s_access_rules_allow_the_fetch(fake, node):
@@ -307,15 +327,47 @@ def test_a_broken_ready_file_does_not_keep_the_agent_from_its_node(fake, node):
     assert fake.ready()[0] == "CREATE_IN_PROGRESS"
 
 
-def test_a_broken_settings_file_or_checksum_fails_at_once(fake, node):
+def test_a_settings_document_that_is_not_whole_is_not_taken(fake, node):
+    """A document whose sha256 is not its own (cut, or changed on its way) installs
+    nothing and writes no settings; the fetch retries until its deadline."""
+    document = dict(fake.cloud_metadata(heat.SETTINGS))
+    document["roles"] = {**document["roles"], "member": {"cluster_name": "another"}}
+    fake.resource_metadata[heat.SETTINGS] = document
+    before = (node.dir / "agent.json").read_text()
+    result = node.fetch("--deadline", "0.5")
+    assert result.returncode == 1 and not node.pyz.exists()
+    assert "does not match its sha256" in result.stderr
+    assert (node.dir / "agent.json").read_text() == before
+    assert not fake.calls("GET", METADATA_PATH)
+
+
+def test_the_fetcher_s_document_sha256_is_the_agent_s():
+    """The fetcher cannot import the agent: its copy of document_sha256 must agree."""
+    import importlib.util
+
+    from agent.settings import document_sha256
+
+    spec = importlib.util.spec_from_file_location("fetcher", PROJECT_DIR / FETCHER_SOURCE)
+    assert spec is not None and spec.loader is not None
+    fetcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetcher)
+    template = cluster_template(settings_of("metrics"), "c").to_hot()
+    document = template["resources"][heat.SETTINGS]["metadata"]
+    assert fetcher.document_sha256(document) == document_sha256(document) == document["sha256"]
+    assert fetcher.document_sha256({**document, "roles": {}}) != document["sha256"]
+
+
+def test_a_broken_settings_file_fails_at_once(fake, node):
+    before = (node.dir / "agent.json").read_text()
     (node.dir / "agent.json").write_text('{"cloud": {"kind": "local", "url": "http://x"}}')
     result = node.fetch("--deadline", "30", timeout=10)
     assert result.returncode == 2 and "not OpenStack settings" in result.stderr
     assert not fake.requests
-    bad = list(node.argv)
-    bad[bad.index("--sha256") + 1] = "abc"
-    result = subprocess.run(bad, capture_output=True, text=True, timeout=10)
-    assert result.returncode == 2 and "64 hex digits" in result.stderr
+    (node.dir / "agent.json").write_text(
+        json.dumps({"cloud": json.loads(before)["cloud"], "role": "leader"})
+    )
+    result = node.fetch("--deadline", "30", timeout=10)
+    assert result.returncode == 2 and "role must be member or proxy" in result.stderr
 
 
 # --- install.sh on a plain image -----------------------------------------------------
@@ -521,9 +573,9 @@ def test_the_fetcher_trusts_a_private_ca_through_the_settings_cacert(tmp_path):
             continue
     try:
         bundle = agent_bundle()
-        fake.resource_metadata[heat.AGENT_BUNDLE] = heat.AgentBundle(
-            bundle.sha256, bundle.packed, len(bundle.zipapp)
-        ).to_hot()["metadata"]
+        template = cluster_template(settings_of("dev"), "c").to_hot()
+        for resource in (heat.AGENT_BUNDLE, heat.SETTINGS):
+            fake.resource_metadata[resource] = template["resources"][resource]["metadata"]
         cloud = fake.settings(cacert=str(ca.cert_file)).model_dump(
             mode="json", context={"reveal_secrets": True}
         )
@@ -535,7 +587,7 @@ def test_the_fetcher_trusts_a_private_ca_through_the_settings_cacert(tmp_path):
                 [
                     sys.executable,
                     str(PROJECT_DIR / "infra/node/fetch-agent.py"),
-                    *("--config", str(config), "--sha256", bundle.sha256),
+                    *("--config", str(config)),
                     *("--out", str(tmp_path / f"{name}.pyz"), "--deadline", "1"),
                     *("--first-delay", "0.05"),
                 ],

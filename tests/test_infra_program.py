@@ -20,7 +20,8 @@ from infra.access_rules import access_rules
 from infra.credentials import credential_name
 from infra.render import MASK, PLACEHOLDER_PROJECT_ID, find_stack_file, stack_config
 from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
-from infra.userdata import BUDGET, named_bundle
+from infra.userdata import BUDGET
+from tests.tools import need_module
 
 SG = "openstack:networking/secGroup:SecGroup"
 RULE = "openstack:networking/secGroupRule:SecGroupRule"
@@ -195,7 +196,13 @@ def test_dev_agent_credential_is_restricted_to_the_agents_calls(dev):
 def test_dev_group_sizes_cooldowns_and_policies_follow_the_settings(dev):
     s = dev.settings
     group = dev.template["resources"][heat.GROUP]["properties"]
-    assert (group["min_size"], group["desired_capacity"], group["max_size"]) == (3, 3, 5)
+    assert (group["min_size"], group["max_size"]) == (3, 5)
+    # no desired_capacity: Heat's update would reset a grown group to it (the agents grow
+    # a new group to `capacity`)
+    assert "desired_capacity" not in group
+    rolling = group["rolling_updates"]
+    assert (rolling["max_batch_size"], rolling["min_in_service"]) == (1, 0)
+    assert rolling["pause_time"] == heat.rolling_pause(s) >= 900 + 6 * 10
     assert group["cooldown"] == s.scaleupcooldown
     up = dev.template["resources"][heat.SCALE_UP]["properties"]
     down = dev.template["resources"][heat.SCALE_DOWN]["properties"]
@@ -415,6 +422,47 @@ def test_ownnet_without_server_group_alarm_key_or_cleanup_hook(ownnet):
     assert agent["hooks"]["cleanupscript"] is None
 
 
+# --- a second `pulumi up` with nothing changed is a no-op ------------------------------
+
+
+def heat_shown_parameters(template: dict, sent: dict[str, str]) -> dict[str, str]:
+    """What Heat answers as the stack's parameters once created with `sent` (Heat's own
+    code: heat/engine/api.py format_stack, `stack.parameters.map(str)`), without the
+    pseudo parameters the provider's read drops (terraform-provider-openstack,
+    resourceOrchestrationStackV1Read: OS::project_id, OS::stack_id, OS::stack_name)."""
+    need_module("heat")
+    from heat.common import identifier
+    from heat.engine import template as heat_template
+
+    tmpl = heat_template.Template(template)
+    stack = identifier.HeatIdentifier("tenant", "autoscale-etcd-test", "stack-id")
+    shown = tmpl.parameters(stack, sent).map(str)
+    return {k: v for k, v in shown.items() if not k.startswith("OS::")}
+
+
+@pytest.mark.parametrize("name", ["dev", "metrics", "ownnet"])
+def test_heat_answers_the_parameters_the_program_sent(name, request):
+    """The provider reads the stack's parameters back into Pulumi's state and diffs them
+    with the program's (no diff suppression): a parameter Heat shows otherwise than it was
+    sent (a hidden one as '******', a default not sent, another format) makes every
+    `pulumi up` an update of the stack, and a stack update is not free (signals dropped
+    while it runs, the group's cooldown after). Every parameter round-trips exactly."""
+    rendered: Rendered = request.getfixturevalue(name)
+    sent = rendered.heat_parameters
+    assert heat_shown_parameters(rendered.template, sent) == sent
+
+
+def test_the_round_trip_check_sees_a_hidden_parameter():
+    template = {
+        "heat_template_version": heat.HOT_VERSION,
+        "parameters": {"secret": {"type": "string", "hidden": True}, "n": {"type": "number"}},
+    }
+    shown = heat_shown_parameters(template, {"secret": "s3cret", "n": "3"})
+    assert shown == {"secret": "******", "n": "3"}
+    defaults = {**template, "parameters": {"d": {"type": "string", "default": "x"}}}
+    assert heat_shown_parameters(defaults, {}) == {"d": "x"}  # not sent, still shown
+
+
 # --- every stack: no secret in what the program writes out ---------------------------
 
 
@@ -425,10 +473,10 @@ def test_no_secret_in_rendered_files(name, request):
         text = (rendered.out / file).read_text()
         assert "mock-appcred-secret" not in text, file
         assert "BEGIN PRIVATE KEY" not in text, file
-    template = rendered.template
+    # the secret parameters are Pulumi secrets: masked in what render writes
     for param in heat.SECRET_PARAMETERS:
-        if param in template["parameters"]:
-            assert template["parameters"][param]["hidden"] is True
+        if param in rendered.template["parameters"]:
+            assert rendered.heat_parameters[param] == MASK, param
     agent = json.loads((rendered.out / "agent-settings.json").read_text())
     assert agent["cloud"]["application_credential_secret"] == "**********"
 
@@ -438,9 +486,15 @@ def test_render_writes_the_bundle_the_stack_holds_and_the_nodes_fetch(name, requ
     rendered: Rendered = request.getfixturevalue(name)
     user_data = (rendered.out / "user-data.yaml").read_text()
     assert len(user_data.encode()) <= BUDGET
-    named = named_bundle(user_data)
+    resources = rendered.template["resources"]
+    named = resources[heat.SETTINGS]["metadata"]["bundle_sha256"]
     pyz = (rendered.out / "agent.pyz").read_bytes()
     assert hashlib.sha256(pyz).hexdigest() == named
-    held = rendered.template["resources"][heat.AGENT_BUNDLE]
+    held = resources[heat.AGENT_BUNDLE]
     assert held["metadata"]["sha256"] == named and held["properties"]["salt"] == named
-    assert rendered.template["resources"][heat.GROUP]["depends_on"] == [heat.AGENT_BUNDLE]
+    assert resources[heat.SETTINGS]["depends_on"] == [heat.AGENT_BUNDLE]
+    assert resources[heat.GROUP]["depends_on"] == [heat.AGENT_BUNDLE, heat.SETTINGS]
+    # the settings file the render shows is what the fetcher writes from the document
+    agent = json.loads((rendered.out / "agent-settings.json").read_text())
+    member = resources[heat.SETTINGS]["metadata"]["roles"]["member"]
+    assert {k: v for k, v in agent.items() if k != "cloud"} == member

@@ -2,7 +2,7 @@
 carries the right files, and names the agent bundle the Heat stack holds.
 
 The agent settings file is the only place the credential secret lands: the user-data
-holds a token that Heat replaces from a hidden parameter.
+holds a token that Heat replaces from a stack parameter.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import sys
 import pytest
 import yaml
 
-from agent.settings import AgentSettings
+from agent.settings import AgentSettings, document_sha256
 from infra import heat
 from infra.bundle import Bundle, agent_bundle, build_zipapp
 from infra.cluster import cluster_template
 from infra.render import bundle_of, find_stack_file, stack_config
+from infra.render import settings_of as settings_of_template
 from infra.settings import ETCD_SHA256SUMS, parse_settings, strip_namespace
 from infra.userdata import (
     AGENT_CONFIG,
@@ -34,8 +35,8 @@ from infra.userdata import (
     agent_requirements,
     member_user_data,
     metrics_user_data,
-    named_bundle,
     proxy_user_data,
+    settings_document,
 )
 from tests.tools import need
 
@@ -103,18 +104,22 @@ def test_every_role_fits_the_32_kib_budget_without_the_agent(stack):
         assert [doc.role for doc in docs] == ["member", "proxy", "metrics"]
 
 
-def test_user_data_names_the_bundle_the_stack_holds_and_it_runs(tmp_path):
+def test_the_stack_s_settings_name_the_bundle_it_holds_and_it_runs(tmp_path):
     s = settings_of("metrics")
     bundle = agent_bundle()
     assert bundle.zipapp == build_zipapp()  # deterministic: same sources, same bytes
     template = cluster_template(s, "c").to_hot()
+    document = settings_of_template(template)
+    assert document["bundle_sha256"] == bundle.sha256 == hashlib.sha256(bundle.zipapp).hexdigest()
+    assert document["sha256"] == document_sha256(document)
+    assert set(document["roles"]) == {"member", "proxy"}
     for role in ("member", "proxy"):
         make = member_user_data if role == "member" else proxy_user_data
         text = make(s, cluster_name="c").text
-        assert named_bundle(text) == bundle.sha256 == hashlib.sha256(bundle.zipapp).hexdigest()
+        assert bundle.sha256 not in text  # a new agent changes no user-data
         fetch = files_of(text)[FETCHER]
         compile(fetch["content"], FETCHER, "exec")  # the shipped (minified) fetcher parses
-    data = bundle_of(template, bundle.sha256)
+    data = bundle_of(template)
     assert data == bundle.zipapp
     with pytest.raises(AssertionError):
         bundle_of(template, Bundle(b"another agent").sha256)
@@ -138,21 +143,43 @@ def test_the_agent_starts_only_after_the_checked_fetch():
     assert words[words.index("--config") + 1] == AGENT_CONFIG
     assert words[words.index("--out") + 1] == AGENT_PYZ
     assert words[words.index("--resource") + 1] == heat.AGENT_BUNDLE
+    assert words[words.index("--settings-resource") + 1] == heat.SETTINGS
     assert start == "systemctl enable --now autoscale-agent.service"
     # nothing else starts the agent
     assert sum("autoscale-agent.service" in " ".join(cmd) for cmd in runcmd) == 1
-    other = member_user_data(
-        settings_of("dev"), cluster_name="c", bundle=Bundle(b"another agent")
-    ).text
-    assert named_bundle(other) == hashlib.sha256(b"another agent").hexdigest()
 
 
-def test_agent_settings_file_is_the_heat_substituted_agent_settings():
+def test_a_setting_or_a_new_agent_changes_no_user_data():
+    """What changes with a `pulumi up` of a threshold, a period, the capacity or the agent
+    is the stack's settings document, not the servers' user-data: no server is replaced."""
+    base = strip_namespace(stack_config(find_stack_file("metrics")))
+    changed = {**base, "threshold": 50, "lockattemptperiod": 20, "capacity": 5}
+    for raw in (base, changed):
+        for key in ("configscript", "cleanupscript", "proxyconfig"):
+            raw[key] = str(find_stack_file("metrics").parent / raw.get(key, f"hooks/{key}.sh"))
+    before, after = parse_settings(base), parse_settings(changed)
+    for make in (member_user_data, proxy_user_data):
+        assert make(before, cluster_name="c").text == make(after, cluster_name="c").text
+    old = settings_document(before, cluster_name="c", bundle=agent_bundle())
+    new = settings_document(after, cluster_name="c", bundle=Bundle(b"another agent"))
+    assert old["sha256"] != new["sha256"]
+    assert new["bundle_sha256"] == hashlib.sha256(b"another agent").hexdigest()
+    member = new["roles"]["member"]
+    assert member["metric"]["threshold"] == 50 and member["scaling"]["capacity"] == 5
+
+
+def test_agent_settings_file_is_the_heat_substituted_cloud_and_the_stack_s_settings():
     s = settings_of("metrics")
     text = member_user_data(s, cluster_name="autoscale-etcd-metrics").text
     entry = files_of(text)[AGENT_CONFIG]
     assert entry["permissions"] == "0600"
-    settings = AgentSettings.from_json(entry["content"])
+    written = json.loads(entry["content"])
+    assert set(written) == {"cloud", "role"} and written["role"] == "member"
+    # what the fetcher makes of it at boot: the document's member settings, this cloud
+    document = settings_document(s, cluster_name="autoscale-etcd-metrics", bundle=agent_bundle())
+    settings = AgentSettings.model_validate(
+        {**document["roles"]["member"], "cloud": written["cloud"]}
+    )
     assert settings.cluster_name == "autoscale-etcd-metrics"
     assert settings.etcd.client_port == 2379 and settings.etcd.client_scheme == "https"
     assert settings.etcd.tls is not None
@@ -166,7 +193,7 @@ def test_agent_settings_file_is_the_heat_substituted_agent_settings():
     assert text.count(Token.CREDENTIAL_SECRET) == 1
 
 
-def test_every_token_is_filled_by_heat_and_secrets_come_from_hidden_parameters():
+def test_every_token_is_filled_by_heat_and_secrets_come_from_parameters():
     s = settings_of("metrics")
     template = heat.ClusterTemplate(
         s,
@@ -182,7 +209,7 @@ def test_every_token_is_filled_by_heat_and_secrets_come_from_hidden_parameters()
             value = HEAT_VALUES[token]
             if "get_param" in value and not value["get_param"].startswith("OS::"):
                 assert value["get_param"] in params, token
-    assert params[heat.P.CREDENTIAL_SECRET]["hidden"] is True
+    assert heat.P.CREDENTIAL_SECRET in params
     assert HEAT_VALUES[Token.STACK] == heat.STACK_NAME_AND_ID
 
 
@@ -243,8 +270,7 @@ def test_a_private_cloud_ca_is_written_to_the_nodes_and_named_in_their_settings(
     document = yaml.safe_load(member_user_data(stack, cluster_name="c", base_dir=tmp_path).text)
     files = {f["path"]: f for f in document["write_files"]}
     assert files[CLOUD_CA]["content"] == pem and files[CLOUD_CA]["permissions"] == "0644"
-    agent = AgentSettings.model_validate_json(files[AGENT_CONFIG]["content"])
-    assert agent.cloud.cacert == CLOUD_CA
+    assert json.loads(files[AGENT_CONFIG]["content"])["cloud"]["cacert"] == CLOUD_CA
     (tmp_path / "not-a-ca.pem").write_text("hello")
     with pytest.raises(SettingsError, match=r"cacert = 'not-a-ca.pem': .* holds no PEM"):
         parse_settings({**raw, "cacert": "not-a-ca.pem"}, base_dir=tmp_path)

@@ -62,6 +62,31 @@ def test_up_detach_status_down(tmp_path, etcd_bin):
         assert table.returncode == 0
         assert all(n["name"] in table.stdout for n in nodes) and "voter*" in table.stdout
 
+        # a `pulumi up` of the lab's stack: refused when it changes a port, else through
+        # Heat's "Update stack"; the agents' files follow, no server is made
+        refused = lab("update", "--set", "etcdclientport=2379", root=root, etcd_bin=etcd_bin)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "etcd.client_port: 12379 -> 2379: REFUSED" in refused.stdout
+        assert "nothing was sent to Heat" in refused.stderr
+        update = lab("update", "--set", "threshold=80", root=root, etcd_bin=etcd_bin)
+        assert update.returncode == 0, update.stdout + update.stderr
+        assert "metric.threshold: 90.0 -> 80.0: applied live" in update.stdout
+        assert "stack update accepted by Heat" in update.stdout
+        files = [Path(n["dir"]) / "agent.json" for n in state["nodes"]]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(json.loads(f.read_text())["metric"]["threshold"] == 80 for f in files):
+                break
+            time.sleep(0.2)
+        assert [json.loads(f.read_text())["metric"]["threshold"] for f in files] == [80] * 3
+        now = json.loads((root / "lab.json").read_text())
+        assert now["settings"]["threshold"] == 80
+        assert sorted(n["server_id"] for n in now["nodes"]) == sorted(
+            n["server_id"] for n in state["nodes"]
+        )
+        same = lab("update", "--set", "threshold=80", root=root, etcd_bin=etcd_bin)
+        assert same.returncode == 0 and same.stdout.startswith("no change"), same.stdout
+
         again = lab("up", "--detach", root=root, etcd_bin=etcd_bin)
         assert again.returncode != 0 and "a lab is up already" in again.stderr
 

@@ -11,6 +11,7 @@ from infra.settings import agent_settings, load_stack_file, stack_file
 from lab.timings import (
     DEFAULT_FACTOR,
     FAST_FACTOR,
+    MIN_DEAD_WINDOW,
     LabTimings,
     group_spec,
     install_hooks,
@@ -36,6 +37,10 @@ def test_periods_are_the_stacks_times_the_factor(stack):
         stack.dead_member_periods,
     )
     fast = LabTimings.scaled(stack, FAST_FACTOR)
+    # ... but the dead-member window is at least MIN_DEAD_WINDOW of real time: a rebooted
+    # node's agent and etcd start at their own pace
+    assert fast.dead_member_periods * fast.lockattemptperiod >= MIN_DEAD_WINDOW
+    assert fast.dead_member_periods > stack.dead_member_periods
     assert fast.scaledownperiod < lab.scaledownperiod
     # joins may retry for longer than etcd's fixed 5 s health interval
     assert fast.retries * fast.lockattemptperiod >= 15
@@ -47,11 +52,7 @@ def test_periods_are_the_stacks_times_the_factor(stack):
 
 def test_the_group_comes_from_the_infra_template(stack):
     spec = group_spec(stack)
-    assert (spec.min_size, spec.max_size, spec.desired_capacity) == (
-        stack.min_cluster,
-        stack.max_cluster,
-        stack.capacity,
-    )
+    assert (spec.min_size, spec.max_size) == (stack.min_cluster, stack.max_cluster)
     assert spec.policies["scale_up"] == (1, float(stack.scaleupcooldown))
     # no scale-down cooldown: Heat's one group cooldown would hold back replacements
     assert spec.policies["scale_down"] == (-1, 0.0)
@@ -91,6 +92,7 @@ def test_node_settings_are_the_infras_but_for_paths_and_periods(stack, tmp_path:
         ("scaling", "scaleupcooldown"): timings.scaleupcooldown,
         ("scaling", "retries"): timings.retries,
         ("scaling", "join_timeout"): timings.join_timeout,
+        ("scaling", "dead_member_periods"): timings.dead_member_periods,
         ("hooks", "configscript"): str(tmp_path / "hooks" / "configscript"),
         ("hooks", "cleanupscript"): str(tmp_path / "hooks" / "cleanupscript"),
         ("hooks", "timeout"): timings.hook_timeout,

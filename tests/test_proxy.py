@@ -45,8 +45,15 @@ from agent.settings import (
 )
 from agent.snapshot import CloudNode, Member, NodeIdentity
 from agent.tls import issue_node_cert, make_ca
+from infra.bundle import agent_bundle
 from infra.settings import NODE_HOOK_DIR, NODE_TLS_DIR
-from infra.userdata import AGENT_CONFIG, UNITS_DIR, member_user_data, proxy_user_data
+from infra.userdata import (
+    AGENT_CONFIG,
+    UNITS_DIR,
+    member_user_data,
+    proxy_user_data,
+    settings_document,
+)
 from tests.etcd_cluster import (
     EtcdCluster,
     distro_etcd_binary,
@@ -142,6 +149,9 @@ class ClusterCloud:
 
     def scale_up(self) -> None:
         raise AssertionError("a proxy never scales the group up")
+
+    def stack_document(self) -> dict | None:
+        return None
 
 
 def settings_for(
@@ -519,12 +529,17 @@ def test_proxy_user_data_names_the_hook_the_agent_runs():
     issue = [c for c in member["runcmd"] if any("issue-cert.sh" in str(w) for w in c)]
     assert [c[-2:] for c in issue] == [[NODE_TLS_DIR, "member"]]
     files = {f["path"]: f for f in document["write_files"]}
-    settings = AgentSettings.from_json(files[AGENT_CONFIG]["content"])
+    written = json.loads(files[AGENT_CONFIG]["content"])
+    assert written["role"] == "proxy"
+    # the proxy's settings as its fetcher writes them: the stack's document, this cloud
+    stack_settings = settings_document(stack, cluster_name="c", bundle=agent_bundle())
+    proxy = stack_settings["roles"]["proxy"]
+    settings = AgentSettings.model_validate({**proxy, "cloud": written["cloud"]})
     assert settings.role == "proxy"
     assert settings.hooks.proxyconfig == f"{NODE_HOOK_DIR}/proxyconfig"
     assert settings.hooks.proxyconfig in files
     assert files[settings.hooks.proxyconfig]["permissions"] == "0750"
-    assert json.loads(files[AGENT_CONFIG]["content"])["etcd"]["service"] == "systemd"
+    assert proxy["etcd"]["service"] == "systemd"
 
 
 # --- https: the proxy talks TLS to the members and to its clients ------------------------------

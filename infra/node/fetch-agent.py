@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Fetch the agent bundle from this node's Heat stack and install it; standard library only.
+"""Fetch the agents' settings and bundle from this node's Heat stack and install them;
+standard library only.
 
 cloud-init runs it once, at first boot, before it starts the agent:
 
-    fetch-agent.py --config /etc/autoscale-etcd/agent.json --sha256 HEX \
+    fetch-agent.py --config /etc/autoscale-etcd/agent.json \
+        --settings-resource agent_settings --resource agent_bundle \
         --out /opt/autoscale-etcd/agent.pyz
 
 1. Keystone v3 "Authenticating with an application credential" (`POST /v3/auth/tokens`)
@@ -12,12 +14,19 @@ cloud-init runs it once, at first boot, before it starts the agent:
    catalog's `orchestration` endpoint at that interface and region.
    https://docs.openstack.org/api-ref/identity/v3/#authenticating-with-an-application-credential
 2. Heat "Show resource metadata": `GET {heat}/stacks/{name}/{id}/resources/{resource}/metadata`
-   answers `{"metadata": {"sha256", "size", "encoding": "gzip+base64", "content"}}`
-   (infra/heat.py, AgentBundle). https://docs.openstack.org/api-ref/orchestration/v1/
-3. The decoded bundle's sha256 must be the one given (the node's user-data names it):
-   a node never runs another bundle. Nothing is written otherwise.
-4. The file is written next to its target and renamed over it (mode 0755), so it
-   replaces any older copy (an image's) and is never seen half-written.
+   of the settings resource answers the settings document `{"sha256", "bundle_sha256",
+   "roles": {role: settings}}` (infra/heat.py, SettingsDocument); its sha256 must be that
+   of its canonical JSON without it (agent/settings.py, document_sha256), and it must
+   hold the settings of the node's role (the settings file's `role`).
+3. The same call on the bundle resource answers `{"metadata": {"sha256", "size",
+   "encoding": "gzip+base64", "content"}}` (infra/heat.py, AgentBundle); the decoded
+   bundle's sha256 must be the document's `bundle_sha256`: a node never runs another
+   bundle. Nothing is written otherwise.
+   https://docs.openstack.org/api-ref/orchestration/v1/
+4. The bundle is written next to its target and renamed over it (mode 0755), so it
+   replaces any older copy (an image's) and is never seen half-written; then the
+   settings file is replaced the same way (mode 0600) by the document's settings for the
+   role with the file's own `cloud`.
 
 With `--ready FILE` (members; FILE holds the stack's agents_ready wait-condition handle,
 `{"url", "token"}`: its `endpoint` and stack-user `token` attributes) the fetch also
@@ -102,7 +111,9 @@ def log(message: str) -> None:
 def read_cloud(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
-            cloud = json.load(handle)["cloud"]
+            whole = json.load(handle)
+        cloud = whole["cloud"]
+        role = whole.get("role", "member")
         wanted = ("auth_url", "application_credential_id", "application_credential_secret")
         missing = [key for key in (*wanted, "stack_id") if not cloud.get(key)]
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -111,7 +122,9 @@ def read_cloud(path: str) -> dict[str, Any]:
         raise BadSettings(f"{path}: not OpenStack settings, or missing {', '.join(missing)}")
     if "/" not in cloud["stack_id"].strip("/"):
         raise BadSettings(f"{path}: stack_id must be 'name/id', got {cloud['stack_id']!r}")
-    return cloud
+    if role not in ("member", "proxy"):
+        raise BadSettings(f"{path}: role must be member or proxy, got {role!r}")
+    return {**cloud, "_role": role}
 
 
 class Client:
@@ -207,7 +220,10 @@ class Client:
 
     def metadata(self, resource: str) -> dict[str, Any]:
         """Heat "Show resource metadata" of `resource` in this node's stack."""
-        token, heat = self.authenticate()
+        if self.session is None:
+            self.authenticate()
+        assert self.session is not None
+        token, heat = self.session[0], self.session[1]["orchestration"]
         name, stack_id = self.cloud["stack_id"].strip("/").split("/", 1)
         path = "/".join(quote(part, safe="") for part in (name, stack_id, "resources", resource))
         what = f"heat show resource metadata ({resource})"
@@ -306,6 +322,44 @@ class Ready:
         log(f"reported to the stack: {reason}")
 
 
+def document_sha256(document: dict[str, Any]) -> str:
+    """agent/settings.py's document_sha256, which this script cannot import."""
+    body = {k: v for k, v in document.items() if k != "sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def role_settings(document: dict[str, Any], role: str) -> tuple[str, dict[str, Any]]:
+    """(the bundle's sha256, the role's settings) of a whole, untouched document."""
+    sha = document.get("sha256")
+    if not isinstance(sha, str) or document_sha256(document) != sha:
+        raise Failure("the stack's settings document does not match its sha256")
+    bundle = document.get("bundle_sha256")
+    settings = (document.get("roles") or {}).get(role)
+    if not isinstance(bundle, str) or not isinstance(settings, dict):
+        raise Failure(f"the stack's settings document has no bundle or no {role} settings")
+    return bundle, settings
+
+
+def write_settings(path: str, settings: dict[str, Any], cloud: dict[str, Any]) -> None:
+    """The node's settings file: the document's settings with this file's `cloud`."""
+    whole = {**settings, "cloud": {k: v for k, v in cloud.items() if not k.startswith("_")}}
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".agent-", suffix=".json")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(whole, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
 def unpack(metadata: dict[str, Any], sha256: str) -> bytes:
     """The bundle's bytes, only if their sha256 is `sha256`."""
     if metadata.get("encoding") != "gzip+base64" or not isinstance(metadata.get("content"), str):
@@ -317,7 +371,7 @@ def unpack(metadata: dict[str, Any], sha256: str) -> bytes:
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise Failure(
-            f"the stack's bundle has sha256 {actual}, this node's user-data names {sha256}:"
+            f"the stack's bundle has sha256 {actual}, its settings document names {sha256}:"
             " not installed"
         )
     return data
@@ -340,17 +394,12 @@ def install(data: bytes, out: str) -> None:
         raise
 
 
-def sha256_arg(text: str) -> str:
-    text = text.strip().lower()
-    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
-        raise argparse.ArgumentTypeError("64 hex digits expected")
-    return text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fetch-agent.py")
     parser.add_argument("--config", required=True, help="the agent settings file (JSON)")
-    parser.add_argument("--sha256", required=True, type=sha256_arg, help="the bundle's sha256")
+    parser.add_argument(
+        "--settings-resource", default="agent_settings", help="the Heat resource of the settings"
+    )
     parser.add_argument("--out", required=True, help="where the bundle goes")
     parser.add_argument("--resource", default="agent_bundle", help="the Heat resource")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds of retries")
@@ -377,10 +426,16 @@ def main(argv: list[str] | None = None) -> int:
         attempt += 1
         try:
             if not installed:
-                data = unpack(client.metadata(args.resource), args.sha256)
+                document = client.metadata(args.settings_resource)
+                bundle, settings = role_settings(document, client.cloud["_role"])
+                data = unpack(client.metadata(args.resource), bundle)
                 install(data, args.out)
+                write_settings(args.config, settings, client.cloud)
                 installed = True
-                log(f"installed {args.out}: {len(data)} bytes, sha256 {args.sha256}")
+                log(
+                    f"installed {args.out}: {len(data)} bytes, sha256 {bundle}; settings"
+                    f" {document['sha256'][:12]} in {args.config}"
+                )
             if ready is None or ready.failed:
                 return 0
             try:

@@ -33,6 +33,20 @@ from lab.events import EventLog
 GROUP = "etcd_group"
 SCALE_UP = "scale_up"
 SCALE_DOWN = "scale_down"
+SETTINGS = "agent_settings"
+"""infra.heat's names (the lab's cloud does not import the infra)."""
+
+
+class UnsupportedUpdate(ValueError):
+    """A stack update the lab's Heat does not carry out (it says why)."""
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+    import json
+
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Hypervisor(Protocol):
@@ -114,6 +128,13 @@ class LabCloud:
         )
         self.extra_resources: list[StackResource] = []
         """Resources of the parent stack besides the group and policies (agent_bundle)."""
+        self.settings_document: dict[str, Any] | None = None
+        """The agents' settings the stack holds (infra.heat.SettingsDocument's metadata)."""
+        self.update_listeners: list[Callable[[dict[str, Any]], None]] = []
+        """Called with the template after each stack update."""
+        self.member_definition: str | None = None
+        """A digest of the group's member definition in the template the stack was made
+        from (None: not known); an update changing it is one the lab does not model."""
         self.wait_handles: dict[str, WaitHandle] = {}
         """The stack's OS::Heat::WaitConditionHandle resources by name (agents_ready_handle)."""
         self.deleted: list[Member] = []
@@ -197,7 +218,86 @@ class LabCloud:
                     reason=reason or "state changed",
                 )
             )
-        return [group, *policies, *handles, *self.extra_resources]
+        settings = []
+        if self.settings_document is not None:
+            sha = str(self.settings_document.get("sha256"))
+            settings.append(
+                StackResource(
+                    SETTINGS,
+                    "OS::Heat::RandomString",
+                    f"settings-{sha[:12]}",
+                    dict(self.settings_document),
+                )
+            )
+        return [group, *policies, *handles, *settings, *self.extra_resources]
+
+    # --- Heat: a stack update ---------------------------------------------------------------
+
+    def load_template(self, template: dict[str, Any]) -> None:
+        """What the stack was created from, as far as the lab keeps it: the settings
+        document and the members' definition (its digest)."""
+        resources = template.get("resources") or {}
+        self.settings_document = dict((resources.get(SETTINGS) or {}).get("metadata") or {})
+        group = (resources.get(GROUP) or {}).get("properties") or {}
+        member = group.get("resource")
+        self.member_definition = _digest(member) if member is not None else None
+        self.group.group_cooldown = float(group.get("cooldown", self.group.group_cooldown))
+
+    def stack_update(self, template: dict[str, Any]) -> list[str]:
+        """Heat's "Update stack" with a new template, for what the lab models: the settings
+        document (its RandomString replaced: new metadata), the group's sizes and cooldown
+        (the group's `handle_update`: resized to its current size within the new bounds,
+        no desired_capacity, and its cooldown starts after, `_finished_scaling`), the
+        policies' cooldowns. A changed member definition would make Heat replace every
+        member (a rolling update), which the lab does not model: refused, nothing changed.
+        Returns what changed, one note each."""
+        resources = template.get("resources") or {}
+        group_props = (resources.get(GROUP) or {}).get("properties") or {}
+        member = group_props.get("resource")
+        if (
+            self.member_definition is not None
+            and member is not None
+            and _digest(member) != self.member_definition
+        ):
+            raise UnsupportedUpdate(
+                "the members' definition changes: Heat would replace every member one at a"
+                " time (a rolling update), which the lab does not model"
+            )
+        notes: list[str] = []
+        document = (resources.get(SETTINGS) or {}).get("metadata")
+        current = (self.settings_document or {}).get("sha256")
+        if isinstance(document, dict) and document.get("sha256") != current:
+            self.settings_document = dict(document)
+            notes.append(f"{SETTINGS} replaced: settings {str(document.get('sha256'))[:12]}")
+        for name, policy in list(self.group.policies.items()):
+            props = (resources.get(name) or {}).get("properties") or {}
+            cooldown = float(props.get("cooldown", policy.cooldown))
+            if cooldown != policy.cooldown:
+                self.group.policies[name] = Policy(name, policy.adjustment, cooldown)
+                notes.append(f"{name} cooldown {policy.cooldown:g} -> {cooldown:g} s")
+        g = self.group
+        bounds = (
+            int(group_props.get("min_size", g.min_size)),
+            int(group_props.get("max_size", g.max_size)),
+        )
+        cooldown = float(group_props.get("cooldown", g.group_cooldown))
+        if bounds != (g.min_size, g.max_size) or cooldown != g.group_cooldown:
+            with self._lock:
+                g.min_size, g.max_size = bounds
+                g.group_cooldown = cooldown
+                plan = g.update(None, self.clock())
+            notes.append(
+                f"{GROUP} min {bounds[0]} max {bounds[1]} cooldown {cooldown:g} s:"
+                f" {plan.capacity_before} -> {plan.capacity_after} members"
+            )
+            self._resize(plan, cooldown, True)
+        for note in notes:
+            self.events.add("stack-update", "", note)
+        if not notes:
+            self.events.add("stack-update", "", "no change")
+        for listener in self.update_listeners:
+            listener(template)
+        return notes
 
     def add_wait_handle(
         self, name: str, *, condition: str, count: int, timeout: float

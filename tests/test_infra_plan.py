@@ -1,0 +1,139 @@
+"""`python -m infra plan`: what a second `pulumi up` does to a running cluster, said before.
+
+The renders compared here are the program's own templates (infra.cluster) for a stack and
+a variant of it; the command runs on render directories as `python -m infra render`
+writes them, and on a git ref.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import heat
+from infra.cluster import cluster_template
+from infra.plan import STACK_V1, Render, plan
+from infra.render import find_stack_file, stack_config
+from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
+
+PLAN = [sys.executable, "-m", "infra", "plan", "--stack", "dev"]
+PARAMETERS = {heat.P.IMAGE: "Ubuntu 24.04", heat.P.FLAVOR: "m1.small", "alarm_threshold": "42"}
+
+
+def stack(**changes: object):
+    raw = strip_namespace(stack_config(find_stack_file("dev")))
+    return parse_settings({**raw, **changes})
+
+
+def render(parameters: dict[str, str] | None = None, **changes: object) -> Render:
+    template = cluster_template(stack(**changes), "autoscale-etcd-dev").to_hot()
+    return Render(template, dict(parameters or PARAMETERS))
+
+
+def test_nothing_changed_is_nothing_to_do():
+    result = plan(render(), render())
+    assert not result.changed and not result.refused
+    assert result.text() == "no change: Heat and the agents have nothing to do\n"
+
+
+def test_a_threshold_and_a_capacity_apply_live_and_replace_no_server():
+    result = plan(render(), render(threshold=50, capacity=5))
+    text = result.text()
+    assert "setting member metric.threshold: 90.0 -> 50.0: applied live" in text
+    assert "setting member scaling.capacity: 3 -> 5: applied live" in text
+    assert not result.replaces_members and not result.refused
+    assert "members:" not in text
+
+
+def test_a_port_change_is_refused_before_anything_changes():
+    result = plan(render(), render(etcdclientport=2379))
+    assert result.refused
+    (line,) = result.refused
+    assert "etcd.client_port: 12379 -> 2379: REFUSED" in line
+
+
+def test_etcd_timings_wait_for_etcd_s_next_start():
+    text = plan(render(), render(etcd_election_ms=3000)).text()
+    assert "etcd.election_ms: 1000 -> 3000: kept by every agent, in force at etcd's next" in text
+
+
+def test_a_new_image_replaces_every_member_one_at_a_time():
+    new = {**PARAMETERS, heat.P.IMAGE: "Ubuntu 26.04"}
+    result = plan(render(), render(new))
+    assert result.replaces_members
+    (line,) = [x for x in result.lines if x.startswith("members:")]
+    pause = heat.rolling_pause(stack())
+    assert f"one at a time, {pause} s apart" in line and "the parameters image" in line
+    # the alarm's threshold is the alarm's: in place
+    other = plan(render(), render({**PARAMETERS, "alarm_threshold": "43"}))
+    assert not other.replaces_members
+    assert other.lines == ["parameter alarm_threshold: '42' -> '43': in place"]
+
+
+def test_a_new_hook_changes_the_member_definition():
+    result = plan(render(), render(cleanupscript=""))
+    assert result.replaces_members
+    assert any("the member definition (user_data)" in line for line in result.lines)
+
+
+def _write(out: Path, r: Render) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heat-template.yaml").write_text(heat.to_yaml(r.template))
+    resources = {"resources": [{"type": STACK_V1, "inputs": {"parameters": r.parameters}}]}
+    (out / "resources.json").write_text(json.dumps(resources))
+    return out
+
+
+def test_the_command_reads_render_directories_and_fails_on_a_refused_change(tmp_path):
+    old = _write(tmp_path / "old", render())
+    same = _write(tmp_path / "same", render())
+    bad = _write(tmp_path / "bad", render(etcdpeerscheme="https"))
+
+    def run(source: Path, to: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*PLAN, "--from", str(source), "--to", str(to)],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    quiet = run(old, same)
+    assert quiet.returncode == 0 and quiet.stdout.startswith("no change"), quiet.stderr
+    refused = run(old, bad)
+    assert refused.returncode == 1
+    assert "etcd.peer_scheme: 'http' -> 'https': REFUSED" in refused.stdout
+    missing = run(tmp_path / "nowhere", same)
+    assert missing.returncode == 2 and "plan:" in missing.stderr
+
+
+def test_the_command_renders_a_git_ref(tmp_path):
+    """From the commit checked out (HEAD) to this working tree's render."""
+    head = subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        pytest.skip("a copy of the tree without its git history: no commit to render")
+    to = tmp_path / "now"
+    subprocess.run(
+        [sys.executable, "-m", "infra", "render", "--stack", "dev", "--out", str(to)],
+        cwd=PROJECT_DIR,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = subprocess.run(
+        [*PLAN, "--from", "HEAD", "--to", str(to)],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    assert result.stdout  # "no change", or what this tree changes against its commit
+    assert yaml.safe_load((to / "heat-template.yaml").read_text())["resources"]
