@@ -366,13 +366,23 @@ def recovery_rows(
         name = f"{role}'s member removed, in lockattemptperiods"
         note = (
             f"{shown} s at period {period:g} s, {len(mine)} run(s), worst shown;"
-            f" removed at failed check {stack.dead_member_periods} in a row"
+            f" removed at failed check {timings.dead_member_periods} in a row"
         )
         if any(r.role == role for r in defaults):
             note += "; checked at the stack's own period below"
             rows.append(figure(section, name, worst / period, "periods", note=note))
         else:
-            rows.append(check(section, name, worst / period, "periods", "<=", 3.0, note=note))
+            rows.append(
+                check(
+                    section,
+                    name,
+                    worst / period,
+                    "periods",
+                    "<=",
+                    float(timings.dead_member_periods),
+                    note=note,
+                )
+            )
         healthy = [r.boot_to_healthy for r in mine]
         rows.append(
             check(
@@ -405,8 +415,9 @@ def recovery_rows(
                 r.removed / own,
                 "periods",
                 "<=",
-                3.0,
-                note=f"{r.removed:.2f} s; etcd's election included",
+                float(stack.dead_member_periods),
+                note=f"{r.removed:.2f} s; etcd's election included; the target is the stack's"
+                f" dead-member window ({stack.dead_member_periods} periods)",
             )
         )
         rows.append(

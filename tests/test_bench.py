@@ -69,9 +69,9 @@ def test_a_role_measured_at_the_stacks_own_period_is_checked_there():
     timings = LabTimings.scaled(stack, 0.1)
     scaled = [
         Recovery("follower", "a", 2.5, "b", 0.5, 3.0),
-        Recovery("leader", "c", 4.0, "d", 0.5, 4.5),
+        Recovery("leader", "c", 7.0, "d", 0.5, 7.5),
     ]
-    own = Recovery("leader", "e", 31.0, "f", 0.6, 36.0)
+    own = Recovery("leader", "e", 61.0, "f", 0.6, 66.0)
     rows = {r.name: r for r in recovery_rows(scaled, timings, stack, [own])}
     assert rows["follower's member removed, in lockattemptperiods"].met is True
     leader = rows["leader's member removed, in lockattemptperiods"]
@@ -80,7 +80,9 @@ def test_a_role_measured_at_the_stacks_own_period_is_checked_there():
     at_own = rows[
         f"leader's member removed at the stack's own period ({period:g} s), in lockattemptperiods"
     ]
-    assert at_own.value == 31.0 / period and at_own.met is (31.0 / period <= 3.0)
+    # the target is the stack's dead-member window: removed at its last failed check
+    assert at_own.value == 61.0 / period
+    assert at_own.met is (61.0 / period <= stack.dead_member_periods) is False
     # without a run at the stack's own period the scaled figure is the check
     alone = {r.name: r for r in recovery_rows(scaled, timings, stack)}
     assert alone["leader's member removed, in lockattemptperiods"].met is False
