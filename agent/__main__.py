@@ -67,12 +67,14 @@ def _agent(settings: AgentSettings, path: str):  # imports stay lazy for `metric
         )
     from agent.etcd_server import make_service
     from agent.loop import Agent
+    from agent.upgrade import running_bundle
 
     return Agent(
         settings,
         cloud=make_cloud(settings),
         service=make_service(settings.etcd),
         settings_path=Path(path),
+        bundle_path=running_bundle(),
     )
 
 

@@ -48,6 +48,10 @@ class Cloud(Protocol):
         `sha256`, `bundle_sha256`, `roles`), or None when the stack holds none."""
         ...
 
+    def bundle_metadata(self) -> dict[str, Any]:
+        """The stack's agent bundle resource's metadata (agent/upgrade.py unpacks it)."""
+        ...
+
 
 def make_cloud(settings: AgentSettings) -> Cloud:
     """The OpenStack group of the node's settings."""

@@ -191,6 +191,17 @@ class OpenStackGroup:
             self._call("heat", "POST", url[len(heat) :], what="scale up webhook")
         log.info("scale-up webhook posted")
 
+    def bundle_metadata(self) -> dict[str, Any]:
+        """Heat "Show resource metadata" of the bundle resource of the parent stack."""
+        name, stack_id = self._parent_stack()
+        resource = quote(self.settings.bundle_resource, safe="")
+        path = f"/stacks/{quote(name, safe='')}/{stack_id}/resources/{resource}/metadata"
+        metadata = _body(self._call("heat", "GET", path, what="show bundle"), "heat show bundle")
+        found = metadata.get("metadata")
+        if not isinstance(found, dict):
+            raise CloudError("heat show bundle: no metadata object in the answer")
+        return found
+
     def stack_document(self) -> dict[str, Any] | None:
         """Heat "Show resource metadata" of the settings resource of the parent stack."""
         name, stack_id = self._parent_stack()

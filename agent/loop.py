@@ -41,8 +41,14 @@ from agent.snapshot import (
     Snapshot,
 )
 from agent.state import AgentState
+from agent.upgrade import EXIT_UPGRADE, BundleError, file_sha256, install, unpack
 
 log = logging.getLogger("agent.loop")
+
+UPGRADE_LOCK = "upgrade"
+UPGRADE_TTL = 120.0
+"""s the upgrade lock lives at least (12 periods if longer): the restart (systemd's 10 s)
+and the new agent's return; its lease is revoked by the new agent once healthy."""
 
 SETTINGS_POLL_CYCLES = 6
 """Every this many cycles (a minute at the default period) an agent reads the stack's
@@ -77,10 +83,20 @@ class Agent:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         settings_path: Path | None = None,
+        bundle_path: Path | None = None,
     ) -> None:
         self.settings = settings
         self.settings_path = settings_path
         """The node's settings file: rewritten when the stack's settings change."""
+        self.bundle_path = bundle_path
+        """The bundle this agent runs from (agent/upgrade.py); None: from its sources, it
+        takes no new bundle."""
+        self.bundle_sha256 = (
+            file_sha256(bundle_path) if bundle_path is not None and bundle_path.exists() else None
+        )
+        self.wanted_bundle: str | None = None
+        """The bundle the stack's settings document names."""
+        self.exit_code: int | None = None
         self._default_clients = client_factory is None
         self._cycles = 0
         self.cloud = cloud
@@ -279,6 +295,10 @@ class Agent:
         action = decide(snapshot, self.settings)
         try:
             result = self.act(action, snapshot)
+            if self.state.upgrade_lease is not None:
+                result = " | ".join(x for x in (result, self._upgraded(snapshot)) if x)
+            elif action.kind == "wait" and self._upgrade_due(snapshot):
+                result = " | ".join(x for x in (result, self._upgrade(snapshot)) if x)
         except (EtcdError, CloudError) as error:
             result = f"failed: {error}"
         sentence = f"saw {describe(snapshot, self.settings)} | did {action.kind}: {action.reason}"
@@ -299,11 +319,15 @@ class Agent:
         except CloudError as error:
             log.warning("the stack's settings are unreadable: %s", error)
             return None
-        if not document or document.get("sha256") == self.state.settings_sha256:
+        if not document:
             return None
         sha = str(document.get("sha256"))
         if document_sha256(document) != sha:
             log.warning("the stack's settings document does not match its sha256: ignored")
+            return None
+        if isinstance(document.get("bundle_sha256"), str):
+            self.wanted_bundle = document["bundle_sha256"]
+        if sha == self.state.settings_sha256:
             return None
         mine = (document.get("roles") or {}).get(self.settings.role)
         if not isinstance(mine, dict):
@@ -326,6 +350,62 @@ class Agent:
         )
         log.info("%s", sentence)
         return sentence
+
+    # --- a new bundle, one node at a time --------------------------------------------------
+
+    def _upgrade_due(self, snapshot: Snapshot) -> bool:
+        """This node runs a bundle other than the stack's, and the cluster is whole: every
+        voter healthy, a leader, nobody leaving or holding the kill lock."""
+        if self.bundle_path is None or self.wanted_bundle is None:
+            return False
+        if self.wanted_bundle == self.bundle_sha256 or self.state.phase != "member":
+            return False
+        me = snapshot.my_member
+        return (
+            me is not None
+            and me.healthy is True
+            and snapshot.leader is not None
+            and all(m.healthy for m in snapshot.voters)
+            and not any(m.is_learner for m in snapshot.members or ())
+            and not snapshot.leaving
+            and snapshot.kill_lock_holder is None
+        )
+
+    def _upgrade(self, snapshot: Snapshot) -> str:
+        """Take the upgrade lock, install the stack's bundle over this one, and stop with
+        EXIT_UPGRADE: systemd starts the new agent (etcd keeps running)."""
+        wanted, path = self.wanted_bundle, self.bundle_path
+        assert wanted is not None and path is not None
+        client = self._client(snapshot)
+        holder = client.lock_holder(UPGRADE_LOCK)
+        if holder is not None and holder != self.me.name:
+            return f"bundle {wanted[:12]} waits: {holder} is taking it"
+        ttl = max(UPGRADE_TTL, 12 * self.settings.scaling.lockattemptperiod)
+        lock = client.acquire_lock(UPGRADE_LOCK, self.me.name, ttl=ttl)
+        if lock is None:
+            return f"bundle {wanted[:12]} waits: another node is taking it"
+        try:
+            install(unpack(self.cloud.bundle_metadata(), wanted), path)
+        except (CloudError, BundleError, OSError) as error:
+            client.release_lock(lock)
+            return f"bundle {wanted[:12]} not installed: {error}"
+        self._save(upgrade_lease=lock.lease_id, upgraded_from=self.bundle_sha256)
+        self.exit_code = EXIT_UPGRADE
+        self.stopped.set()
+        was = (self.bundle_sha256 or "?")[:12]
+        return f"installed bundle {wanted[:12]} over {was}: the agent restarts on it"
+
+    def _upgraded(self, snapshot: Snapshot) -> str:
+        """The agent a new bundle started: once this node is a healthy member again, it
+        frees the upgrade lock for the next node."""
+        me = snapshot.my_member
+        if me is None or me.healthy is not True or self.state.upgrade_lease is None:
+            return ""
+        client = self._client(snapshot)
+        client.revoke_lease(self.state.upgrade_lease)
+        was = (self.state.upgraded_from or "?")[:12]
+        self._save(upgrade_lease=None)
+        return f"running bundle {(self.bundle_sha256 or '?')[:12]} (was {was}): upgrade lock freed"
 
     def act(self, action: Action, snapshot: Snapshot) -> str:
         handler = getattr(self, f"_act_{action.kind}")
@@ -605,7 +685,7 @@ class Agent:
             self.stopped.wait(max(0.0, period - (self.clock() - started)))
         if self.state.phase == "leaving" and not self.stopped.is_set():
             return self.await_deletion()
-        return 0
+        return self.exit_code if self.exit_code is not None else 0
 
     def _give_up_server(self, why: str) -> None:
         """A node that cannot join is marked unhealthy: the leader's scale-up replaces it."""

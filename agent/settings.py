@@ -141,6 +141,8 @@ class OpenStackCloud(_Strict):
     scale_up_url: str | None = None
     settings_resource: str = "agent_settings"
     """The stack's resource whose metadata holds the settings the agents follow."""
+    bundle_resource: str = "agent_bundle"
+    """The stack's resource whose metadata holds the agent bundle those settings name."""
     metadata_url: str = "http://169.254.169.254"
     instance_data: str = "/run/cloud-init/instance-data.json"
     """cloud-init's instance data, read when the metadata service does not answer (clouds

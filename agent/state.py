@@ -32,6 +32,11 @@ class AgentState:
     """The sentence the last cycle logged."""
     settings_sha256: str | None = None
     """The stack's settings document this agent follows (its sha256), once taken."""
+    upgrade_lease: int | None = None
+    """The lease of the upgrade lock this node took to install a new bundle: the new agent
+    revokes it (frees the lock) once it is a healthy member again."""
+    upgraded_from: str | None = None
+    """The bundle (sha256) this node ran before its last upgrade."""
     updated: float = 0.0
 
     @classmethod

@@ -8,7 +8,7 @@ copy of the repository) and this checkout's. It reads them as Heat and the agent
   does with it (agent/settings.py `settings_changes`): applied live, kept for etcd's
   next start, or refused (ports, schemes, the cluster name: a running cluster cannot
   change them; the plan fails);
-- the agent bundle: a new bundle reaches new servers; running agents keep theirs;
+- the agent bundle: every running agent takes a new one, one node at a time;
 - the member definition (the group's `resource`, and the stack parameters it reads:
   image, flavor, network, security groups, the credential, ...): every member replaced,
   one at a time with `pause_time` between (Heat's rolling update, batches of one);
@@ -116,8 +116,8 @@ def plan(old: Render, new: Render) -> Plan:
     if old_doc.get("bundle_sha256") != new_doc.get("bundle_sha256"):
         out.lines.append(
             f"agent bundle {str(old_doc.get('bundle_sha256'))[:12]} ->"
-            f" {str(new_doc.get('bundle_sha256'))[:12]}: servers made from now on run it;"
-            " running agents keep theirs until their server is replaced"
+            f" {str(new_doc.get('bundle_sha256'))[:12]}: every running agent takes it, one"
+            " node at a time, while the cluster is whole (no server replaced)"
         )
     old_group, new_group = _group(old), _group(new)
     reasons = []

@@ -55,7 +55,9 @@ from infra.settings import (
 
 BUDGET = 32 * 1024
 NODE_DIR = "/opt/autoscale-etcd"
-AGENT_PYZ = f"{NODE_DIR}/agent.pyz"
+AGENT_PYZ = "/var/lib/autoscale-etcd/agent.pyz"
+"""Where the agent bundle lives: in the agent unit's state directory, which it may write
+(ProtectSystem=strict keeps /opt read-only), so that it can take a new bundle."""
 FETCHER = f"{NODE_DIR}/fetch-agent.py"
 ETCD_SUMS = f"{NODE_DIR}/etcd-sha256sums.txt"
 VENV_PYTHON = f"{NODE_DIR}/venv/bin/python3"

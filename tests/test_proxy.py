@@ -153,6 +153,9 @@ class ClusterCloud:
     def stack_document(self) -> dict | None:
         return None
 
+    def bundle_metadata(self) -> dict:
+        raise AssertionError("a proxy takes no bundle here")
+
 
 def settings_for(
     tmp_path: Path, *, binary: str, client_port: int, hook: Path | None, period: float = 0.5

@@ -6,7 +6,7 @@ cloud-init runs it once, at first boot, before it starts the agent:
 
     fetch-agent.py --config /etc/autoscale-etcd/agent.json \
         --settings-resource agent_settings --resource agent_bundle \
-        --out /opt/autoscale-etcd/agent.pyz
+        --out /var/lib/autoscale-etcd/agent.pyz
 
 1. Keystone v3 "Authenticating with an application credential" (`POST /v3/auth/tokens`)
    with the `cloud` part of the agent settings file (auth_url, the credential, region,

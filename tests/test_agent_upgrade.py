@@ -1,0 +1,157 @@
+"""A new agent bundle reaches running nodes one at a time (agent/loop.py `_upgrade`,
+agent/upgrade.py): real agents and real etcd in the lab's cloud (tests/agent_lab.py), the
+stack holding the settings document and the bundle it names, and this test playing
+systemd (`Restart=on-failure`: an agent that exits 75 is started again, on the file it
+installed). etcd keeps running through each agent's restart."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.loop import UPGRADE_LOCK, Agent
+from agent.settings import document_sha256
+from agent.upgrade import EXIT_UPGRADE, file_sha256, running_bundle
+from infra.bundle import Bundle
+from infra.heat import AgentBundle
+from infra.userdata import role_settings
+from lab.cloud.api import StackResource
+from tests.agent_lab import Lab, Node
+from tests.etcd_cluster import wait_until
+
+pytestmark = pytest.mark.etcd
+
+OLD = Bundle(b"#!/usr/bin/env python3\n# the agent of the first pulumi up\n")
+NEW = Bundle(b"#!/usr/bin/env python3\n# the agent of the second pulumi up\n")
+
+
+def hold(lab: Lab, bundle: Bundle, *, named: str | None = None) -> dict:
+    """The stack holds `bundle` and a settings document naming it (or `named`): the
+    agents' own settings, so that only the bundle changes."""
+    settings = next(iter(lab.nodes.values())).agent.settings
+    document = {
+        "bundle_sha256": named or bundle.sha256,
+        "roles": {"member": role_settings(settings)},
+    }
+    document["sha256"] = document_sha256(document)
+    lab.cloud.settings_document = document
+    metadata = AgentBundle(bundle.sha256, bundle.packed, len(bundle.zipapp)).to_hot()["metadata"]
+    kept = [r for r in lab.cloud.extra_resources if r.name != "agent_bundle"]
+    lab.cloud.extra_resources = [
+        *kept,
+        StackResource("agent_bundle", "OS::Heat::RandomString", "bundle", metadata),
+    ]
+    return document
+
+
+class Systemd:
+    """Starts an agent again when it exits 75, on the same settings, state, etcd and bundle
+    file; notes when each node installed and when it freed the lock."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.restarts: dict[str, int] = {}
+        self.holder_at_exit: dict[str, str | None] = {}
+        """Who held the upgrade lock when each node's agent exited to take its bundle."""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.05):
+            for name, node in list(self.lab.nodes.items()):
+                if node.running or node.agent.exit_code != EXIT_UPGRADE:
+                    continue
+                self.holder_at_exit[name] = self.lab.client().lock_holder(UPGRADE_LOCK)
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                old = node.agent
+                agent = Agent(
+                    old.settings,
+                    cloud=old.cloud,
+                    service=node.service,
+                    metric_reader=old.read_metric,
+                    bundle_path=old.bundle_path,
+                )
+                fresh = Node(node.name, node.server_id, node.ip, agent, node.service)
+                self.lab.nodes[name] = fresh
+                fresh.start()
+
+
+def freed(lab: Lab, name: str) -> bool:
+    state = lab.state(name)
+    return state.upgrade_lease is None and state.upgraded_from is not None
+
+
+@pytest.fixture
+def lab(tmp_path, etcd_bin):
+    made = Lab(tmp_path, etcd_bin)
+    yield made
+    made.close()
+
+
+def start_on(lab: Lab, tmp_path: Path, bundle: Bundle) -> list[Node]:
+    nodes = lab.create(3)
+    for node in nodes:
+        path = tmp_path / node.name / "agent.pyz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bundle.zipapp)
+        node.agent.bundle_path = path
+        node.agent.bundle_sha256 = file_sha256(path)
+        node.start()
+    assert wait_until(lambda: len(lab.voters()) == 3, timeout=30), lab.voters()
+    assert wait_until(lambda: all(lab.state(n.name).phase == "member" for n in nodes), 30)
+    return nodes
+
+
+def test_every_node_takes_the_new_bundle_one_at_a_time_and_the_cluster_stays_whole(lab, tmp_path):
+    start_on(lab, tmp_path, OLD)
+    members = {m.name: m.id for m in lab.client().members(check_health=False)}
+    systemd = Systemd(lab)
+    systemd.thread.start()
+    hold(lab, NEW)
+    voters_seen: list[int] = []
+
+    def done() -> bool:
+        voters_seen.append(len(lab.voters()))
+        return all(freed(lab, name) for name in lab.nodes)
+
+    try:
+        assert wait_until(done, timeout=90, interval=0.1), {n: lab.state(n) for n in lab.nodes}
+    finally:
+        systemd.stop.set()
+    for name in lab.nodes:
+        assert (tmp_path / name / "agent.pyz").read_bytes() == NEW.zipapp
+        assert lab.nodes[name].agent.bundle_sha256 == NEW.sha256
+        assert systemd.restarts[name] == 1
+        assert lab.state(name).upgraded_from == OLD.sha256
+    # one node at a time: each installed holding the (exclusive) lock, which it frees only
+    # once it is a healthy member again; and nobody lost its membership
+    assert systemd.holder_at_exit == {name: name for name in lab.nodes}
+    assert min(voters_seen) == 3, voters_seen
+    assert {m.name: m.id for m in lab.client().members(check_health=False)} == members
+    assert not lab.record.deleted and not lab.record.calls_of("mark_unhealthy")
+
+
+def test_a_bundle_that_is_not_the_named_one_is_not_installed(lab, tmp_path):
+    start_on(lab, tmp_path, OLD)
+    hold(lab, NEW, named=Bundle(b"what the settings name").sha256)
+    node = next(iter(lab.nodes.values()))
+    said = wait_until(
+        lambda: (
+            "not installed" in (lab.state(node.name).last_cycle or "")
+            and lab.state(node.name).last_cycle
+        ),
+        timeout=30,
+    )
+    assert "has sha256" in said
+    assert (tmp_path / node.name / "agent.pyz").read_bytes() == OLD.zipapp
+    assert all(n.running for n in lab.nodes.values())  # nobody restarted
+    assert wait_until(lambda: lab.client().lock_holder(UPGRADE_LOCK) is None, timeout=10)
+
+
+def test_an_agent_run_from_its_sources_takes_no_bundle():
+    assert running_bundle("/opt/x/agent/__init__.py") is None
+    assert running_bundle("/var/lib/autoscale-etcd/agent.pyz/agent/__init__.py") == Path(
+        "/var/lib/autoscale-etcd/agent.pyz"
+    )
