@@ -87,13 +87,16 @@ STRAYS: list[int] = []
 
 @contextmanager
 def lab_of(stack: StackSettings, factor: float, setup: Setup, name: str) -> Iterator[Lab]:
-    """A lab (not started: the caller times its start); stopped, every process by pid."""
+    """A lab (not started: the caller times its start); stopped, every process by pid.
+    Its nodes are on loopback: the bench measures the agent and etcd, and its figures stay
+    comparable with the runs before the lab's network namespaces."""
     lab = Lab(
         stack,
         bench_timings(stack, factor),
         setup.root / name,
         stack_name="dev",
         etcd_binary=setup.etcd_binary,
+        network="loopback",
     )
     try:
         yield lab

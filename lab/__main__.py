@@ -4,8 +4,9 @@ python -m lab up [--detach]            start `capacity` nodes; a live status unt
 python -m lab status [--json]          the nodes of the lab that is up
 python -m lab down                     stop everything the lab started, remove its files
 python -m lab scenario NAME [--json FILE] [--plot FILE]
-                                       burst, node-loss, etcd-outage, partition, bad-metrics,
-                                       reboot, skewed, update
+                                       burst, node-loss, etcd-outage, freeze, partition,
+                                       split, peer-cut, cloud-cut, bad-metrics, reboot,
+                                       skewed, update
 python -m lab reboot NODE [NODE ...] | --majority | --all
                                        Nova's hard reboot of those servers of the lab that is
                                        up: power off, the disk kept, then boot
@@ -18,7 +19,9 @@ python -m lab chaos --rounds N --seed S [--json FILE] [--plan]
                                        seeded random faults, the invariants after each round
 
 Common options: --stack NAME (Pulumi.<NAME>.yaml, default dev), --fast (the tests'
-time factor) or --factor F, --root DIR (default .lab).
+time factor) or --factor F, --root DIR (default .lab), --network auto|netns|loopback
+(auto: each node in a network namespace of its own where this machine allows it, as root
+does here; the network faults need it).
 """
 
 from __future__ import annotations
@@ -52,7 +55,11 @@ SCENARIO_NAMES = [
     "burst",
     "node-loss",
     "etcd-outage",
+    "freeze",
     "partition",
+    "split",
+    "peer-cut",
+    "cloud-cut",
     "bad-metrics",
     "reboot",
     "skewed",
@@ -67,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--fast", action="store_true", help=f"time factor {FAST_FACTOR}")
     common.add_argument("--factor", type=float, help=f"time factor (default {DEFAULT_FACTOR})")
     common.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the lab's directory")
+    common.add_argument(
+        "--network",
+        choices=("auto", "netns", "loopback"),
+        default="auto",
+        help="netns: each node in a network namespace of its own (root); loopback: every"
+        " node on 127.X.Y.n; auto (default): netns where this machine allows it",
+    )
     common.add_argument(
         "--set",
         action="append",
@@ -174,6 +188,7 @@ def cmd_scenario(args: argparse.Namespace) -> int:
         json_path=args.json,
         plot_path=args.plot,
         out=sys.stdout,
+        network=args.network,
     )
     if outcome.ok and not args.keep:
         shutil.rmtree(root, ignore_errors=True)
@@ -181,10 +196,16 @@ def cmd_scenario(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from lab.chaos import KINDS, plan, plan_lines, run_chaos
+    from lab.chaos import KINDS, NETWORK_KINDS, plan, plan_lines, run_chaos
+    from lab.netns import unavailable
 
     stack, timings = _stack(args)
     kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else KINDS
+    if not args.kinds:
+        why = "--network loopback" if args.network == "loopback" else unavailable()
+        if why is not None:
+            kinds = tuple(k for k in KINDS if k not in NETWORK_KINDS)
+            print(f"chaos: no network faults ({why})")
     try:
         planned = plan(
             args.rounds, args.seed, max_grow=stack.max_cluster - stack.capacity, kinds=kinds
@@ -208,6 +229,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         json_path=args.json,
         out=sys.stdout,
         verbose=args.verbose,
+        network=args.network,
     )
     if outcome.ok and not args.keep:
         shutil.rmtree(root, ignore_errors=True)
@@ -252,7 +274,7 @@ def _serve(args: argparse.Namespace, *, show: bool) -> int:
     from lab.display import Display
 
     stack, timings = _stack(args)
-    lab = Lab(stack, timings, args.root, stack_name=args.stack)
+    lab = Lab(stack, timings, args.root, stack_name=args.stack, network=args.network)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -288,6 +310,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     log = open(args.root / "daemon.log", "ab")  # the daemon keeps it open
     command = [sys.executable, "-m", "lab", "_serve", "--stack", args.stack]
     command += ["--factor", str(timings.factor), "--root", str(args.root)]
+    command += ["--network", args.network]
     for change in args.set:  # the daemon's stack is the one shown, --set included
         command += ["--set", change]
     daemon = subprocess.Popen(

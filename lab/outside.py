@@ -167,6 +167,21 @@ def same_members(before: OutsideView, after: OutsideView, what: str) -> Invarian
     )
 
 
+def members_kept(
+    before: OutsideView, after: OutsideView, cut: Sequence[str], what: str
+) -> Invariant:
+    """Every member not among `cut` is still there with its id (the majority kept its own)."""
+    kept = {name: mid for name, mid in before.member_ids().items() if name not in cut}
+    now = after.member_ids()
+    lost = sorted(name for name, mid in kept.items() if now.get(name) != mid)
+    return Invariant(
+        f"etcdctl: the majority's members kept after {what}",
+        bool(kept) and not lost and not after.errors,
+        f"kept {sorted(kept)}; lost or changed: {lost}"
+        + (f"; errors: {'; '.join(after.errors)}" if after.errors else ""),
+    )
+
+
 def writes_readable(acked: Sequence[int], keys: Sequence[str], prefix: str) -> Invariant:
     """Every acknowledged write's key is there (`<prefix><n>`)."""
     tails = (k[len(prefix) :] for k in keys if k.startswith(prefix))

@@ -173,13 +173,25 @@ def _dead_replaced(facts: RunFacts) -> Invariant:
         for e in facts.events
         if e.kind == "joined" and any(e.t > f.start for f in facts.faults if f.nodes)
     }
-    replaced = not dead or len(joined_after) >= len(dead)
+    required = sum(_replacements_due(facts, fault) for fault in facts.faults if fault.nodes)
+    replaced = not dead or len(joined_after) >= required
     return Invariant(
         "every dead member removed and replaced",
         not still and replaced and facts.final_settled,
         f"dead: {', '.join(dead) or 'none'}; still members: {', '.join(still) or 'none'};"
-        f" joined since: {', '.join(sorted(joined_after)) or 'none'}",
+        f" joined since: {', '.join(sorted(joined_after)) or 'none'} ({required} due)",
     )
+
+
+def _replacements_due(facts: RunFacts, fault: Fault) -> int:
+    """New members a fault's dead call for: one at least (the agent's mark and signal make
+    Heat replace a member), and all of them if the group would be below capacity without
+    them. Heat's resize for one signal counts the servers not FAILED, so two members of a
+    grown group marked before one signal leave it one smaller: the load decides the rest."""
+    before = [s for s in facts.samples if s.t < fault.start]
+    voters = before[-1].voters if before else facts.capacity
+    lost = len(fault.nodes)
+    return min(lost, max(1, facts.capacity - (voters - lost)))
 
 
 def _group_matches_cluster(facts: RunFacts) -> Invariant:

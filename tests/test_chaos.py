@@ -289,10 +289,18 @@ def test_the_interrupted_leaver_must_finish_leaving():
 
 # --- a short real run ---------------------------------------------------------------------
 
-CI_KINDS = ("kill-etcd", "kill-agent", "restart-leaving", "netdata-silence", "reboot-one")
-"""The kinds whose machinery only chaos has (the scenarios run a node kill, a partition,
-bad netdata and reboots of a majority and of all); the long seeded run has every kind."""
-CI_SEED = 8
+CI_KINDS = (
+    "kill-etcd",
+    "kill-agent",
+    "restart-leaving",
+    "netdata-silence",
+    "reboot-one",
+    "net-blip",
+)
+"""The kinds whose machinery only chaos has (the scenarios run a node kill, a freeze, the
+network cuts, bad netdata and reboots of a majority and of all); the long seeded run has
+every kind."""
+CI_SEED = 7
 """Its rounds: each CI kind once, the leaving agent killed at once (no delay)."""
 CI_ROUNDS = len(CI_KINDS)
 
@@ -328,7 +336,16 @@ def test_a_short_seeded_run_holds_every_invariant(etcd_bin, tmp_path):
         if entry["kind"] in VICTIM_KINDS:
             assert entry["injected"] and entry["removed_after"] is not None
     kinds = [e["kind"] for e in report["events"]]
-    for kind in ("kill-etcd", "kill-agent", "agent-restart", "replace", "reboot", "booted"):
+    for kind in (
+        "kill-etcd",
+        "kill-agent",
+        "agent-restart",
+        "replace",
+        "reboot",
+        "booted",
+        "cut",
+        "heal",
+    ):
         assert kind in kinds, kind
     assert any(i["name"] == "no process left once the lab stopped" for i in report["final"])
     assert not list((tmp_path / "lab").glob("nodes/*/state/etcd.pid")) or all(

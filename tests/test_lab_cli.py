@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from infra.settings import PROJECT_DIR
+from lab.netns import unavailable as netns_unavailable
 from lab.nodes import pid_alive
+from tests.tools import need_netns
 
 pytestmark = pytest.mark.etcd
 
@@ -28,6 +30,13 @@ def lab(*args: str, root: Path, etcd_bin: str, timeout: float = 120) -> subproce
     )
 
 
+def netns_listed() -> set[str]:
+    from lab.netns import IP
+
+    out = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
 def test_up_detach_status_down(tmp_path, etcd_bin):
     root = tmp_path / "lab"
     pids: list[tuple[int, str]] = []
@@ -39,6 +48,13 @@ def test_up_detach_status_down(tmp_path, etcd_bin):
         state = json.loads((root / "lab.json").read_text())
         daemon = state["pid"]
         assert int((root / "daemon.pid").read_text()) == daemon and pid_alive(daemon, "lab")
+        # as root (here and in CI) each node runs in a network namespace of the lab's own
+        if os.environ.get("CI"):
+            need_netns()
+        made = state["network"].get("namespaces", [])
+        if netns_unavailable() is None:
+            assert state["network"]["mode"] == "netns"
+            assert len(made) == 3 and set(made) <= netns_listed()
         pids.append((daemon, "lab"))
 
         shown = lab("status", "--json", root=root, etcd_bin=etcd_bin)
@@ -94,6 +110,7 @@ def test_up_detach_status_down(tmp_path, etcd_bin):
         assert down.returncode == 0 and f"stopped the lab daemon (pid {daemon})" in down.stdout
         assert not root.exists()
         assert [pid for pid, needle in pids if pid_alive(pid, needle)] == []
+        assert not set(made) & netns_listed()
 
         gone = lab("status", root=root, etcd_bin=etcd_bin)
         assert gone.returncode == 1 and "no lab is up" in gone.stderr

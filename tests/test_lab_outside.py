@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from lab.chaos import check_rebooted
+from lab.chaos import check_no_heat_writes, check_rebooted
 from lab.events import Event
 from lab.outside import (
     Etcdctl,
     OutsideView,
+    members_kept,
     one_healthy_cluster,
     same_members,
     writes_readable,
@@ -65,6 +66,22 @@ def test_same_members_says_no_to_a_member_removed_and_added_again():
     readded = same_members(view(), view({"a": 1, "b": 2, "c": 7}), "x")
     assert not readded.ok and "changed" in readded.detail
     assert not same_members(view({}), view({}), "x").ok  # nothing seen is no proof
+
+
+def test_members_kept_says_no_when_the_majority_lost_one_of_its_own():
+    before = view({"a": 1, "b": 2, "c": 3})
+    # the cut-off c removed and d in its place: the majority kept a and b
+    assert members_kept(before, view({"a": 1, "b": 2, "d": 4}), ["c"], "x").ok
+    assert not members_kept(before, view({"a": 1, "d": 4}), ["c"], "x").ok  # b gone
+    assert not members_kept(before, view({"a": 1, "b": 9, "d": 4}), ["c"], "x").ok  # re-added
+    failed = view({"a": 1, "b": 2}, errors=("member list: timed out",))
+    assert not members_kept(before, failed, ["c"], "x").ok
+    assert not members_kept(view({"c": 3}), view({}), ["c"], "x").ok  # nothing kept to see
+
+
+def test_no_heat_writes_says_no_to_a_mark_from_the_cut_off_side():
+    assert check_no_heat_writes([], "a").ok
+    assert not check_no_heat_writes(["PATCH /heat-api/v1/p/stacks/s/i/resources/r"], "a").ok
 
 
 def test_writes_readable_says_no_to_a_lost_write():

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from infra.settings import load_stack_file, stack_file
+from lab.netns import IP
 from lab.nodes import pid_alive
-from lab.scenarios import SCENARIOS, run_scenario
+from lab.scenarios import NETWORK_SCENARIOS, SCENARIOS, run_scenario
 from lab.timings import FAST_FACTOR, LabTimings
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
@@ -43,7 +44,30 @@ def processes_left(root: Path) -> list[str]:
     return left
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+def namespaces_left(root: Path) -> list[str]:
+    """The lab's namespaces and bridge still there after it stopped (lab.json names them)."""
+    import subprocess
+
+    network = json.loads((root / "lab.json").read_text()).get("network") or {}
+    listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+    present = {line.split()[0] for line in listed.splitlines() if line.strip()}
+    left = [ns for ns in network.get("namespaces", []) if ns in present]
+    for bridge in network.get("bridge", []):
+        shown = subprocess.run([IP, "link", "show", bridge], capture_output=True, text=True)
+        if shown.returncode == 0:
+            left.append(bridge)
+    return left
+
+
+IN_SUITE = [name for name in SCENARIOS if name not in ("freeze", "split")]
+"""Left out to keep the suite under its ten minutes: `freeze` (one etcd SIGSTOPped, the
+partition scenario of before the namespaces: etcd-outage and the chaos kinds run its
+machinery) and `split` (over a minute: the group grown to five, cut twice, shrunk back;
+its cuts are partition's and peer-cut's, for two nodes at once, which tests/test_lab_netns.py
+checks; the long chaos run in README has split rounds)."""
+
+
+@pytest.mark.parametrize("name", IN_SUITE)
 def test_scenario_holds_every_invariant(name, stack, etcd_bin, tmp_path):
     timings = LabTimings.scaled(stack, FAST_FACTOR)
     json_path, plot_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
@@ -69,8 +93,16 @@ def test_scenario_holds_every_invariant(name, stack, etcd_bin, tmp_path):
     if name == "burst":
         assert kinds.count("scale-up") >= stack.max_cluster - stack.capacity
         assert max(p["voters"] for p in report["timeline"]) == stack.max_cluster
-    if name in ("node-loss", "partition"):
+    if name in ("node-loss", "freeze", "partition", "peer-cut", "split"):
         assert "replace" in kinds and "joined" in kinds
+    calls = report["cloud_calls"]  # through the agents' OpenStack driver
+    assert calls["keystone: tokens asked"] >= 1 and calls["heat: GET"] >= 1, calls
+    if name in ("node-loss", "partition"):
+        assert calls["heat: mark unhealthy"] >= 1 and calls["heat: signal"] >= 1, calls
+    if name in NETWORK_SCENARIOS:
+        assert "cut" in kinds and "heal" in kinds
+        assert report["network"]["mode"] == "netns"
+    assert namespaces_left(tmp_path / "lab") == []
     if name == "etcd-outage":
         assert "removed" not in kinds and "mark-unhealthy" not in kinds
 

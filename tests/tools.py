@@ -44,6 +44,7 @@ TOOLS: dict[str, Tool] = {
         Tool("shellcheck", "Debian package shellcheck"),
         Tool("systemd-analyze", "Debian package systemd"),
         Tool("check-jsonschema", "pip: check-jsonschema (pyproject.toml, dev)"),
+        Tool("ip", "Debian package iproute2", ("/usr/sbin/ip", "/sbin/ip"), "-V"),
     )
 }
 
@@ -87,6 +88,17 @@ def need_etcd(version: str) -> str:
         _missing(f"etcd {version}", ETCD_SOURCES.get(version, "?"))
     assert binary is not None
     return binary
+
+
+def need_netns() -> None:
+    """Network namespaces for the lab's nodes (root, iproute2): under CI, which runs as
+    root, their absence fails the test."""
+    need("ip")
+    from lab.netns import unavailable
+
+    why = unavailable()
+    if why is not None:
+        _missing(f"network namespaces ({why})", "root and Debian package iproute2")
 
 
 def need_module(name: str) -> None:

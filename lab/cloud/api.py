@@ -16,7 +16,8 @@ endpoint (as a cloud behind one proxy does, e.g. devstack's):
   `openstack/latest/meta_data.json`, `openstack/latest/network_data.json` and the EC2
   `latest/meta-data/local-ipv4`, under `/metadata/{server id}` on loopback (a cloud tells
   its servers apart by their source address; on loopback every node's is 127.0.0.1, so
-  each node's `metadata_url` names its server).
+  each node's `metadata_url` names its server); with the lab's network namespaces, at
+  http://169.254.169.254 inside each node's namespace (`metadata_handler`), as on a cloud.
 
 Every Heat and Nova call needs a valid token, and a token of a credential with access
 rules passes only the calls they allow (lab.cloud.keystone, as keystonemiddleware checks
@@ -57,6 +58,8 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    source: str = ""
+    """The caller's address (in the namespaces mode, the node's own)."""
 
 
 @dataclass
@@ -102,9 +105,9 @@ class Orchestrator(Protocol):
 
     def server(self, server_id: str) -> Member | None: ...
 
-    def mark_unhealthy(self, server_id: str, reason: str) -> Member: ...
+    def mark_unhealthy(self, server_id: str, reason: str, caller: str = "") -> Member: ...
 
-    def signal(self, policy: str) -> None: ...
+    def signal(self, policy: str, caller: str = "") -> Any: ...
 
     def wait_signal(self, handle: str, details: Any) -> None: ...
 
@@ -146,6 +149,7 @@ class OpenStackApi:
         self.release = threading.Event()
         self.url = ""
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._server: ThreadingHTTPServer | None = None
         self.on_request: list[Callable[[Recorded], None]] = []
 
@@ -187,6 +191,12 @@ class OpenStackApi:
     def metadata_url(self, server_id: str) -> str:
         return f"{self.url}{METADATA}/{server_id}"
 
+    def metadata_handler(self, server_id: str) -> type[BaseHTTPRequestHandler]:
+        """The metadata service as one server's network sees it at 169.254.169.254 (a
+        cloud's metadata proxy tells servers apart by the network they ask from; in the
+        lab's namespaces each node has its own listener): every path is that server's."""
+        return _handler(self, prefix=f"{METADATA}/{quote(server_id)}")
+
     # --- test hooks ----------------------------------------------------------------------
 
     def fail(
@@ -214,8 +224,10 @@ class OpenStackApi:
         query: dict[str, list[str]],
         headers: dict[str, str],
         body: Any,
+        source: str = "",
     ) -> Answer:
-        record = Recorded(method, path, query, headers, body)
+        record = Recorded(method, path, query, headers, body, source)
+        self._local.source = source
         with self._lock:
             self.requests.append(record)
             fault = next(
@@ -278,6 +290,13 @@ class OpenStackApi:
             and (path + "/").startswith(urlsplit(e.url).path.rstrip("/") + "/")
         ]
         return max(found, key=lambda e: len(urlsplit(e.url).path), default=None)
+
+    def _caller(self) -> str:
+        """The server a request came from, by its source address (the namespaces mode: each
+        node has its own; on loopback every caller is 127.0.0.1 and none is told apart)."""
+        source = getattr(self._local, "source", "")
+        found = next((m for m in self.cloud.members() if source and m.ip == source), None)
+        return found.server_id if found is not None else ""
 
     # --- the metadata service ------------------------------------------------------------
 
@@ -433,7 +452,7 @@ class OpenStackApi:
                     # Heat: ResourceActionNotSupported for a resource without handle_signal
                     message = f"signal is not supported for resource {rest[1]}."
                     return 400, {}, {"error": {"message": message}}
-                self.cloud.signal(rest[1])
+                self.cloud.signal(rest[1], caller=self._caller())
                 return 200, {}, ""
         return NOT_FOUND
 
@@ -534,7 +553,11 @@ class OpenStackApi:
             return NOT_FOUND
         if body["mark_unhealthy"]:
             try:
-                self.cloud.mark_unhealthy(member.server_id, str(body.get("resource_status_reason")))
+                self.cloud.mark_unhealthy(
+                    member.server_id,
+                    str(body.get("resource_status_reason")),
+                    caller=self._caller(),
+                )
             except RuntimeError as error:  # Heat: the resource is locked (an update)
                 return 409, {}, {"error": {"type": "ActionInProgress", "message": str(error)}}
         return 200, {}, ""
@@ -549,10 +572,12 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _handler(api: OpenStackApi) -> type[BaseHTTPRequestHandler]:
+def _handler(api: OpenStackApi, prefix: str = "") -> type[BaseHTTPRequestHandler]:
+    """Requests to `api`; `prefix` goes before every path (a server's own metadata service)."""
+
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:
-            parts = urlsplit(self.path)
+            parts = urlsplit(prefix + self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             try:
@@ -562,7 +587,12 @@ def _handler(api: OpenStackApi) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             try:
                 status, extra, answer = api.handle(
-                    self.command, parts.path, parse_qs(parts.query), headers, body
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query),
+                    headers,
+                    body,
+                    source=str(self.client_address[0]),
                 )
             except Exception as error:  # a bug of the lab's cloud is a 500, as a cloud's is
                 status, extra, answer = 500, {}, {"error": f"{type(error).__name__}: {error}"}
