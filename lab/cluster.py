@@ -1,7 +1,8 @@
 """One lab: a local cloud, its nodes (real etcd + the real agent), and a watcher sampling them.
 
     lab = Lab(stack, timings, root=Path(".lab"))
-    lab.start()                       # the group boots `capacity` nodes on 127.X.Y.n
+    lab.start()                       # the group boots `capacity` nodes, each in a
+                                      # namespace (lab.netns) or on 127.X.Y.n (loopback)
     lab.wait_for(lab.settled, 60, "a healthy cluster")
     lab.set_demand(450)               # CPU demand, shared by the members (percent of one node)
     ...

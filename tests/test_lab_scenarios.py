@@ -1,9 +1,10 @@
 """Every lab scenario, end to end, with the tests' time factor: real etcd, the real agent.
 
-Each scenario boots its own lab on a random 127.X.Y.0/24 under tmp_path (the nodes'
-netdata on port 19999 of their own addresses, etcd on the stack's ports there), runs,
+Each scenario boots its own lab under tmp_path, every node in a network namespace of its
+own (lab/netns.py; as root, here and in CI: the network scenarios need it), the nodes'
+netdata on port 19999 of their own addresses, etcd on the stack's ports there; it runs,
 and must hold every invariant of its JSON report. Every process it started is gone
-afterwards (checked by pid).
+afterwards (checked by pid), and so are its namespaces and bridge (by name).
 """
 
 from __future__ import annotations
