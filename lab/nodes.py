@@ -369,11 +369,19 @@ class Nova:
         with self._lock:
             nodes = list(self.nodes.values())
             self.nodes.clear()
-        for node in nodes:
-            self._power_off(node, graceful=3.0)
+
+        def stop(node: Node) -> None:
+            self._power_off(node, graceful=1.5)
             self._unplug(node)
             self._keep_logs(node)
             shutil.rmtree(node.dir, ignore_errors=True)
+
+        # all at once, as a cloud stops servers: each agent has 1.5 s after its SIGTERM
+        threads = [threading.Thread(target=stop, args=(node,)) for node in nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     # --- faults the scenarios inject ------------------------------------------------------
 
