@@ -193,27 +193,29 @@ class OpenStackGroup:
 
     def bundle_metadata(self) -> dict[str, Any]:
         """Heat "Show resource metadata" of the bundle resource of the parent stack."""
-        name, stack_id = self._parent_stack()
-        resource = quote(self.settings.bundle_resource, safe="")
-        path = f"/stacks/{quote(name, safe='')}/{stack_id}/resources/{resource}/metadata"
-        metadata = _body(self._call("heat", "GET", path, what="show bundle"), "heat show bundle")
-        found = metadata.get("metadata")
-        if not isinstance(found, dict):
+        found = self._resource_metadata(self.settings.bundle_resource, "bundle")
+        if found is None:
             raise CloudError("heat show bundle: no metadata object in the answer")
         return found
 
     def stack_document(self) -> dict[str, Any] | None:
-        """Heat "Show resource metadata" of the settings resource of the parent stack."""
+        """Heat "Show resource metadata" of the settings resource of the parent stack;
+        None when the stack has none (an older stack)."""
+        return self._resource_metadata(self.settings.settings_resource, "settings") or None
+
+    def _resource_metadata(self, resource: str, what: str) -> dict[str, Any] | None:
+        """A resource of the parent stack's metadata; None if it has none (or no such
+        resource: 404)."""
         name, stack_id = self._parent_stack()
-        resource = quote(self.settings.settings_resource, safe="")
-        path = f"/stacks/{quote(name, safe='')}/{stack_id}/resources/{resource}/metadata"
-        response = self._call("heat", "GET", path, what="show settings", ok=(404,))
+        path = (
+            f"/stacks/{quote(name, safe='')}/{stack_id}/resources/{quote(resource, safe='')}"
+            "/metadata"
+        )
+        response = self._call("heat", "GET", path, what=f"show {what}", ok=(404,))
         if response.status_code == 404:
             return None
-        metadata = _body(response, "heat show settings").get("metadata")
-        if not isinstance(metadata, dict) or not metadata:
-            return None
-        return metadata
+        found = _body(response, f"heat show {what}").get("metadata")
+        return found if isinstance(found, dict) else None
 
     # ---- Heat ---------------------------------------------------------------------------
 

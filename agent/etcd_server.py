@@ -12,7 +12,6 @@ back to classify a failed start with `classify_start_failure`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from agent.child import ChildProcess
+from agent.files import atomic_write
 from agent.settings import EtcdSettings
 from agent.systemd import Runner, SystemdUnit, run_command
 
@@ -106,13 +106,7 @@ def etcd_config(
 
 def write_config(path: Path, config: dict[str, Any]) -> None:
     """Write the config atomically (JSON is valid YAML), mode 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(config, indent=2, sort_keys=True) + "\n", mode=0o600)
 
 
 def read_config(path: Path) -> dict[str, Any]:

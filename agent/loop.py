@@ -47,6 +47,11 @@ log = logging.getLogger("agent.loop")
 
 UPGRADE_LOCK = "upgrade"
 UPGRADE_TTL = 120.0
+UPGRADING = "upgrading"
+"""Key (under the cluster's prefix, no lease) naming the node whose new agent has not yet
+shown it runs: the next node waits for it while that node is a member, so a bundle
+whose agent cannot start stops the roll at one node instead of reaching every node as
+leases expire."""
 """s the upgrade lock lives at least (12 periods if longer): the restart (systemd's 10 s)
 and the new agent's return; its lease is revoked by the new agent once healthy."""
 
@@ -95,6 +100,9 @@ class Agent:
             file_sha256(bundle_path) if bundle_path is not None and bundle_path.exists() else None
         )
         self.wanted_bundle: str | None = None
+        self.refused_bundle: str | None = None
+        """A bundle found not to be the one the settings name: not fetched again until the
+        next look at the stack's settings (once every SETTINGS_POLL_CYCLES cycles)."""
         """The bundle the stack's settings document names."""
         self.exit_code: int | None = None
         self._default_clients = client_factory is None
@@ -288,9 +296,9 @@ class Agent:
     # --- one cycle -----------------------------------------------------------------------
 
     def cycle(self) -> str:
-        if self._cycles % SETTINGS_POLL_CYCLES == 0:
-            self.follow_stack()
         self._cycles += 1
+        if (self._cycles - 1) % SETTINGS_POLL_CYCLES == 0:
+            self.follow_stack()
         snapshot = self.observe()
         action = decide(snapshot, self.settings)
         try:
@@ -327,6 +335,7 @@ class Agent:
             return None
         if isinstance(document.get("bundle_sha256"), str):
             self.wanted_bundle = document["bundle_sha256"]
+        self.refused_bundle = None
         if sha == self.state.settings_sha256:
             return None
         mine = (document.get("roles") or {}).get(self.settings.role)
@@ -340,7 +349,11 @@ class Agent:
             self._save(settings_sha256=sha)
             return None
         if self.settings_path is not None and settings != self.settings:
-            settings.write(self.settings_path)
+            try:
+                settings.write(self.settings_path)
+            except OSError as error:  # taken again at the next look, the sha not saved
+                log.warning("could not write the stack's settings %s: %s", sha[:12], error)
+                return None
         self.settings = settings
         if self._default_clients:
             self.client_factory = etcd_client_factory(settings)
@@ -358,7 +371,9 @@ class Agent:
         voter healthy, a leader, nobody leaving or holding the kill lock."""
         if self.bundle_path is None or self.wanted_bundle is None:
             return False
-        if self.wanted_bundle == self.bundle_sha256 or self.state.phase != "member":
+        if self.wanted_bundle in (self.bundle_sha256, self.refused_bundle):
+            return False
+        if self.state.phase != "member":
             return False
         me = snapshot.my_member
         return (
@@ -377,17 +392,24 @@ class Agent:
         wanted, path = self.wanted_bundle, self.bundle_path
         assert wanted is not None and path is not None
         client = self._client(snapshot)
-        holder = client.lock_holder(UPGRADE_LOCK)
-        if holder is not None and holder != self.me.name:
-            return f"bundle {wanted[:12]} waits: {holder} is taking it"
+        marker = f"{client.prefix}/{UPGRADING}"
+        upgrading = client.get(marker)
+        members = {m.name for m in snapshot.members or ()}
+        if upgrading and upgrading != self.me.name and upgrading in members:
+            return f"bundle {wanted[:12]} waits: the new agent of {upgrading} has not run yet"
         ttl = max(UPGRADE_TTL, 12 * self.settings.scaling.lockattemptperiod)
         lock = client.acquire_lock(UPGRADE_LOCK, self.me.name, ttl=ttl)
         if lock is None:
-            return f"bundle {wanted[:12]} waits: another node is taking it"
+            holder = client.lock_holder(UPGRADE_LOCK)
+            return f"bundle {wanted[:12]} waits: {holder or 'another node'} is taking it"
+        client.put(marker, self.me.name)
         try:
             install(unpack(self.cloud.bundle_metadata(), wanted), path)
         except (CloudError, BundleError, OSError) as error:
+            client.delete(marker)
             client.release_lock(lock)
+            if isinstance(error, BundleError):  # not the named bundle: not fetched again
+                self.refused_bundle = wanted
             return f"bundle {wanted[:12]} not installed: {error}"
         self._save(upgrade_lease=lock.lease_id, upgraded_from=self.bundle_sha256)
         self.exit_code = EXIT_UPGRADE
@@ -397,11 +419,14 @@ class Agent:
 
     def _upgraded(self, snapshot: Snapshot) -> str:
         """The agent a new bundle started: once this node is a healthy member again, it
-        frees the upgrade lock for the next node."""
+        frees the upgrade lock and its mark for the next node."""
         me = snapshot.my_member
         if me is None or me.healthy is not True or self.state.upgrade_lease is None:
             return ""
         client = self._client(snapshot)
+        marker = f"{client.prefix}/{UPGRADING}"
+        if client.get(marker) == self.me.name:
+            client.delete(marker)
         client.revoke_lease(self.state.upgrade_lease)
         was = (self.state.upgraded_from or "?")[:12]
         self._save(upgrade_lease=None)
@@ -673,7 +698,6 @@ class Agent:
             self._save(phase="failed")
             self._give_up_server(str(error))
             return 1
-        period = self.settings.scaling.lockattemptperiod
         while not self.stopped.is_set() and self.state.phase == "member":
             started = self.clock()
             try:
@@ -682,6 +706,7 @@ class Agent:
                 log.exception("cycle failed")
             if self.stopped.is_set() or self.state.phase != "member":
                 break
+            period = self.settings.scaling.lockattemptperiod  # a live key: the stack's now
             self.stopped.wait(max(0.0, period - (self.clock() - started)))
         if self.state.phase == "leaving" and not self.stopped.is_set():
             return self.await_deletion()

@@ -32,7 +32,6 @@ runs the command as a child process (tests, lab) beside the same file.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from agent.child import ChildProcess
 from agent.cloud import Cloud, CloudError
 from agent.etcd import EtcdError, normalize_url
 from agent.etcd_server import client_url
+from agent.files import atomic_write
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.httpclient import Http, HttpError
 from agent.loop import etcd_client_factory
@@ -167,13 +167,7 @@ def member_endpoints(members: Sequence[Member]) -> list[str]:
 
 def write_env_file(path: Path, config: ProxyConfig) -> None:
     """Write the environment file atomically (mode 0644: it holds no secret)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(config.env_text())
-    os.replace(tmp, path)
+    atomic_write(path, config.env_text(), mode=0o644)
 
 
 def read_env_file(path: Path) -> ProxyConfig | None:

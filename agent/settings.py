@@ -7,6 +7,7 @@ Nothing here imports from `infra` or Pulumi.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,8 @@ from pydantic import (
     field_serializer,
     model_validator,
 )
+
+from agent.files import atomic_write
 
 Comparator = Literal["<", ">", "==", "<=", ">="]
 Scheme = Literal["http", "https"]
@@ -192,12 +195,9 @@ class AgentSettings(_Strict):
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        """Write the node file (mode 0600: it holds the cloud credential)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(self.to_json(reveal_secrets=True))
+        """Write the node file (mode 0600: it holds the cloud credential), whole or not at
+        all: a running agent rewrites it when the stack's settings change."""
+        atomic_write(path, self.to_json(reveal_secrets=True), mode=0o600, durable=True)
 
     def with_changes(self, **changes: Any) -> AgentSettings:
         """A copy with some top-level parts replaced, validated again."""
@@ -251,7 +251,7 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and path not in NODE_LOCAL and path != "etcd.tls":
+        if isinstance(value, dict) and path not in NODE_LOCAL:
             out |= _flat(value, f"{path}.")
         else:
             out[path] = value
@@ -283,8 +283,6 @@ def settings_changes(
 
 def document_sha256(document: dict[str, Any]) -> str:
     """The sha256 a settings document names itself by: of its canonical JSON without it."""
-    import hashlib
-
     body = {k: v for k, v in document.items() if k != "sha256"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -295,11 +293,11 @@ def adopt(current: AgentSettings, document: dict[str, Any]) -> tuple[AgentSettin
     that a running agent may take: live keys and those etcd reads at its next start; node
     paths and the fixed keys stay. Returns the new settings and one note per change."""
     mine = current.model_dump(mode="json", context={"reveal_secrets": True})
-    theirs = dict(document)
+    merged = current.model_dump(mode="json", context={"reveal_secrets": True})
+    present = _flat(document)
     notes: list[str] = []
-    merged = json.loads(json.dumps(mine))
     for key, old, new, kind in settings_changes(
-        {k: v for k, v in mine.items() if k != "cloud"}, theirs
+        {k: v for k, v in mine.items() if k != "cloud"}, document
     ):
         if kind == "node-local":
             continue
@@ -310,7 +308,7 @@ def adopt(current: AgentSettings, document: dict[str, Any]) -> tuple[AgentSettin
         *parents, leaf = key.split(".")
         for part in parents:
             target = target.setdefault(part, {})
-        if new is None and key not in _flat(theirs):
+        if new is None and key not in present:
             continue  # a key the document does not have (an older program): keep ours
         target[leaf] = new
         when = "at etcd's next start" if kind == "at etcd start" else "now"

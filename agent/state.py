@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agent.files import atomic_write
+
 Phase = Literal["starting", "joining", "member", "leaving", "left", "failed"]
 
 STATE_FILE = "state.json"
@@ -51,8 +53,4 @@ class AgentState:
 
     def save(self, state_dir: str | os.PathLike[str]) -> None:
         """Atomic replace, so a reader never sees half a file."""
-        directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{STATE_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(asdict(self), sort_keys=True), encoding="utf-8")
-        os.replace(tmp, directory / STATE_FILE)
+        atomic_write(Path(state_dir) / STATE_FILE, json.dumps(asdict(self), sort_keys=True))

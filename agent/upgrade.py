@@ -17,10 +17,10 @@ import base64
 import binascii
 import gzip
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from agent.files import atomic_write
 
 EXIT_UPGRADE = 75
 """The agent's exit status after installing a new bundle (EX_TEMPFAIL: systemd's
@@ -69,15 +69,4 @@ def unpack(metadata: dict[str, Any], sha256: str) -> bytes:
 
 def install(data: bytes, target: Path) -> None:
     """Write `data` over `target` (mode 0755), through a file beside it and a rename."""
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".agent-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o755)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_write(target, data, mode=0o755, durable=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.loop import UPGRADE_LOCK, Agent
+from agent.loop import UPGRADE_LOCK, UPGRADING, Agent
 from agent.settings import document_sha256
 from agent.upgrade import EXIT_UPGRADE, file_sha256, running_bundle
 from infra.bundle import Bundle
@@ -50,8 +50,10 @@ class Systemd:
     """Starts an agent again when it exits 75, on the same settings, state, etcd and bundle
     file; notes when each node installed and when it freed the lock."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, *, broken: set[str] | None = None) -> None:
         self.lab = lab
+        self.broken = broken or set()
+        """Nodes whose new agent does not start (a bundle that fails at import)."""
         self.restarts: dict[str, int] = {}
         self.holder_at_exit: dict[str, str | None] = {}
         """Who held the upgrade lock when each node's agent exited to take its bundle."""
@@ -62,6 +64,9 @@ class Systemd:
         while not self.stop.wait(0.05):
             for name, node in list(self.lab.nodes.items()):
                 if node.running or node.agent.exit_code != EXIT_UPGRADE:
+                    continue
+                if name in self.broken:
+                    self.restarts.setdefault(name, 0)
                     continue
                 self.holder_at_exit[name] = self.lab.client().lock_holder(UPGRADE_LOCK)
                 self.restarts[name] = self.restarts.get(name, 0) + 1
@@ -84,10 +89,8 @@ def freed(lab: Lab, name: str) -> bool:
 
 
 @pytest.fixture
-def lab(tmp_path, etcd_bin):
-    made = Lab(tmp_path, etcd_bin)
-    yield made
-    made.close()
+def lab(make_agent_lab):
+    return make_agent_lab()
 
 
 def start_on(lab: Lab, tmp_path: Path, bundle: Bundle) -> list[Node]:
@@ -148,6 +151,47 @@ def test_a_bundle_that_is_not_the_named_one_is_not_installed(lab, tmp_path):
     assert (tmp_path / node.name / "agent.pyz").read_bytes() == OLD.zipapp
     assert all(n.running for n in lab.nodes.values())  # nobody restarted
     assert wait_until(lambda: lab.client().lock_holder(UPGRADE_LOCK) is None, timeout=10)
+    # the refused bundle is not downloaded every cycle, only after each look at the stack
+
+    def count(part: str) -> int:
+        return len(lab.cloud.api.calls("GET", f"/resources/{part}/metadata"))
+
+    fetched, looked = count("agent_bundle"), count("agent_settings")
+    wait_until(lambda: count("agent_settings") >= looked + 2 * len(lab.nodes), timeout=30)
+    looks = count("agent_settings") - looked
+    assert count("agent_bundle") - fetched <= looks + len(lab.nodes), (looks, count("agent_bundle"))
+
+
+def test_a_new_agent_that_never_runs_stops_the_roll_at_its_node(lab, tmp_path, monkeypatch):
+    """The upgrade lock's lease expires (a short one here); the next node still waits, for
+    the mark the first node's new agent never cleared: a bundle whose agent cannot start
+    is on one node, not on all. Once that agent runs, the roll goes on."""
+    import agent.loop
+
+    monkeypatch.setattr(agent.loop, "UPGRADE_TTL", 0.5)  # ttl: 12 periods, 4.8 s
+    start_on(lab, tmp_path, OLD)
+    systemd = Systemd(lab, broken=set(lab.nodes))
+    systemd.thread.start()
+    hold(lab, NEW)
+    try:
+        assert wait_until(lambda: len(systemd.restarts) == 1, timeout=30)
+        (first,) = systemd.restarts
+        ttl = 12 * lab.nodes[first].agent.settings.scaling.lockattemptperiod
+        assert wait_until(lambda: lab.client().lock_holder(UPGRADE_LOCK) is None, ttl + 5)
+        others = [name for name in lab.nodes if name != first]
+        waiting = wait_until(
+            lambda: all("has not run yet" in (lab.state(n).last_cycle or "") for n in others),
+            timeout=10,
+        )
+        assert waiting, {n: lab.state(n).last_cycle for n in others}
+        assert list(systemd.restarts) == [first]  # nobody else installed
+        assert all((tmp_path / n / "agent.pyz").read_bytes() == OLD.zipapp for n in others)
+        assert lab.client().get(f"{lab.client().prefix}/{UPGRADING}") == first
+        systemd.broken.clear()  # the first node's new agent runs after all
+        assert wait_until(lambda: all(freed(lab, n) for n in lab.nodes), timeout=90)
+    finally:
+        systemd.stop.set()
+    assert lab.client().get(f"{lab.client().prefix}/{UPGRADING}") is None
 
 
 def test_an_agent_run_from_its_sources_takes_no_bundle():
