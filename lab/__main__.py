@@ -397,10 +397,9 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 def cmd_update(args: argparse.Namespace) -> int:
     """`pulumi up` of the lab's stack with `--set` changes: the program's template (with the
     lab's periods) through Heat's "Update stack" on the lab's cloud, after the plan."""
-    from infra.plan import Render, plan
     from lab.operator import CloudCallError, Operator
     from lab.status import NoLab, read_state
-    from lab.timings import lab_template
+    from lab.timings import planned_update
 
     try:
         state = read_state(args.root)
@@ -420,13 +419,9 @@ def cmd_update(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
-    factor = float(state["factor"])
-
-    def template(s: StackSettings) -> dict:
-        return lab_template(s, LabTimings.scaled(s, factor), cluster_name=state["cluster"])
-
-    after = template(new)
-    verdict = plan(Render(template(stack), {}), Render(after, {}))
+    verdict, after = planned_update(
+        stack, new, float(state["factor"]), cluster_name=state["cluster"]
+    )
     sys.stdout.write(verdict.text())
     if verdict.refused:
         print("refused: nothing was sent to Heat", file=sys.stderr)

@@ -67,13 +67,20 @@ from typing import Any, TextIO
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdError
 from infra.settings import PROJECT_DIR, StackSettings
-from lab.cluster import Lab, Sample
+from lab.cluster import Lab, Sample, network_for
 from lab.display import Display
 from lab.events import Event
 from lab.netdata_stub import Mode
 from lab.nodes import Node, kill_pid, pids_of
-from lab.report import Fault, Invariant, RunFacts, common_invariants, write_json
-from lab.scenarios import final_views, heat_writes
+from lab.report import (
+    Fault,
+    Invariant,
+    RunFacts,
+    common_invariants,
+    no_heat_writes,
+    write_json,
+)
+from lab.scenarios import final_views
 from lab.timings import LabTimings
 from lab.writer import Writer, WriteResult
 
@@ -94,7 +101,7 @@ KINDS: tuple[str, ...] = (
     "reboot-majority",
     "reboot-all",
 )
-VICTIM_KINDS = ("kill-node", "kill-etcd", "freeze", "partition", "peer-cut")
+VICTIM_KINDS = ("kill-node", "kill-etcd", "freeze", "partition", "peer-cut", "split")
 """Faults whose node must be removed and replaced."""
 NETWORK_KINDS = ("partition", "peer-cut", "cloud-cut", "split", "net-blip")
 """Faults that cut a network (they need the lab's namespaces, lab.netns)."""
@@ -318,14 +325,6 @@ def check_nothing_removed(
     )
 
 
-def check_no_heat_writes(writes: Sequence[str], victims: str) -> Invariant:
-    return Invariant(
-        "the cut-off side made no Heat call (no mark, no signal)",
-        not writes,
-        f"{len(writes)} from {victims}: {list(writes)[:3]}",
-    )
-
-
 def check_no_removal_while_bad(
     events: Sequence[Event], start: float, end: float, grown: bool, reasons: Sequence[str]
 ) -> Invariant:
@@ -401,8 +400,11 @@ class RoundResult:
     notes: list[str] = field(default_factory=list)
     invariants: list[Invariant] = field(default_factory=list)
     settled: bool = False
-    heat_writes: list[str] = field(default_factory=list)
-    """Network faults: the Heat calls that change something the cut-off side made."""
+    victims: list[str] = field(default_factory=list)
+    """The nodes a victim fault hit (two for a split)."""
+    heat_writes: list[str] | None = None
+    """Network faults whose cut-off side kept the cloud's API: the Heat calls that change
+    something it made (None: not judged, no call of theirs could arrive)."""
 
     @property
     def ok(self) -> bool:
@@ -451,17 +453,11 @@ class Chaos:
         self.timings = timings
         self.seed = seed
         self.out = out
+        cutting = sorted(set(kinds) & set(NETWORK_KINDS))
+        network = network_for(network, f"the fault kinds {cutting}" if cutting else None)
         self.lab = Lab(
             stack, timings, root, stack_name=stack_name, etcd_binary=etcd_binary, network=network
         )
-        if self.lab.net is None and set(kinds) & set(NETWORK_KINDS):
-            from lab.netns import unavailable
-
-            raise RuntimeError(
-                f"the fault kinds {sorted(set(kinds) & set(NETWORK_KINDS))} cut a network:"
-                f" they need the lab's network namespaces"
-                f" ({unavailable() or 'the lab was asked for loopback'}); pick --kinds"
-            )
         if out is not None and verbose:
             self.lab.events.listeners.append(Display(out, tty=False).event)
         self.writer = Writer(self.lab.endpoints, interval=0.05, tls=self.lab.client_tls)
@@ -589,8 +585,6 @@ class Chaos:
         before = self.members()
         if planned.kind in VICTIM_KINDS:
             checks.append(self._victim_round(planned, result, rng))
-        elif planned.kind == "split":
-            checks.extend(self._split_round(planned, result, rng))
         elif planned.kind in ("cloud-cut", "net-blip"):
             self._harmless_cut_round(planned, result, rng)
         elif planned.kind == "kill-agent":
@@ -619,8 +613,8 @@ class Chaos:
                     what=f"a {planned.kind}",
                 )
             )
-        if planned.kind in NETWORK_KINDS:
-            checks.append(check_no_heat_writes(result.heat_writes, result.victim or ""))
+        if result.heat_writes is not None:
+            checks.append(no_heat_writes(result.heat_writes, result.victim or ""))
         if planned.kind == "kill-agent" and result.victim:
             node = self._node_or_none(result.victim)
             alive = node is not None and node.agent_alive()
@@ -632,11 +626,14 @@ class Chaos:
                     f"{result.victim}: agent alive {alive}, phase {phase}",
                 )
             )
-        if planned.kind in VICTIM_KINDS and result.victim is not None:
-            checks[0] = (
-                check_victim(events, final, result.victim, result.start, result.removed_after)
+        if planned.kind in VICTIM_KINDS and result.victims:
+            checks[0:1] = (
+                [
+                    check_victim(events, final, victim, result.start, result.removed_after)
+                    for victim in result.victims
+                ]
                 if result.injected
-                else Invariant("the fault was injected", False, "; ".join(result.notes))
+                else [Invariant("the fault was injected", False, "; ".join(result.notes))]
             )
         if planned.kind in ("kill-agent", "cloud-cut", "net-blip") and not result.injected:
             checks.append(Invariant("the fault was injected", False, "; ".join(result.notes)))
@@ -649,87 +646,64 @@ class Chaos:
     def _victim_round(
         self, planned: PlannedFault, result: RoundResult, rng: random.Random
     ) -> Invariant:
+        """The victims (one; two for a split: a minority of a group grown by two) killed,
+        frozen or cut off until etcd lists none of them, then thawed or healed."""
         t = self.timings
         if planned.grow and not self.grow(planned.grow):
             result.notes.append(f"the group did not grow by {planned.grow}")
-        victim = self.resolve(planned.target, rng)
-        result.victim = victim
-        self.lab.set_demand(0)  # a grown group may shrink meanwhile
+        if planned.kind == "split":
+            victims = self._minority(planned.target, rng)
+        else:
+            victims = [self.resolve(planned.target, rng)]
+            self.lab.set_demand(0)  # a grown group may shrink meanwhile
+        result.victims = victims
+        result.victim = ", ".join(victims)
         start = self.now
-        node = self.node(victim)
+        node = self.node(victims[0])
+        cut = None
+        keeps_cloud = planned.kind == "peer-cut" or planned.mode == "cloud"
         if planned.kind == "kill-node":
-            self.lab.crash(victim)
+            self.lab.crash(node.name)
             result.injected = not node.agent_alive() and not node.etcd_pids()
         elif planned.kind == "kill-etcd":
             result.injected = self.kill_etcd(node)
         elif planned.kind in NETWORK_KINDS:
-            ips, since = {node.ip}, len(self.lab.cloud.api.requests)
-            cut = self.lab.cut([victim], peers=True, cloud=planned.kind == "partition")
-            result.injected = True
+            cut = self.lab.cut(victims, peers=True, cloud=not keeps_cloud)
         else:
-            result.injected = self.lab.freeze_etcd(victim)
+            result.injected = self.lab.freeze_etcd(node.name)
         if not result.injected:
             result.notes.append("the fault could not be injected")
-        timeout = (t.dead_member_periods + 6) * t.lockattemptperiod + 2 * self.join_time
-        removed = self.lab.wait_for(
-            lambda s: s.members is not None and victim not in s.members, timeout, "the removal"
-        )
+        timeout = (t.dead_member_periods + 6) * t.lockattemptperiod
+        timeout += (1 + len(victims)) * self.join_time
+        removed = self.lab.wait_removed(victims, timeout, "the removal")
         end = self.now
         if removed:
             result.removed_after = end - start
         else:
             result.notes.append(f"not removed within {timeout:.0f}s")
         if planned.kind == "freeze":
-            healed = self.lab.thaw_etcd(victim)
+            healed = self.lab.thaw_etcd(node.name)
             result.notes.append("thawed" if healed else "deleted before the thaw")
-        if planned.kind in NETWORK_KINDS:
-            result.heat_writes = heat_writes(self.lab, ips, since)
-            self.lab.heal(cut)
+        if cut is not None:
+            writes = self.lab.heal(cut)
+            result.heat_writes = writes if keeps_cloud else None  # else none could arrive
             result.notes.append("healed")
+        if planned.kind == "split":
+            self.lab.set_demand(0)
+            self.settle(self.stack.capacity + planned.grow, 3 * self.join_time, "the heal")
         if result.injected:
-            self.faults.append(Fault(planned.kind, start, end, (victim,)))
+            self.faults.append(Fault(planned.kind, start, end, tuple(victims)))
         return Invariant("the victim was removed and replaced", False, "not checked yet")
 
-    def _split_round(
-        self, planned: PlannedFault, result: RoundResult, rng: random.Random
-    ) -> list[Invariant]:
-        """Grown by two, the minority of two cut from the majority (and from the cloud
-        with mode no-cloud) until the majority removed both; then healed."""
-        t = self.timings
-        if not self.grow(planned.grow):
-            result.notes.append(f"the group did not grow by {planned.grow}")
+    def _minority(self, target: str, rng: random.Random) -> list[str]:
+        """Two of the members: the leader and a follower, or two followers."""
         sample = self.lab.latest()
         assert sample is not None
         names = sorted(sample.members or [])
         leader = sample.leader or names[0]
         followers = [n for n in names if n != leader]
         rng.shuffle(followers)
-        victims = [leader, followers[0]] if planned.target == "leader" else followers[:2]
-        result.victim = ", ".join(victims)
-        ips = {self.node(v).ip for v in victims}
-        since = len(self.lab.cloud.api.requests)
-        start = self.now
-        cut = self.lab.cut(victims, peers=True, cloud=planned.mode == "no-cloud")
-        result.injected = True
-        timeout = (t.dead_member_periods + 6) * t.lockattemptperiod + 3 * self.join_time
-        removed = self.lab.wait_for(
-            lambda s: s.members is not None and not set(victims) & set(s.members),
-            timeout,
-            "the minority's removal",
-        )
-        end = self.now
-        result.removed_after = end - start if removed else None
-        if not removed:
-            result.notes.append(f"not both removed within {timeout:.0f}s")
-        result.heat_writes = heat_writes(self.lab, ips, since)
-        self.lab.heal(cut)
-        self.faults.append(Fault("split", start, end, tuple(victims)))
-        self.lab.set_demand(0)
-        self.settle(self.stack.capacity + planned.grow, 3 * self.join_time, "the split healed")
-        final, events = self.lab.latest(), self.lab.events.all()
-        return [
-            check_victim(events, final, victim, start, result.removed_after) for victim in victims
-        ]
+        return [leader, followers[0]] if target == "leader" else followers[:2]
 
     def _harmless_cut_round(
         self, planned: PlannedFault, result: RoundResult, rng: random.Random
@@ -739,8 +713,6 @@ class Chaos:
         t = self.timings
         victim = self.resolve(planned.target, rng)
         result.victim = victim
-        ips = {self.node(victim).ip}
-        since = len(self.lab.cloud.api.requests)
         if planned.kind == "cloud-cut":
             cut = self.lab.cut([victim], cloud=True)
             hold = (t.dead_member_periods + 3) * t.lockattemptperiod
@@ -748,8 +720,7 @@ class Chaos:
             cut = self.lab.cut([victim], peers=True, cloud=True)
             hold = 1.5 * t.lockattemptperiod
         self.pause(hold)
-        result.heat_writes = heat_writes(self.lab, ips, since) if planned.kind == "net-blip" else []
-        self.lab.heal(cut)
+        self.lab.heal(cut)  # both cut the cloud: no Heat call of theirs could arrive
         self.pause(2 * t.lockattemptperiod)
 
     def _kill_agent_round(

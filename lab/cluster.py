@@ -34,6 +34,7 @@ from agent.settings import OpenStackCloud
 from infra import heat
 from infra.access_rules import access_rules
 from infra.settings import PROJECT_DIR, StackSettings
+from lab.cloud.api import Recorded
 from lab.cloud.heat import Member, Policy
 from lab.cloud.keystone import AccessRule
 from lab.cloud.openstack import AddressPool, AlarmSpec, LabCloud
@@ -43,7 +44,7 @@ from lab.netdata_stub import NETDATA_PORT, Mode
 from lab.netns import METADATA_IP, Cut, LabNetwork
 from lab.netns import unavailable as netns_unavailable
 from lab.nodes import Node, Nova
-from lab.timings import LabTimings, group_spec, lab_template
+from lab.timings import LabTimings, group_spec, lab_template, planned_update
 from lab.tls import LabPki
 
 STATE_FILE = "lab.json"
@@ -97,6 +98,34 @@ class Sample:
         data = asdict(self)
         data["t"] = round(self.t, 2)
         return data
+
+
+def network_for(mode: str, cutting: str | None) -> str:
+    """The network a run asks of the lab: `cutting` (what cuts a network, if anything)
+    needs the namespaces, and the lab says why it cannot have them."""
+    if cutting is None:
+        return mode
+    if mode == "loopback":
+        raise ValueError(f"{cutting} cut a network: not with --network loopback")
+    return "netns"
+
+
+HEAT_WRITES = ("heat: mark unhealthy", "heat: signal")
+"""The Heat calls an agent makes that change the group."""
+
+
+def call_kind(record: Recorded) -> str:
+    """What a request to the lab's cloud was, as the reports count them."""
+    path, method = record.path, record.method
+    if path.startswith("/identity/v3/auth/tokens") and method == "POST":
+        return "keystone: tokens asked"
+    if path.startswith("/heat-api/"):
+        if method == "PATCH":
+            return "heat: mark unhealthy"
+        return "heat: signal" if path.endswith("/signal") else f"heat: {method}"
+    if path.startswith("/compute/"):
+        return f"nova: {method}"
+    return "metadata" if path.startswith("/metadata/") else f"other: {method}"
 
 
 def pick_prefix(ports: tuple[int, ...], tries: int = 50) -> str:
@@ -194,6 +223,8 @@ class Lab:
         self.status = "starting"
         self.on_sample: list[Callable[[Sample], None]] = []
         self.acked: Callable[[], int] = lambda: 0
+        self._cut_from: dict[Cut, tuple[set[str], int]] = {}
+        """Each cut's nodes' addresses and the cloud's request count when it began."""
 
     # --- life -------------------------------------------------------------------------------
 
@@ -208,7 +239,7 @@ class Lab:
         if why is None:
             return LabNetwork()
         if mode == "netns":
-            raise RuntimeError(f"network netns: {why}")
+            raise RuntimeError(f"the lab's network namespaces: {why}")
         self.events.add("lab", "", f"nodes on loopback: {why}")
         return None
 
@@ -296,13 +327,13 @@ class Lab:
         """A `pulumi up` of the stack with these keys changed, through the lab's Heat: what
         the program's template changes, the lab's stack takes (infra.plan says what that
         does; a key a running cluster cannot change is refused first, nothing changed)."""
-        from infra.plan import Render, plan
         from infra.settings import parse_settings
 
         raw = {**self.stack.model_dump(), **changes}
         stack = parse_settings(raw, base_dir=self.nova.base_dir, source="the lab's update")
-        old, new = self.template(), self.template(stack)
-        verdict = plan(Render(old, {}), Render(new, {}))
+        verdict, new = planned_update(
+            self.stack, stack, self.timings.factor, cluster_name=self.cluster_name
+        )
         if verdict.refused:
             raise ValueError("; ".join(verdict.refused))
         self.events.add("update", "", "; ".join(verdict.lines) or "no change")
@@ -366,18 +397,28 @@ class Lab:
 
     def cut(self, names: list[str], *, peers: bool = False, cloud: bool = False) -> Cut:
         """A network fault (the namespaces mode): `names` lose their peers and/or the
-        cloud's API; `heal` ends it."""
+        cloud's API; `heal` ends it and says what Heat writes the cut-off side made."""
         if self.net is None:
             raise RuntimeError("network faults need the lab's namespaces (network: netns)")
+        ips = {self.node(name).ip for name in names}
         fault = self.net.cut(set(names), peers=peers, cloud=cloud)
+        self._cut_from[fault] = (ips, len(self.cloud.api.requests))
         self.events.add("cut", ",".join(sorted(names)), fault.describe())
         return fault
 
-    def heal(self, fault: Cut | None = None) -> None:
+    def heal(self, fault: Cut) -> list[str]:
+        """End the cut; the Heat calls that change something (a mark, a policy signal) the
+        cut-off nodes made while it held (the cloud tells callers apart by address)."""
         if self.net is None:
-            return
+            return []
         self.net.heal(fault)
-        self.events.add("heal", "", fault.describe() if fault else "every cut")
+        self.events.add("heal", "", fault.describe())
+        ips, since = self._cut_from.pop(fault, (set(), 0))
+        return [
+            f"{r.method} {r.path}"
+            for r in self.cloud.api.requests[since:]
+            if r.source in ips and call_kind(r) in HEAT_WRITES
+        ]
 
     def pin_load(self, name: str, load: float | None) -> None:
         """Keep one node at `load` % CPU whatever the demand (None: share the demand again)."""
@@ -415,22 +456,7 @@ class Lab:
         tokens issued, Heat and Nova calls by kind, metadata reads."""
         counts: dict[str, int] = {}
         for record in list(self.cloud.api.requests):
-            path, method = record.path, record.method
-            if path.startswith("/identity/v3/auth/tokens") and method == "POST":
-                kind = "keystone: tokens asked"
-            elif path.startswith("/heat-api/"):
-                if method == "PATCH":
-                    kind = "heat: mark unhealthy"
-                elif path.endswith("/signal"):
-                    kind = "heat: signal"
-                else:
-                    kind = f"heat: {method}"
-            elif path.startswith("/compute/"):
-                kind = f"nova: {method}"
-            elif path.startswith("/metadata/"):
-                kind = "metadata"
-            else:
-                kind = f"other: {method}"
+            kind = call_kind(record)
             counts[kind] = counts.get(kind, 0) + 1
         return dict(sorted(counts.items()))
 
@@ -463,6 +489,14 @@ class Lab:
         if what:
             self.events.add("timeout", "", f"waited {timeout:.0f}s for {what}")
         return False
+
+    def wait_removed(self, names: list[str], timeout: float, what: str = "") -> bool:
+        """Until etcd lists none of `names` (a sample that read no member list does not
+        count)."""
+        gone = set(names)
+        return self.wait_for(
+            lambda s: s.members is not None and not gone & set(s.members), timeout, what
+        )
 
     def settled(self, sample: Sample, size: int | None = None) -> bool:
         """`size` voters (default: the group's), all healthy, a leader, every server a member."""
@@ -525,9 +559,12 @@ class Lab:
             try:
                 found = client.members(check_health=True)
                 holder = client.lock_holder(KILL_LOCK)
-                readings = client.readings()
             except EtcdError:
                 found = None
+            try:  # the display's column: a failed read leaves the members' sample whole
+                readings = client.readings() if found is not None else {}
+            except EtcdError:
+                readings = {}
             finally:
                 client.close()
             if found is not None:

@@ -57,10 +57,6 @@ IP = shutil.which("ip") or next(
 """iproute2's `ip` (in sbin, which not every PATH holds)."""
 
 
-class NetnsUnavailable(RuntimeError):
-    """This machine cannot give the lab namespaces (not root, no iproute2, no netns)."""
-
-
 def ip(*args: str, ns: str | None = None, check: bool = True) -> bool:
     """Run `ip [-n ns] args`; False (or RuntimeError with `check`) when it fails."""
     command = [IP, *(["-n", ns] if ns else []), *args]
@@ -158,9 +154,10 @@ def pick_network(tries: int = 200) -> str:
     raise RuntimeError("no free 10.X.Y.0/23 for the lab's network")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Cut:
-    """One network fault: `names` lose their peers (`peers`), the cloud's API (`cloud`)."""
+    """One network fault: `names` lose their peers (`peers`), the cloud's API (`cloud`).
+    Each cut is its own (compared by identity): two alike may be in force at once."""
 
     names: frozenset[str]
     peers: bool
@@ -265,9 +262,6 @@ class LabNetwork:
         if host is not None:
             ip("netns", "del", host.ns, check=False)
             ip("link", "del", host.veth, check=False)
-
-    def namespace(self, name: str) -> str:
-        return self.hosts[name].ns
 
     # --- faults --------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,15 +183,29 @@ def _dead_replaced(facts: RunFacts) -> Invariant:
     )
 
 
+def replacements_due(capacity: int, voters: int, lost: int) -> int:
+    """New members `lost` dead of `voters` call for: one at least (the agent's mark and
+    signal make Heat replace a member), and all of them if the group would be below
+    capacity without them. Heat's resize for one signal counts the servers not FAILED, so
+    two members of a grown group marked before one signal leave it one smaller: the load
+    decides the rest."""
+    return min(lost, max(1, capacity - (voters - lost))) if lost else 0
+
+
 def _replacements_due(facts: RunFacts, fault: Fault) -> int:
-    """New members a fault's dead call for: one at least (the agent's mark and signal make
-    Heat replace a member), and all of them if the group would be below capacity without
-    them. Heat's resize for one signal counts the servers not FAILED, so two members of a
-    grown group marked before one signal leave it one smaller: the load decides the rest."""
     before = [s for s in facts.samples if s.t < fault.start]
     voters = before[-1].voters if before else facts.capacity
-    lost = len(fault.nodes)
-    return min(lost, max(1, facts.capacity - (voters - lost)))
+    return replacements_due(facts.capacity, voters, len(fault.nodes))
+
+
+def no_heat_writes(writes: Sequence[str], victims: str) -> Invariant:
+    """A cut-off side that kept the cloud's API used it for nothing that changes the group
+    (its etcd has no quorum: it may not know who is dead)."""
+    return Invariant(
+        "the cut-off side made no Heat call (no mark, no signal)",
+        not writes,
+        f"{len(writes)} from {victims}: {list(writes)[:3]}",
+    )
 
 
 def _group_matches_cluster(facts: RunFacts) -> Invariant:

@@ -285,3 +285,17 @@ def lab_template(stack: StackSettings, timings: LabTimings, *, cluster_name: str
     resources[SETTINGS]["metadata"] = document
     resources[SETTINGS]["properties"]["salt"] = document["sha256"]
     return template
+
+
+def planned_update(
+    old: StackSettings, new: StackSettings, factor: float, *, cluster_name: str
+) -> tuple[Any, dict]:
+    """What a `pulumi up` from `old` to `new` does to the lab's stack (infra.plan's
+    verdict), and the template Heat is given if it is not refused."""
+    from infra.plan import Render, plan
+
+    def template(stack: StackSettings) -> dict:
+        return lab_template(stack, LabTimings.scaled(stack, factor), cluster_name=cluster_name)
+
+    after = template(new)
+    return plan(Render(template(old), {}), Render(after, {})), after

@@ -24,6 +24,7 @@ JUDGES = {
         "_dead_replaced",
         "_group_matches_cluster",
         "_one_cluster",
+        "no_heat_writes",
     ),
     "lab/chaos.py": (
         "check_victim",
@@ -32,7 +33,7 @@ JUDGES = {
         "check_left",
         "check_rebooted",
     ),
-    "lab/outside.py": ("one_healthy_cluster", "same_members", "writes_readable"),
+    "lab/outside.py": ("one_healthy_cluster", "same_members", "members_kept", "writes_readable"),
 }
 TESTS = ("tests/test_lab_report.py", "tests/test_chaos.py", "tests/test_lab_outside.py")
 FAST = "not short_seeded and not replacement_heat and not etcdctl_sees and not cli"

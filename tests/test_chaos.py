@@ -51,7 +51,10 @@ def test_every_kind_comes_once_first_then_any(seed):
     assert [f.round for f in faults] == list(range(1, 41))
     for f in faults:
         assert 0 <= f.grow <= 2
-        if f.kind in VICTIM_KINDS or f.kind == "kill-agent":
+        if f.kind == "split":  # a minority of two: the leader's side or two followers
+            assert f.target in ("leader", "followers") and f.grow == 2
+            assert f.mode in ("cloud", "no-cloud")
+        elif f.kind in VICTIM_KINDS or f.kind == "kill-agent":
             assert f.target in ("leader", "follower", "oldest")
         if f.kind == "kill-agent":
             assert f.grow == 0

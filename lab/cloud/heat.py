@@ -350,9 +350,8 @@ class WaitHandle:
         """When the condition began to wait (after the resources it depends on: the group);
         None: not yet (Heat's INIT_COMPLETE; signals to the handle are kept meanwhile)."""
         self.metadata: dict[str, dict[str, Any]] = {}
-        self.rejected: list[Any] = []
-        """Signals Heat refused (ValueError "Metadata format invalid", logged only)."""
         self._lock = threading.Lock()
+        self._final: tuple[str, str] | None = None
 
     @staticmethod
     def _heat_handle() -> Any:
@@ -367,13 +366,21 @@ class WaitHandle:
         with self._lock:
             data = handle.normalise_signal_data(details, self.metadata)
             if not handle._metadata_format_ok(data):
-                self.rejected.append(details)
-                return
+                return  # Heat refuses it ("Metadata format invalid") and only logs it
             entry = dict(data)
             self.metadata[str(entry.pop(handle.UNIQUE_ID))] = entry
 
     def outcome(self, now: float) -> tuple[str, str]:
-        """("INIT" | "IN_PROGRESS" | "COMPLETE" | "FAILED", Heat's reason)."""
+        """("INIT" | "IN_PROGRESS" | "COMPLETE" | "FAILED", Heat's reason); the first
+        COMPLETE or FAILED stays (a finished resource does not time out afterwards)."""
+        if self._final is not None:
+            return self._final
+        found = self._outcome(now)
+        if found[0] in ("COMPLETE", "FAILED"):
+            self._final = found
+        return found
+
+    def _outcome(self, now: float) -> tuple[str, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from heat.engine.resources import wait_condition
