@@ -30,17 +30,8 @@ def _get(item: Any, key: str) -> Any:
 
 def identity_url(catalog: Sequence[Any], region: str | None) -> str:
     """The public Keystone v3 URL of the catalog (in `region` when given)."""
-    for service in catalog:
-        if _get(service, "type") != "identity":
-            continue
-        for endpoint in _get(service, "endpoints"):
-            if _get(endpoint, "interface") == "public" and region in (
-                None,
-                _get(endpoint, "region"),
-            ):
-                url = str(_get(endpoint, "url")).rstrip("/")
-                return url if url.endswith("/v3") else f"{url}/v3"
-    raise ValueError(f"no public identity endpoint in the service catalog (region {region})")
+    url = endpoint_url(catalog, "identity", region)
+    return url if url.endswith("/v3") else f"{url}/v3"
 
 
 def endpoint_url(catalog: Sequence[Any], service_type: str, region: str | None) -> str:

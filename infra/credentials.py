@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_openstack as openstack
 
-from infra.access_rules import ACCESS_RULES, AccessRule, access_rules  # noqa: F401
+from infra.access_rules import AccessRule
 
 # The least role that Heat's and Nova's default policies accept for these calls; the
 # names differ between older and newer clouds.
@@ -75,11 +75,7 @@ class AgentCredential(pulumi.ComponentResource):
         self, name: str, args: AgentCredentialArgs, opts: pulumi.ResourceOptions | None = None
     ):
         super().__init__("autoscale-etcd:infra:AgentCredential", name, None, opts)
-        rules = (
-            pulumi.Output.from_input(args.access_rules)
-            if args.access_rules is not None
-            else pulumi.Output.from_input(None)
-        )
+        rules = pulumi.Output.from_input(args.access_rules)
         credential = openstack.identity.ApplicationCredential(
             f"{name}-appcred",
             name=pulumi.Output.all(args.roles, rules).apply(

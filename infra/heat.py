@@ -29,7 +29,7 @@ import yaml
 
 from infra.settings import StackSettings, join_timeout
 
-HOT_VERSION = "2021-04-16"  # Wallaby: str_replace, list_join, if/conditions, hidden params
+HOT_VERSION = "2021-04-16"  # Wallaby: str_replace, list_join, if/conditions
 
 GROUP = "etcd_group"
 SCALE_UP = "scale_up"
@@ -76,15 +76,12 @@ class Parameter:
     name: str
     type: Literal["string", "number", "comma_delimited_list", "json", "boolean"] = "string"
     description: str = ""
-    hidden: bool = False
     default: Any = None
 
     def to_hot(self) -> Hot:
         out: Hot = {"type": self.type}
         if self.description:
             out["description"] = self.description
-        if self.hidden:
-            out["hidden"] = True
         if self.default is not None:
             out["default"] = self.default
         return out
@@ -190,7 +187,7 @@ class AgentBundle:
     """
 
     sha256: str
-    """sha256 of the zipapp, the same as the nodes' user-data names."""
+    """sha256 of the zipapp, the one the stack's settings document names."""
     content: str
     """The zipapp, gzip-compressed then base64-encoded."""
     size: int

@@ -9,13 +9,15 @@ copy of the repository) and this checkout's. It reads them as Heat and the agent
   next start, or refused (ports, schemes, the cluster name: a running cluster cannot
   change them; the plan fails);
 - the agent bundle: every running agent takes a new one, one node at a time;
-- the member definition (the group's `resource`, and the stack parameters it reads:
-  image, flavor, network, security groups, the credential, ...): every member replaced,
-  one at a time with `pause_time` between (Heat's rolling update, batches of one);
-- the group's sizes and cooldown, the policies and the alarm: updated in place.
+- the member definition (the group's `resource`, the stack parameters it reads, found by
+  their `get_param`s, and the agents' credential, named by its content): every member
+  replaced, one at a time with `pause_time` between (Heat's rolling update, batches of
+  one); the proxies' the same way;
+- proxies added or removed, the group's sizes and cooldown, the policies and the alarm:
+  updated in place.
 
-Secret parameters are masked in a render, so a changed secret (a new credential) is not
-seen here; `pulumi preview` shows that the parameter changes.
+Secret parameters are masked in a render: a new credential is seen by its name, another
+changed secret is not; `pulumi preview` shows that the parameter changes.
 """
 
 from __future__ import annotations
@@ -36,40 +38,50 @@ from infra import heat
 from infra.settings import PROJECT_DIR
 
 STACK_V1 = "openstack:orchestration/stackV1:StackV1"
-MEMBER_PARAMETERS = frozenset(
-    {
-        heat.P.IMAGE,
-        heat.P.FLAVOR,
-        heat.P.NETWORK,
-        heat.P.SECURITY_GROUPS,
-        heat.P.CREDENTIAL_ID,
-        heat.P.CREDENTIAL_SECRET,
-        heat.P.AUTH_URL,
-        heat.P.REGION,
-        heat.P.SERVER_GROUP,
-        heat.P.METRICS_HOST,
-        heat.P.NETDATA_API_KEY,
-        heat.P.TLS_CA_CERT,
-        heat.P.TLS_CA_KEY,
-    }
-)
-"""The parameters a member's definition reads: a change replaces every member."""
+CREDENTIAL = "openstack:identity/applicationCredential:ApplicationCredential"
 
 
 @dataclass
 class Render:
     template: dict[str, Any]
     parameters: dict[str, str]
+    credential: str | None = None
+    """The agents' application credential's name (it changes with its content: a new
+    credential, a new id and secret in every server's user-data)."""
 
     @classmethod
     def read(cls, directory: Path) -> Render:
         template = yaml.safe_load((directory / "heat-template.yaml").read_text())
         resources = json.loads((directory / "resources.json").read_text())["resources"]
         (stack,) = [r for r in resources if r["type"] == STACK_V1]
-        return cls(template, dict(stack["inputs"].get("parameters") or {}))
+        names = [r["inputs"].get("name") for r in resources if r["type"] == CREDENTIAL]
+        return cls(
+            template, dict(stack["inputs"].get("parameters") or {}), names[0] if names else None
+        )
 
     def resource(self, name: str) -> dict[str, Any] | None:
         return (self.template.get("resources") or {}).get(name)
+
+
+def parameters_read(node: Any) -> set[str]:
+    """The stack parameters a piece of the template reads (`get_param`, anywhere in it)."""
+    if isinstance(node, dict):
+        found = set()
+        for key, value in node.items():
+            if key == "get_param":
+                found.add(value if isinstance(value, str) else str(value[0]))
+            else:
+                found |= parameters_read(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*(parameters_read(item) for item in node)) if node else set()
+    return set()
+
+
+def _servers(render: Render, group: str, key: str) -> Any:
+    """A group's server definition (the member group's `resource`, the proxies'
+    `resource_def`)."""
+    return ((render.resource(group) or {}).get("properties") or {}).get(key)
 
 
 @dataclass
@@ -92,15 +104,39 @@ def _group(render: Render) -> dict[str, Any]:
     return (render.resource(heat.GROUP) or {}).get("properties") or {}
 
 
+def _replaced(old: Render, new: Render, group: str, key: str) -> list[str]:
+    """Why every server of `group` is replaced (its definition, a parameter it reads, the
+    agents' credential its user-data holds), if it is."""
+    before, after = _servers(old, group, key), _servers(new, group, key)
+    reasons = []
+    if before != after:
+        old_props = (before or {}).get("properties") or {}
+        new_props = (after or {}).get("properties") or {}
+        keys = sorted(
+            k for k in set(old_props) | set(new_props) if old_props.get(k) != new_props.get(k)
+        )
+        reasons.append("the server definition (" + ", ".join(keys) + ")")
+    read = parameters_read(before) | parameters_read(after)
+    params = sorted(k for k in read if old.parameters.get(k) != new.parameters.get(k))
+    if params:
+        reasons.append("the parameters " + ", ".join(params))
+    if old.credential != new.credential and None not in (old.credential, new.credential):
+        reasons.append(f"a new agents' credential ({old.credential} -> {new.credential})")
+    return reasons
+
+
 def plan(old: Render, new: Render) -> Plan:
     """What Heat and the agents do when the stack goes from `old` to `new`."""
     out = Plan()
     old_doc = (old.resource(heat.SETTINGS) or {}).get("metadata") or {}
     new_doc = (new.resource(heat.SETTINGS) or {}).get("metadata") or {}
-    for role in sorted(set(old_doc.get("roles") or {}) | set(new_doc.get("roles") or {})):
-        before = (old_doc.get("roles") or {}).get(role) or {}
-        after = (new_doc.get("roles") or {}).get(role) or {}
-        for key, was, now, kind in settings_changes(before, after):
+    old_roles, new_roles = old_doc.get("roles") or {}, new_doc.get("roles") or {}
+    for role in sorted(old_roles.keys() ^ new_roles.keys()):
+        if old_doc:  # proxies added or removed: their servers come and go with them
+            state = "added" if role in new_roles else "removed"
+            out.lines.append(f"settings {role}: {state} with its servers")
+    for role in sorted(old_roles.keys() & new_roles.keys()):
+        for key, was, now, kind in settings_changes(old_roles[role], new_roles[role]):
             if kind == "node-local":
                 continue
             what = {
@@ -119,18 +155,16 @@ def plan(old: Render, new: Render) -> Plan:
             f" {str(new_doc.get('bundle_sha256'))[:12]}: every running agent takes it, one"
             " node at a time, while the cluster is whole (no server replaced)"
         )
-    old_group, new_group = _group(old), _group(new)
-    reasons = []
-    if old_group.get("resource") != new_group.get("resource"):
-        old_props = (old_group.get("resource") or {}).get("properties") or {}
-        new_props = (new_group.get("resource") or {}).get("properties") or {}
-        keys = sorted(
-            k for k in set(old_props) | set(new_props) if old_props.get(k) != new_props.get(k)
+    if not old_doc and new_doc:
+        out.lines.append(
+            "settings: the stack holds the agents' settings from now on (the deployed render"
+            " has no settings document)"
         )
-        reasons.append("the member definition (" + ", ".join(keys) + ")")
-    params = sorted(k for k in MEMBER_PARAMETERS if old.parameters.get(k) != new.parameters.get(k))
-    if params:
-        reasons.append("the parameters " + ", ".join(params))
+    old_group, new_group = _group(old), _group(new)
+    member_params = parameters_read(_servers(old, heat.GROUP, "resource")) | parameters_read(
+        _servers(new, heat.GROUP, "resource")
+    )
+    reasons = _replaced(old, new, heat.GROUP, "resource")
     if reasons:
         pause = int((new_group.get("rolling_updates") or {}).get("pause_time", 0))
         size = f"{new_group.get('min_size')}..{new_group.get('max_size')}"
@@ -146,15 +180,28 @@ def plan(old: Render, new: Render) -> Plan:
                 f"group {key}: {old_group.get(key)} -> {new_group.get(key)}: in place (the"
                 " group keeps its size within the new bounds)"
             )
+    proxy_params: set[str] = set()
+    if old.resource(heat.PROXY_GROUP) and new.resource(heat.PROXY_GROUP):
+        proxy_params = parameters_read(_servers(old, heat.PROXY_GROUP, "resource_def"))
+        proxy_params |= parameters_read(_servers(new, heat.PROXY_GROUP, "resource_def"))
+        why = _replaced(old, new, heat.PROXY_GROUP, "resource_def")
+        if why:
+            out.lines.append(f"proxies: every proxy replaced, for {' and '.join(why)}")
     for name in (heat.SCALE_UP, heat.SCALE_DOWN, heat.ALARM, heat.PROXY_GROUP):
         before, after = old.resource(name), new.resource(name)
+        if name == heat.PROXY_GROUP and before and after:
+            before, after = dict(before), dict(after)  # the servers: said above
+            for group in (before, after):
+                group["properties"] = {
+                    k: v for k, v in (group.get("properties") or {}).items() if k != "resource_def"
+                }
         if before != after:
             state = "added" if before is None else "removed" if after is None else "updated"
             out.lines.append(f"{name}: {state} in place")
     other = sorted(
         k
         for k in set(old.parameters) | set(new.parameters)
-        if k not in MEMBER_PARAMETERS and old.parameters.get(k) != new.parameters.get(k)
+        if k not in member_params | proxy_params and old.parameters.get(k) != new.parameters.get(k)
     )
     for key in other:
         out.lines.append(

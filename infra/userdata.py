@@ -159,12 +159,6 @@ def _file(path: str, content: str, permissions: str = "0644") -> dict[str, Any]:
     return {"path": path, "permissions": permissions, "content": content}
 
 
-def compact_json(settings: AgentSettings) -> str:
-    """A settings file's text: `AgentSettings` with the secret (a token here), one line."""
-    data = settings.model_dump(mode="json", context={"reveal_secrets": True})
-    return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
-
-
 def cloud_json(settings: AgentSettings) -> str:
     """The settings file as the user-data writes it: the node's `cloud` (tokens Heat
     replaces) and role; the fetcher adds the stack's settings for the role."""

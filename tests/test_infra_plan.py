@@ -17,7 +17,7 @@ import yaml
 
 from infra import heat
 from infra.cluster import cluster_template
-from infra.plan import STACK_V1, Render, plan
+from infra.plan import STACK_V1, Render, plan, render_at
 from infra.render import find_stack_file, stack_config
 from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
 
@@ -78,7 +78,41 @@ def test_a_new_image_replaces_every_member_one_at_a_time():
 def test_a_new_hook_changes_the_member_definition():
     result = plan(render(), render(cleanupscript=""))
     assert result.replaces_members
-    assert any("the member definition (user_data)" in line for line in result.lines)
+    assert any("the server definition (user_data)" in line for line in result.lines)
+
+
+def test_proxies_added_are_servers_added_not_refused_settings():
+    result = plan(render(), render(proxies=2))
+    assert not result.refused and not result.replaces_members, result.lines
+    assert "settings proxy: added with its servers" in result.lines
+    assert f"{heat.PROXY_GROUP}: added in place" in result.lines
+    back = plan(render(proxies=2), render())
+    assert not back.refused and "settings proxy: removed with its servers" in back.lines
+
+
+def test_a_render_of_before_the_settings_document_is_no_refusal():
+    old = render()
+    del old.template["resources"][heat.SETTINGS]
+    result = plan(old, render())
+    assert not result.refused, result.lines
+    assert any(line.startswith("settings: the stack holds") for line in result.lines)
+
+
+def test_a_new_credential_replaces_every_member_and_proxy():
+    """Its id and secret are in every server's user-data: a render shows it by its name."""
+    old, new = render(proxies=1), render(proxies=1)
+    old.credential, new.credential = "dev-agents-0001", "dev-agents-0002"
+    result = plan(old, new)
+    assert result.replaces_members
+    assert any("a new agents' credential" in line for line in result.lines if "members:" in line)
+    assert any(line.startswith("proxies: every proxy replaced") for line in result.lines)
+
+
+def test_a_proxy_flavor_replaces_the_proxies_not_the_members():
+    small, large = {**PARAMETERS, "proxy_flavor": "m1.small"}, {**PARAMETERS, "proxy_flavor": "x"}
+    result = plan(render(small, proxies=1), render(large, proxies=1))
+    assert not result.replaces_members, result.lines
+    assert result.lines == ["proxies: every proxy replaced, for the parameters proxy_flavor"]
 
 
 def _write(out: Path, r: Render) -> Path:
@@ -113,20 +147,15 @@ def test_the_command_reads_render_directories_and_fails_on_a_refused_change(tmp_
 
 
 def test_the_command_renders_a_git_ref(tmp_path):
-    """From the commit checked out (HEAD) to this working tree's render."""
+    """`--from HEAD` renders the commit checked out; against a render of that same commit
+    (made by `render_at`, whatever the working tree holds) the plan is "no change"."""
     head = subprocess.run(
         ["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True, text=True
     )
     if head.returncode != 0:
         pytest.skip("a copy of the tree without its git history: no commit to render")
-    to = tmp_path / "now"
-    subprocess.run(
-        [sys.executable, "-m", "infra", "render", "--stack", "dev", "--out", str(to)],
-        cwd=PROJECT_DIR,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    to = render_at("HEAD", "dev", tmp_path / "head")
+    assert yaml.safe_load((to / "heat-template.yaml").read_text())["resources"]
     result = subprocess.run(
         [*PLAN, "--from", "HEAD", "--to", str(to)],
         cwd=PROJECT_DIR,
@@ -134,6 +163,5 @@ def test_the_command_renders_a_git_ref(tmp_path):
         text=True,
         timeout=180,
     )
-    assert result.returncode in (0, 1), result.stderr
-    assert result.stdout  # "no change", or what this tree changes against its commit
-    assert yaml.safe_load((to / "heat-template.yaml").read_text())["resources"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("no change"), result.stdout
