@@ -318,14 +318,7 @@ def recovery(lab: Lab, role: str) -> Recovery:
     removed = probe.wait_until(lab, gone, timeout)
 
     def booted() -> str | None:
-        return next(
-            (
-                e.node
-                for e in lab.events.all()
-                if e.kind == "boot" and e.t >= kill and e.node not in before
-            ),
-            None,
-        )
+        return probe.booted_since(lab, kill, before)
 
     probe.wait_until(lab, lambda: booted() is not None, timeout + t.scaleupcooldown)
     new = booted()

@@ -44,6 +44,18 @@ def listed(lab: Lab) -> set[str] | None:
     return None if found is None else names(found)
 
 
+def booted_since(lab: Lab, since: float, before: set[str]) -> str | None:
+    """The first server booted at or after `since` (lab time) that is not one of `before`."""
+    return next(
+        (
+            e.node
+            for e in lab.events.all()
+            if e.kind == "boot" and e.t >= since and e.node not in before
+        ),
+        None,
+    )
+
+
 def cooldown_left(lab: Lab) -> float:
     """Seconds until the group's cooldown ends (Heat refuses every signal until then)."""
     end = lab.cloud.group.cooldown_end
