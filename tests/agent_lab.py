@@ -32,6 +32,8 @@ from lab.cloud.openstack import SCALE_DOWN, SCALE_UP, AddressPool, LabCloud
 from lab.events import EventLog
 
 PERIOD = 0.4
+ELECTION_MS = 500
+"""The harness's etcd election timeout."""
 
 
 def _ports_free(ips: list[str], ports: tuple[int, int]) -> bool:
@@ -178,7 +180,7 @@ class Lab:
                     "binary": self.etcd_bin,
                     "service": "subprocess",
                     "heartbeat_ms": 50,
-                    "election_ms": 500,
+                    "election_ms": ELECTION_MS,
                     "cluster_token": "itest",
                 },
                 "metric": {"threshold": 90, "comparator": ">", "window": 0},

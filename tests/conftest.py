@@ -35,6 +35,24 @@ def etcd_bin() -> str:
 
 
 @pytest.fixture
+def make_agent_lab(tmp_path: Path, etcd_bin: str) -> Iterator[Callable[..., Any]]:
+    """A factory: `make_agent_lab(**scaling)` is a tests.agent_lab.Lab (real agents, real
+    etcd, the lab's cloud) under tmp_path; every one made is closed afterwards."""
+    from tests.agent_lab import Lab
+
+    labs: list[Lab] = []
+
+    def make(**scaling: float) -> Lab:
+        made = Lab(tmp_path, etcd_bin, **scaling)
+        labs.append(made)
+        return made
+
+    yield make
+    for made in labs:
+        made.close()
+
+
+@pytest.fixture
 def etcd_cluster(etcd_bin: str, tmp_path: Path) -> Iterator[Callable[..., EtcdCluster]]:
     """A factory: `etcd_cluster(size=3, binary=None, extra=None)` starts a healthy cluster.
 

@@ -16,6 +16,9 @@ import pytest
 from agent.cloud import CloudError
 from agent.loop import Agent
 from agent.settings import (
+    AT_ETCD_START,
+    FIXED,
+    NODE_LOCAL,
     AgentSettings,
     OpenStackCloud,
     adopt,
@@ -156,8 +159,21 @@ def test_the_change_kinds_cover_every_key_of_the_settings():
     assert kinds["etcd.client_port"] == "refused" and kinds["cluster_name"] == "refused"
     assert kinds["etcd.quota_backend_bytes"] == "at etcd start"
     assert kinds["state_dir"] == "node-local"
+    # and no name in the classes is stale or misspelt: each is a field of the settings
+    assert (FIXED | AT_ETCD_START | NODE_LOCAL) - fields(AgentSettings) == set()
     _, notes = adopt(AgentSettings.model_validate({**base, "cloud": CLOUD.model_dump()}), base)
     assert notes == []
+
+
+def fields(model: type, prefix: str = "") -> set[str]:
+    """Every dotted field name of a pydantic model, nested models included."""
+    found = set()
+    for name, info in model.model_fields.items():
+        found.add(prefix + name)
+        for kind in getattr(info.annotation, "__args__", (info.annotation,)):
+            if isinstance(kind, type) and hasattr(kind, "model_fields"):
+                found |= fields(kind, f"{prefix}{name}.")
+    return found
 
 
 def test_the_agent_reads_the_document_every_few_cycles(tmp_path):

@@ -16,13 +16,12 @@ import pytest
 from agent.etcd import EtcdClient
 from lab.stalls import stall
 from lab.writer import Writer
-from tests.agent_lab import Lab, start_initial
+from tests.agent_lab import ELECTION_MS, start_initial
 from tests.etcd_cluster import wait_until
 
 pytestmark = pytest.mark.etcd
 
-ELECTION_S = 0.5
-"""The harness's etcd election timeout (tests/agent_lab.py: 500 ms)."""
+ELECTION_S = ELECTION_MS / 1000
 
 
 def timeout_elections(log: str) -> int:
@@ -32,23 +31,9 @@ def timeout_elections(log: str) -> int:
     return log.count("is starting a new election") - log.count("received MsgTimeoutNow")
 
 
-@pytest.fixture
-def make_lab(tmp_path, etcd_bin):
-    labs: list[Lab] = []
-
-    def make(**scaling: float) -> Lab:
-        made = Lab(tmp_path, etcd_bin, **scaling)
-        labs.append(made)
-        return made
-
-    yield make
-    for made in labs:
-        made.close()
-
-
 @pytest.mark.parametrize("handover", [True, False], ids=["handover", "control-no-handover"])
-def test_a_leaving_leader_hands_leadership_over_first(make_lab, handover, monkeypatch):
-    lab = make_lab(scaledownperiod=15.0)  # the lock outlasts etcd's 5 s after a transfer
+def test_a_leaving_leader_hands_leadership_over_first(make_agent_lab, handover, monkeypatch):
+    lab = make_agent_lab(scaledownperiod=15.0)  # the lock outlasts etcd's 5 s after a transfer
     nodes = start_initial(lab, 4)
     oldest = nodes[0]
     if not handover:
@@ -69,10 +54,13 @@ def test_a_leaving_leader_hands_leadership_over_first(make_lab, handover, monkey
     for node in nodes:
         lab.idle[node.name] = 97.0
     assert wait_until(lambda: lab.record.deleted == [oldest.name], timeout=40)
-    time.sleep(1.5)
-    writer.stop()
     (record,) = EtcdClient(urls[1:], prefix="/autoscale-etcd/itest").removal_records()
-    during = stall(writer.puts, record["lock_time"], record["time"] + 3.0, writer.timeout)
+    window = (record["lock_time"], record["time"] + 3.0)
+    # the writer runs past the window's end: a stall is a gap between puts it made, not
+    # the writer's own stop (which would count as one)
+    time.sleep(max(0.0, window[1] + 0.5 - time.time()))
+    writer.stop()
+    during = stall(writer.puts, *window, writer.timeout)
     elections = 0
     for name, path in logs.items():
         with open(path, "rb") as log:

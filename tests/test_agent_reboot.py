@@ -22,20 +22,6 @@ from tests.etcd_cluster import wait_until
 pytestmark = pytest.mark.etcd
 
 
-@pytest.fixture
-def make_lab(tmp_path, etcd_bin):
-    labs: list[Lab] = []
-
-    def make(**scaling: float) -> Lab:
-        made = Lab(tmp_path, etcd_bin, **scaling)
-        labs.append(made)
-        return made
-
-    yield make
-    for made in labs:
-        made.close()
-
-
 def power_off(node: Node) -> None:
     """The server loses power: its agent and etcd die at once (kill -9)."""
     node.agent.stopped.set()
@@ -72,8 +58,10 @@ def the_group_changed(lab: Lab) -> None:
 
 
 @pytest.mark.parametrize("how_many", [2, 3], ids=["majority", "every-node"])
-def test_a_power_cycle_brings_the_same_members_back_with_their_data(make_lab, how_many, caplog):
-    lab = make_lab(retries=3)  # a node holding data must outlast its retries without quorum
+def test_a_power_cycle_brings_the_same_members_back_with_their_data(
+    make_agent_lab, how_many, caplog
+):
+    lab = make_agent_lab(retries=3)  # a node holding data must outlast its retries without quorum
     nodes = start_initial(lab, 3)
     the_group_changed(lab)
     client = lab.client()
@@ -96,8 +84,8 @@ def test_a_power_cycle_brings_the_same_members_back_with_their_data(make_lab, ho
     assert "waiting for its peers" in said[0] and "the data is kept" in said[0]
 
 
-def test_a_node_removed_while_it_was_down_wipes_its_data_and_joins_as_a_new_member(make_lab):
-    lab = make_lab(dead_member_periods=3)
+def test_a_node_removed_while_it_was_down_wipes_its_data_and_joins_as_a_new_member(make_agent_lab):
+    lab = make_agent_lab(dead_member_periods=3)
     nodes = start_initial(lab, 3)
     the_group_changed(lab)
     victim = nodes[2]
@@ -112,10 +100,10 @@ def test_a_node_removed_while_it_was_down_wipes_its_data_and_joins_as_a_new_memb
     assert member_ids(lab.client())[victim.name] != old_id  # a new member, wiped data
 
 
-def test_a_join_catching_up_a_large_database_is_progress_not_failure(make_lab):
+def test_a_join_catching_up_a_large_database_is_progress_not_failure(make_agent_lab):
     """A new member of a cluster holding ~120 MB: its catch-up takes far longer than the
     start deadline given here, and the join goes on while its data dir grows."""
-    lab = make_lab(scaledownperiod=30.0)
+    lab = make_agent_lab(scaledownperiod=30.0)
     start_initial(lab, 3)
     client = EtcdClient(lab.client().endpoints, timeout=10.0, prefix="/autoscale-etcd/itest")
     blob = "x" * 1_000_000

@@ -30,6 +30,7 @@ from infra.bundle import Bundle, agent_bundle
 from infra.cluster import cluster_template, template_text
 from infra.render import find_stack_file, stack_config
 from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
+from infra.userdata import READY_FILE
 from tests.tools import need_module
 
 STACKS = ["dev", "metrics", "ownnet"]
@@ -289,7 +290,7 @@ def test_the_stack_waits_for_its_first_member_s_report(stack):
     params = user_data["str_replace"]["params"]
     assert {"get_attr": [heat.READY_HANDLE, "endpoint"]} in params.values()
     assert {"get_attr": [heat.READY_HANDLE, "token"]} in params.values()
-    assert "--ready" in user_data["str_replace"]["template"]
+    assert f"--ready {READY_FILE}" in user_data["str_replace"]["template"]
     if s.proxies:
         proxy = resources[heat.PROXY_GROUP]["properties"]["resource_def"]["properties"]
         proxy_params = proxy["user_data"]["str_replace"]["params"]
