@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -332,8 +333,28 @@ class Bootstrap:
             return None
 
     def _start_listed(self, client: EtcdClient, me: NodeIdentity, members: list[Member]) -> Joined:
-        wipe_data_dir(self.data_dir)
-        return self._start_existing(client, me, members)
+        """Start on this node's listed, never started entry, holding the join lock: two
+        late initial members started together each ask the other's peer URL for its
+        version while neither serves yet (etcd's bootstrap check has no read timeout), and
+        both hang until one is restarted."""
+        with self._join_lock(client, me):
+            wipe_data_dir(self.data_dir)
+            return self._start_existing(client, me, members)
+
+    @contextmanager
+    def _join_lock(self, client: EtcdClient, me: NodeIdentity) -> Iterator[None]:
+        """One join (an add, or a start on a listed entry) at a time, cluster-wide."""
+        ttl = max(60.0, 6 * self.settings.scaling.lockattemptperiod)
+        lock = client.acquire_lock(JOIN_LOCK, me.name, ttl)
+        if lock is None:
+            raise NotYet(f"join lock held by {client.lock_holder(JOIN_LOCK)}; one join at a time")
+        try:
+            yield
+        finally:
+            try:
+                client.release_lock(lock)
+            except EtcdError as error:
+                log.warning("could not release the join lock (it expires by itself): %s", error)
 
     def _start_existing(self, client: EtcdClient, me: NodeIdentity, listed: list[Member]) -> Joined:
         """Start etcd on this node's (added) entry, then promote it if it is a learner.
@@ -356,12 +377,7 @@ class Bootstrap:
         return Joined(member, "joined")
 
     def _join(self, client: EtcdClient, me: NodeIdentity) -> Joined:
-        scaling = self.settings.scaling
-        ttl = max(60.0, 6 * scaling.lockattemptperiod)
-        lock = client.acquire_lock(JOIN_LOCK, me.name, ttl)
-        if lock is None:
-            raise NotYet(f"join lock held by {client.lock_holder(JOIN_LOCK)}; one join at a time")
-        try:
+        with self._join_lock(client, me):
             members = client.members(check_health=True)
             stale = self._my_entry(members, me)
             if stale is not None:
@@ -376,11 +392,6 @@ class Bootstrap:
             wipe_data_dir(self.data_dir)
             _added, listed = self._add(client, peer_url(me.ip, self.settings.etcd))
             return self._start_existing(client, me, listed)
-        finally:
-            try:
-                client.release_lock(lock)
-            except EtcdError as error:
-                log.warning("could not release the join lock (it expires by itself): %s", error)
 
     # --- steps -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from agent.bootstrap import Bootstrap
 from agent.etcd import EtcdClient, EtcdError
 from tests.agent_lab import PERIOD, Lab, start_initial
 from tests.etcd_cluster import wait_until
@@ -22,6 +23,42 @@ pytestmark = pytest.mark.etcd
 @pytest.fixture
 def lab(make_agent_lab):
     return make_agent_lab
+
+
+def test_two_late_initial_members_start_on_their_own_entries_one_at_a_time(lab, monkeypatch):
+    """Five servers created together, two of whose agents start late and at once: the
+    three form the cluster on all five entries; the two start on their listed entries one
+    at a time (the join lock). Started in the same instant, each etcd asks the other's peer
+    URL for its version while neither serves yet, and both hang until one is restarted
+    (which cost the quick bench's five-node bootstrap two removals). Here both late starts
+    meet at a barrier before etcd is launched: without the lock they launch together."""
+    lab = lab()
+    nodes = lab.create(5)
+    for node in nodes[:3]:
+        node.start()
+    assert wait_until(lambda: len(lab.voters()) == 3, timeout=30), lab.voters()
+    entries = {m.name or m.peer_urls[0]: m.id for m in lab.client().members(check_health=False)}
+    assert len(entries) == 5  # the two late ones listed, not started
+    together = threading.Barrier(2, timeout=3.0)
+    launch = Bootstrap._start
+
+    def start_together(self, me, peers, state):  # type: ignore[no-untyped-def]
+        try:
+            together.wait()
+        except threading.BrokenBarrierError:
+            pass  # the other one waits for the join lock: launch alone
+        launch(self, me, peers, state)
+
+    monkeypatch.setattr(Bootstrap, "_start", start_together)
+    for node in nodes[3:]:
+        node.start()
+    assert wait_until(lambda: len(lab.voters()) == 5, timeout=40), lab.voters()
+    now = {m.name: m.id for m in lab.client().members(check_health=False)}
+    late = {node.name for node in nodes[3:]}
+    late_ids = {mid for key, mid in entries.items() if key not in {n.name for n in nodes[:3]}}
+    assert {now[name] for name in late} == late_ids  # their own entries: none removed
+    said = " ".join(lab.state(name).last_cycle or "" for name in late)
+    assert "old member entry" not in said
 
 
 def test_initial_members_bootstrap_one_cluster_then_nodes_join_one_at_a_time(lab):
