@@ -460,7 +460,9 @@ class Chaos:
         )
         if out is not None and verbose:
             self.lab.events.listeners.append(Display(out, tty=False).event)
-        self.writer = Writer(self.lab.endpoints, interval=0.05, tls=self.lab.client_tls)
+        self.writer = Writer(
+            self.lab.endpoints, interval=0.05, tls=self.lab.client_tls, clock=self.lab.events.now
+        )
         self.lab.acked = lambda: len(self.writer.acked)
         self.faults: list[Fault] = []
         self.results: list[RoundResult] = []
@@ -906,6 +908,7 @@ class Chaos:
             final_settled=settled,
             clusters=final_views(self.lab),
             removal_records=self.lab.removal_records(),
+            acked_at=self.writer.acked_times(),
         )
 
     def _common(self, result: RoundResult) -> list[Invariant]:

@@ -825,6 +825,7 @@ def run_scenario(
             final_settled=final_settled,
             clusters=final_views(lab),
             removal_records=lab.removal_records(),
+            acked_at=writer.acked_times(),
         )
     finally:
         writer.stop()

@@ -159,6 +159,22 @@ def test_each_invariant_says_no_to_a_history_that_breaks_it(changes, broken):
     assert broken in failing(facts(**changes)), verdicts(facts(**changes))
 
 
+def test_a_poll_that_missed_a_quorum_writes_went_through_is_not_a_loss():
+    """etcd acknowledges a put only once a quorum has it: polls that saw no healthy quorum
+    while writes were acknowledged between them are the poll's failure (a loaded machine).
+    Acknowledgements that stop halfway leave the rest of the stretch a loss."""
+    blind = [sample(1.0), *[sample(t, None) for t in (2.0, 3.0, 4.0, 5.0, 6.0, 7.0)]]
+    assert QUORUM in failing(facts(samples=blind))
+    through = facts(samples=blind, acked_at=[1.5, 2.5, 3.5, 4.5, 5.5, 6.5])
+    assert QUORUM not in failing(through)
+    detail = next(i.detail for i in common_invariants(through) if i.name == QUORUM)
+    assert "6 poll(s) without a healthy quorum while writes were acknowledged" in detail
+    halfway = facts(samples=blind, acked_at=[1.5, 2.5])
+    assert QUORUM in failing(halfway)
+    detail = next(i.detail for i in common_invariants(halfway) if i.name == QUORUM)
+    assert "3.0s, 4.0s to 7.0s (no member answered at its start)" in detail
+
+
 def test_removals_a_whole_period_apart_and_faults_in_their_window_are_fine():
     spaced = facts(
         removal_records=[
