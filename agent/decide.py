@@ -68,6 +68,7 @@ def track_unhealthy(
     members: tuple[Member, ...] | None,
     now: float,
     booting: frozenset[int] = frozenset(),
+    learners: frozenset[int] = frozenset(),
 ) -> dict[int, float]:
     """Member id -> when it was first seen unhealthy (or unstarted), in a row.
 
@@ -75,14 +76,18 @@ def track_unhealthy(
     cycle neither convicts nor clears anyone. A member whose server the cloud shows
     booting (`booting`: Nova building, rebuilding or rebooting it) starts its count again
     from now: its time down so far is a boot, not a death, so its window runs from the
-    end of the boot.
+    end of the boot. So does a voter that was a learner at the last reading (`learners`):
+    its time unhealthy so far was a join (a learner catching up a snapshot fails its
+    health checks; the join lock covered it), and without a fresh count the first check it
+    misses right after its promotion, on a loaded host, would convict it at once.
     """
     if members is None:
         return dict(previous)
     tracked: dict[int, float] = {}
     for member in members:
         if member.healthy is False or not member.started:
-            tracked[member.id] = now if member.id in booting else previous.get(member.id, now)
+            fresh = member.id in booting or (member.id in learners and not member.is_learner)
+            tracked[member.id] = now if fresh else previous.get(member.id, now)
     return tracked
 
 

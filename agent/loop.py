@@ -228,10 +228,13 @@ class Agent:
             snapshot.members,
             now,
             booting,
+            frozenset(int(k, 16) for k in self.state.learners),
         )
         if count:
             self.state.failmarker = failmarker
             self.state.unhealthy_since = {f"{k:x}": v for k, v in since.items()}
+            if snapshot.members is not None:
+                self.state.learners = [f"{m.id:x}" for m in snapshot.members if m.is_learner]
         return replace(snapshot, unhealthy_since=since)
 
     def _share_readings(

@@ -477,6 +477,24 @@ def test_a_boot_restarts_the_count_so_the_window_runs_from_its_end():
     assert act(later).kind == "remove_dead"
 
 
+def test_a_promoted_learner_starts_its_count_again():
+    """A learner catching up a large snapshot fails its health checks for minutes, under
+    the join lock; once promoted, its first missed check (a loaded host) must not convict
+    it by the learner's old record. A voter that was a voter before keeps its record."""
+    catching_up = tuple(
+        replace(m, is_learner=m.id == 0x1004) for m in snap(4, unhealthy=(4,)).members
+    )
+    first = track_unhealthy({}, catching_up, now=100.0)
+    assert first == {0x1004: 100.0}
+    promoted = snap(4, unhealthy=(4,)).members
+    learners = frozenset({0x1004})
+    assert track_unhealthy(first, promoted, now=400.0, learners=learners) == {0x1004: 400.0}
+    assert track_unhealthy(first, promoted, now=400.0) == {0x1004: 100.0}  # the old rule
+    fresh = snap(4, me=1, leader=1, unhealthy=(4,), now=400.5, unhealthy_since={0x1004: 400.0})
+    assert act(fresh).kind != "remove_dead"
+    assert act(replace(fresh, unhealthy_since={0x1004: 100.0})).kind == "remove_dead"
+
+
 def test_track_unhealthy_keeps_first_time_and_ignores_blind_cycles():
     first = track_unhealthy({}, snap(3, unhealthy=(2,)).members, now=100.0)
     assert first == {0x1002: 100.0}
