@@ -42,6 +42,7 @@ from lab.cluster import Lab
 from lab.timings import ETCD_HEALTH_INTERVAL, LabTimings
 
 JOINERS = 4
+"""Servers added at once by one stack update in the joins benchmark (the quick run: 2)."""
 LOADED = 50.0
 """CPU use (%) of each of the 3 members before the joins: idle 50 % is not above the
 scale-down threshold (90) and the mean is below the scale-up alarm's (80 %)."""
@@ -61,6 +62,8 @@ class Setup:
     spread_sizes: tuple[int, ...] = ()
     """Bootstraps whose agents start up to `spread` (stack) seconds after their boot."""
     spread: float = 180.0
+    joiners: int = JOINERS
+    """Servers the joins benchmark adds at once."""
     client_stalls: bool = False
     """Also a lab measuring what a client feels through each event (bench/client.py)."""
 
@@ -73,7 +76,7 @@ def bench_timings(stack: StackSettings, factor: float) -> LabTimings:
     """The lab's timings, with the stack's own join window (retries x lockattemptperiod,
     100 s at the defaults) left unscaled: etcd spaces member adds by its fixed 5 s health
     interval, which the lab's factor does not shrink, so a scaled window would cut short
-    the last of JOINERS joins in a row on a busy machine."""
+    the last of the joins in a row on a busy machine."""
     timings = LabTimings.scaled(stack, factor)
     window = stack.retries * stack.lockattemptperiod
     return replace(
@@ -445,6 +448,7 @@ def recovery_rows(
 
 @dataclass
 class Joins:
+    joiners: int
     seconds: float
     polls: int
     without_quorum: int
@@ -452,9 +456,9 @@ class Joins:
     size: int
 
 
-def joins(lab: Lab) -> Joins:
+def joins(lab: Lab, joiners: int) -> Joins:
     capacity = lab.stack.capacity
-    size = capacity + JOINERS
+    size = capacity + joiners
     lab.set_demand(LOADED * capacity)
     start = lab.events.now()
     lab.cloud.update(size)
@@ -462,7 +466,7 @@ def joins(lab: Lab) -> Joins:
     lost_since: float | None = None
     longest = 0.0
     done: float | None = None
-    deadline = time.monotonic() + JOINERS * join_time(lab.timings) + 30
+    deadline = time.monotonic() + joiners * join_time(lab.timings) + 30
     while time.monotonic() < deadline:
         seen = probe.health(lab)
         now = lab.events.now()
@@ -478,6 +482,7 @@ def joins(lab: Lab) -> Joins:
             break
         time.sleep(0.1)
     return Joins(
+        joiners=joiners,
         seconds=(done - start) if done is not None else math.nan,
         polls=polls,
         without_quorum=lost,
@@ -487,7 +492,7 @@ def joins(lab: Lab) -> Joins:
 
 
 def joins_rows(j: Joins) -> list[Row]:
-    section = f"joins ({JOINERS} servers at once into a 3-member cluster)"
+    section = f"joins ({j.joiners} servers at once into a 3-member cluster)"
     return [
         figure(
             section,
@@ -616,7 +621,7 @@ def bench_cluster(
 ) -> list[Row]:
     """Every lab benchmark; the rows in the order of the table."""
     STRAYS.clear()
-    main_stack = variant(stack, max_cluster=max(stack.max_cluster, stack.capacity + JOINERS))
+    main_stack = variant(stack, max_cluster=max(stack.max_cluster, stack.capacity + setup.joiners))
     boots: list[Bootstrap] = []
     runs: list[Recovery] = []
     with lab_of(main_stack, setup.factor, setup, "main") as lab:
@@ -635,7 +640,7 @@ def bench_cluster(
             runs.append(recovery(lab, "back-to-back"))
             shout(f"recovery (back-to-back): {runs[-1]}")
         time.sleep(ETCD_HEALTH_INTERVAL)  # etcd's wait after the replacement's add passes
-        joined = joins(lab)
+        joined = joins(lab, setup.joiners)
         shout(f"joins: {joined}")
         down = scale_down(lab)
         shout(f"scale-down: {down}")

@@ -68,8 +68,21 @@ its cuts are partition's and peer-cut's, for two nodes at once, which tests/test
 checks; the long chaos run in README has split rounds)."""
 
 
+SMALLER = {"skewed": {"max_cluster": 4}, "bad-metrics": {"max_cluster": 4}}
+"""Scenarios the suite runs with a group of at most four (one join and one removal fewer,
+a scaledownperiod and a join shorter each): what they prove does not need the fifth server
+(skewed: the busy oldest at idle 70 and three idle at 98 still average 91 > 90). README's
+figures and `python -m lab scenario` use the dev stack's five."""
+
+
+def suite_stack(stack, name: str):
+    changes = SMALLER.get(name, {})
+    return type(stack).model_validate({**stack.model_dump(), **changes}) if changes else stack
+
+
 @pytest.mark.parametrize("name", IN_SUITE)
 def test_scenario_holds_every_invariant(name, stack, etcd_bin, tmp_path):
+    stack = suite_stack(stack, name)
     timings = LabTimings.scaled(stack, FAST_FACTOR)
     json_path, plot_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
     outcome = run_scenario(
@@ -160,7 +173,7 @@ def test_a_lab_run_with_a_lost_write_goes_red(stack, etcd_bin, tmp_path):
 def test_skewed_with_node_scope_keeps_its_busy_oldest(stack, etcd_bin, tmp_path):
     """The same skewed load with the original's per-node rule: the oldest server, the only
     one Heat's -1 deletes, is busy, so an idle cluster of max_cluster stays that large."""
-    node_scope = stack.model_copy(update={"downmetric_scope": "node"})
+    node_scope = suite_stack(stack, "skewed").model_copy(update={"downmetric_scope": "node"})
     outcome = run_scenario(
         "skewed",
         node_scope,
