@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.etcd import EtcdClient
-from tests.etcd_cluster import free_address
+from tests.etcd_cluster import free_address, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,6 +82,9 @@ def test_status_shows_a_dead_member_unhealthy(etcd_cluster):
     cluster = etcd_cluster(3)
     victim = cluster.nodes[2]
     victim.kill()
+    # the victim may have led: the two left elect a leader before they answer a member list
+    survivors = EtcdClient([n.client_url for n in cluster.nodes[:2]])
+    wait_until(survivors.leader_id, timeout=10, message="a leader among the two left")
     done = agent_cli("status", "--endpoints", ",".join(cluster.endpoints), "--json")
     assert done.returncode == 0, done.stderr
     health = {m["name"]: m["healthy"] for m in json.loads(done.stdout)["members"]}

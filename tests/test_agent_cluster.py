@@ -286,7 +286,12 @@ def test_configscript_after_join_and_cleanupscript_on_leave(tmp_path, etcd_bin):
     lab = Lab(tmp_path / "lab", etcd_bin, hooks=scripts)
     try:
         nodes = start_initial(lab, 4)
-        assert wait_until(lambda: len(list(out.glob("configscript-*"))) == 4, timeout=20)
+
+        def written() -> list[object]:
+            """A hook's file exists from its redirection on, before `sort` wrote into it."""
+            return [f for f in out.glob("configscript-*") if f.read_text().endswith("\n")]
+
+        assert wait_until(lambda: len(written()) == 4, timeout=20)
         config = (out / "configscript-node2").read_text()
         assert "AUTOSCALE_NODE_NAME=node2" in config and "AUTOSCALE_CLUSTER=itest" in config
         assert f":{lab.client_port}" in config.split("AUTOSCALE_ENDPOINTS=")[1]
