@@ -68,11 +68,13 @@ its cuts are partition's and peer-cut's, for two nodes at once, which tests/test
 checks; the long chaos run in README has split rounds)."""
 
 
-SMALLER = {"skewed": {"max_cluster": 4}, "bad-metrics": {"max_cluster": 4}}
+SMALLER = {name: {"max_cluster": 4} for name in ("burst", "skewed", "bad-metrics")}
 """Scenarios the suite runs with a group of at most four (one join and one removal fewer,
 a scaledownperiod and a join shorter each): what they prove does not need the fifth server
-(skewed: the busy oldest at idle 70 and three idle at 98 still average 91 > 90). README's
-figures and `python -m lab scenario` use the dev stack's five."""
+(skewed: the busy oldest at idle 70 and three idle at 98 still average 91 > 90; burst: the
+alarm's +1, a join, one leave; a +1 refused inside the group's cooldown is chaos's
+`test_a_replacement_heat_refused_is_asked_again`). `make lab`, README's figures and
+`python -m lab scenario` use the dev stack's five."""
 
 
 def suite_stack(stack, name: str):
