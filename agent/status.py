@@ -12,6 +12,14 @@ from agent.etcd import EtcdClient, EtcdError
 from agent.settings import AgentSettings
 
 LOCK_ROOT = "/autoscale-etcd/"
+ELECTION_WAIT = 5.0
+"""s: how long `status` asks again while the members answer that they are electing a leader
+("leader changed", "no leader": right after the leader died, what an operator checks)."""
+
+
+def in_election(error: EtcdError) -> bool:
+    text = str(error).lower()
+    return "leader changed" in text or "no leader" in text
 
 
 def cluster_status(
@@ -106,10 +114,21 @@ def status_command(
         endpoints = [client_url(n.ip, settings.etcd) for n in nodes if n.ip]
         cluster = cluster or settings.cluster_name
     tls = settings.etcd.tls if settings is not None else None
-    try:
-        status = cluster_status(EtcdClient(endpoints, tls=tls), cluster)
-    except EtcdError as error:
-        print(f"no etcd member answered: {error}", file=sys.stderr)
-        return 1
+    deadline = time.monotonic() + ELECTION_WAIT
+    while True:
+        try:
+            status = cluster_status(EtcdClient(endpoints, tls=tls), cluster)
+            break
+        except EtcdError as error:
+            if not in_election(error):
+                print(f"no etcd member answered: {error}", file=sys.stderr)
+                return 1
+            if time.monotonic() >= deadline:
+                print(
+                    f"the members are electing a leader, still after {ELECTION_WAIT:g}s: {error}",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.3)
     print(json.dumps(status, indent=2) if as_json else render(status))
     return 0

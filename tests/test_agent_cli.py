@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.etcd import EtcdClient
-from tests.etcd_cluster import free_address, wait_until
+from agent.etcd import EtcdClient, EtcdError
+from tests.etcd_cluster import free_address
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,16 +80,46 @@ def test_status_shows_each_members_latest_reading_and_its_age(etcd_cluster):
 @pytest.mark.etcd
 def test_status_shows_a_dead_member_unhealthy(etcd_cluster):
     cluster = etcd_cluster(3)
-    victim = cluster.nodes[2]
+    leader = next(m.name for m in EtcdClient(cluster.endpoints).members() if m.is_leader)
+    victim = next(n for n in cluster.nodes if n.name != leader)
     victim.kill()
-    # the victim may have led: the two left elect a leader before they answer a member list
-    survivors = EtcdClient([n.client_url for n in cluster.nodes[:2]])
-    wait_until(survivors.leader_id, timeout=10, message="a leader among the two left")
     done = agent_cli("status", "--endpoints", ",".join(cluster.endpoints), "--json")
     assert done.returncode == 0, done.stderr
     health = {m["name"]: m["healthy"] for m in json.loads(done.stdout)["members"]}
     assert health[victim.name] is False
     assert sum(health.values()) == 2
+
+
+def test_status_asks_again_while_the_members_elect_a_leader(monkeypatch, capsys):
+    """Right after the leader died the members answer "leader changed" until they elect
+    (an election timeout or two): status asks again for a few seconds, and says so if the
+    election outlasts them. A refused connection is answered at once (the test below)."""
+    import agent.status as status
+
+    answers: list[object] = [
+        EtcdError("member list", "http://a", "etcdserver: leader changed (HTTP 503)"),
+        EtcdError("member list", "http://b", "etcdserver: no leader (HTTP 503)"),
+        {"cluster_id": "c", "members": [], "kill_lock": {}},
+    ]
+
+    def answer(client, cluster):
+        got = answers.pop(0)
+        if isinstance(got, EtcdError):
+            raise got
+        return got
+
+    monkeypatch.setattr(status, "cluster_status", answer)
+    args = {"endpoints": ["http://a"], "settings": None, "cluster": None, "as_json": True}
+    assert status.status_command(**args) == 0
+    assert json.loads(capsys.readouterr().out)["cluster_id"] == "c" and answers == []
+
+    def electing(client, cluster):
+        raise EtcdError("member list", "http://a", "etcdserver: leader changed (HTTP 503)")
+
+    monkeypatch.setattr(status, "cluster_status", electing)
+    monkeypatch.setattr(status, "ELECTION_WAIT", 0.7)
+    assert status.status_command(**args) == 1
+    assert "electing a leader, still after 0.7s" in capsys.readouterr().err
 
 
 def test_status_with_nobody_answering_exits_1_and_says_so():
