@@ -37,13 +37,14 @@ def etcd_bin() -> str:
 @pytest.fixture
 def make_agent_lab(tmp_path: Path, etcd_bin: str) -> Iterator[Callable[..., Any]]:
     """A factory: `make_agent_lab(**scaling)` is a tests.agent_lab.Lab (real agents, real
-    etcd, the lab's cloud) under tmp_path; every one made is closed afterwards."""
+    etcd, the lab's cloud) under tmp_path, `make_agent_lab(kind, **scaling)` one of its
+    subclasses (the https lab); every one made is closed afterwards."""
     from tests.agent_lab import Lab
 
     labs: list[Lab] = []
 
-    def make(**scaling: float) -> Lab:
-        made = Lab(tmp_path, etcd_bin, **scaling)
+    def make(kind: type[Lab] = Lab, /, **scaling: float) -> Lab:
+        made = kind(tmp_path, etcd_bin, **scaling)
         labs.append(made)
         return made
 

@@ -9,8 +9,9 @@ agents in threads, etcd processes stopped by pid, the group in the lab's cloud.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,18 +53,9 @@ class HttpsLab(Lab):
 
 
 @pytest.fixture
-def https_lab(tmp_path: Path, etcd_bin: str) -> Iterator[Callable[..., HttpsLab]]:
+def https_lab(make_agent_lab: Callable[..., Any]) -> Callable[..., HttpsLab]:
     need("openssl")
-    labs: list[HttpsLab] = []
-
-    def make(**scaling: float) -> HttpsLab:
-        made = HttpsLab(tmp_path, etcd_bin, **scaling)
-        labs.append(made)
-        return made
-
-    yield make
-    for made in labs:
-        made.close()
+    return lambda **scaling: make_agent_lab(HttpsLab, **scaling)
 
 
 def _start(nodes: list[Node]) -> list[Node]:
