@@ -61,6 +61,12 @@ class EtcdError(RuntimeError):
         self.code = code
         """gRPC status code etcd gave (14 = unavailable); None when no answer came."""
 
+    @property
+    def unavailable(self) -> bool:
+        """etcd answered but could not serve now (no leader, leader changed, a timeout
+        inside etcd): another endpoint, or the same one a moment later, may."""
+        return self.code == GRPC_UNAVAILABLE or (self.status or 0) >= 500
+
 
 class LearnerNotReady(EtcdError):
     """A learner cannot be promoted yet: it has not caught up with the leader. Retry."""
@@ -195,7 +201,7 @@ class EtcdClient:
             except (UnhealthyCluster, LearnerNotReady, MemberNotFound, PeerUrlExists):
                 raise
             except EtcdError as error:
-                if error.code == GRPC_UNAVAILABLE or (error.status or 0) >= 500:
+                if error.unavailable:
                     failures.append(f"{endpoint}: {error.detail}")
                     last_error = error
                     continue

@@ -13,13 +13,8 @@ from agent.settings import AgentSettings
 
 LOCK_ROOT = "/autoscale-etcd/"
 ELECTION_WAIT = 5.0
-"""s: how long `status` asks again while the members answer that they are electing a leader
-("leader changed", "no leader": right after the leader died, what an operator checks)."""
-
-
-def in_election(error: EtcdError) -> bool:
-    text = str(error).lower()
-    return "leader changed" in text or "no leader" in text
+"""s: how long `status` asks again while members answer but are unavailable ("leader
+changed", "no leader": right after the leader died, when an operator looks first)."""
 
 
 def cluster_status(
@@ -120,12 +115,13 @@ def status_command(
             status = cluster_status(EtcdClient(endpoints, tls=tls), cluster)
             break
         except EtcdError as error:
-            if not in_election(error):
+            if not error.unavailable:  # nobody answered, or etcd refused for good
                 print(f"no etcd member answered: {error}", file=sys.stderr)
                 return 1
             if time.monotonic() >= deadline:
                 print(
-                    f"the members are electing a leader, still after {ELECTION_WAIT:g}s: {error}",
+                    f"the members answer but are unavailable (electing a leader?), still"
+                    f" after {ELECTION_WAIT:g}s: {error}",
                     file=sys.stderr,
                 )
                 return 1

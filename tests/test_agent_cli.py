@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.etcd import EtcdClient, EtcdError
+from agent.etcd import GRPC_UNAVAILABLE, EtcdClient, EtcdError
 from tests.etcd_cluster import free_address
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,8 +97,8 @@ def test_status_asks_again_while_the_members_elect_a_leader(monkeypatch, capsys)
     import agent.status as status
 
     answers: list[object] = [
-        EtcdError("member list", "http://a", "etcdserver: leader changed (HTTP 503)"),
-        EtcdError("member list", "http://b", "etcdserver: no leader (HTTP 503)"),
+        EtcdError("member list", "http://a", "leader changed", status=503, code=GRPC_UNAVAILABLE),
+        EtcdError("member list", "http://b", "no leader", status=503, code=GRPC_UNAVAILABLE),
         {"cluster_id": "c", "members": [], "kill_lock": {}},
     ]
 
@@ -114,12 +114,12 @@ def test_status_asks_again_while_the_members_elect_a_leader(monkeypatch, capsys)
     assert json.loads(capsys.readouterr().out)["cluster_id"] == "c" and answers == []
 
     def electing(client, cluster):
-        raise EtcdError("member list", "http://a", "etcdserver: leader changed (HTTP 503)")
+        raise EtcdError("member list", "http://a", "leader changed", code=GRPC_UNAVAILABLE)
 
     monkeypatch.setattr(status, "cluster_status", electing)
     monkeypatch.setattr(status, "ELECTION_WAIT", 0.7)
     assert status.status_command(**args) == 1
-    assert "electing a leader, still after 0.7s" in capsys.readouterr().err
+    assert "unavailable (electing a leader?), still after 0.7s" in capsys.readouterr().err
 
 
 def test_status_with_nobody_answering_exits_1_and_says_so():
