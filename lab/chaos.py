@@ -81,6 +81,7 @@ from lab.report import (
     write_json,
 )
 from lab.scenarios import final_views
+from lab.stalls import ack_times
 from lab.timings import LabTimings
 from lab.writer import Writer, WriteResult
 
@@ -908,7 +909,7 @@ class Chaos:
             final_settled=settled,
             clusters=final_views(self.lab),
             removal_records=self.lab.removal_records(),
-            acked_at=self.writer.acked_times(),
+            acked_at=ack_times(list(self.writer.puts)),
         )
 
     def _common(self, result: RoundResult) -> list[Invariant]:

@@ -140,10 +140,8 @@ def _quorum_kept(facts: RunFacts) -> Invariant:
     many there were)."""
     grace = 2 * facts.election_s + 2 * facts.interval
     acks = sorted(facts.acked_at)
-    worst, worst_from, worst_to = 0.0, 0.0, 0.0
-    at_start = ""
-    start: float | None = None
-    start_text = ""
+    worst: tuple[Sample, Sample] | None = None
+    first: Sample | None = None
     previous: float | None = None
     overruled = 0
     for sample in facts.samples:
@@ -154,19 +152,20 @@ def _quorum_kept(facts: RunFacts) -> Invariant:
             lost, overruled = False, overruled + 1
         previous = sample.t
         if lost and not facts.in_fault(sample.t, grace):
-            if start is None:
-                start = sample.t
-                start_text = (
-                    "no member answered"
-                    if sample.members is None
-                    else f"{sample.healthy} healthy of {sample.voters} voters"
-                )
-            if sample.t - start > worst:
-                worst, worst_from, worst_to = sample.t - start, start, sample.t
-                at_start = start_text
+            first = first or sample
+            if worst is None or sample.t - first.t > worst[1].t - worst[0].t:
+                worst = (first, sample)
         else:
-            start = None
-    where = f", {worst_from:.1f}s to {worst_to:.1f}s ({at_start} at its start)" if worst else ""
+            first = None
+    longest = worst[1].t - worst[0].t if worst else 0.0
+    where = ""
+    if worst and longest:
+        seen = (
+            "no member answered"
+            if worst[0].members is None
+            else f"{worst[0].healthy} healthy of {worst[0].voters} voters"
+        )
+        where = f", {worst[0].t:.1f}s to {worst[1].t:.1f}s ({seen} at its start)"
     missed = (
         f"; {overruled} poll(s) without a healthy quorum while writes were acknowledged"
         " (the poll's failure, not counted)"
@@ -175,9 +174,9 @@ def _quorum_kept(facts: RunFacts) -> Invariant:
     )
     return Invariant(
         "quorum never lost because of an agent action",
-        worst <= grace,
-        f"longest stretch without a healthy quorum outside injected faults: {worst:.1f}s{where}"
-        f" (an election may take {grace:.1f}s){missed}",
+        longest <= grace,
+        f"longest stretch without a healthy quorum outside injected faults: {longest:.1f}s"
+        f"{where} (an election may take {grace:.1f}s){missed}",
     )
 
 

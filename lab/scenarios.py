@@ -76,7 +76,7 @@ from lab.report import (
     report_json,
     write_json,
 )
-from lab.stalls import stall
+from lab.stalls import ack_times, stall
 from lab.timings import LabTimings
 from lab.writer import PREFIX as WRITE_PREFIX
 from lab.writer import Writer
@@ -825,7 +825,7 @@ def run_scenario(
             final_settled=final_settled,
             clusters=final_views(lab),
             removal_records=lab.removal_records(),
-            acked_at=writer.acked_times(),
+            acked_at=ack_times(writer.puts),
         )
     finally:
         writer.stop()

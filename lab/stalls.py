@@ -47,12 +47,16 @@ def percentile(values: Sequence[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
+def ack_times(puts: Sequence[tuple[float, float | None]]) -> list[float]:
+    """When each acknowledged put was acknowledged (sent + latency), in order."""
+    return sorted(sent + latency for sent, latency in puts if latency is not None)
+
+
 def stall(
     puts: Sequence[tuple[float, float | None]], start: float, end: float, timeout: float
 ) -> Stall:
     inside = [(sent, latency) for sent, latency in puts if start <= sent <= end]
-    acks = sorted(sent + latency for sent, latency in puts if latency is not None)
-    acks = [a for a in acks if start <= a <= end]
+    acks = [a for a in ack_times(puts) if start <= a <= end]
     marks = [start, *acks, end]
     longest = max(b - a for a, b in itertools.pairwise(marks))
     latencies = [latency if latency is not None else timeout for _, latency in inside]

@@ -94,10 +94,6 @@ class Writer:
         if client is not None:
             client.close()
 
-    def acked_times(self) -> list[float]:
-        """When each acknowledged put was acknowledged, on `clock`."""
-        return [sent + latency for sent, latency in list(self.puts) if latency is not None]
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
