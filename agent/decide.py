@@ -68,7 +68,6 @@ def track_unhealthy(
     members: tuple[Member, ...] | None,
     now: float,
     booting: frozenset[int] = frozenset(),
-    learners: frozenset[int] = frozenset(),
 ) -> dict[int, float]:
     """Member id -> when it was first seen unhealthy (or unstarted), in a row.
 
@@ -76,19 +75,32 @@ def track_unhealthy(
     cycle neither convicts nor clears anyone. A member whose server the cloud shows
     booting (`booting`: Nova building, rebuilding or rebooting it) starts its count again
     from now: its time down so far is a boot, not a death, so its window runs from the
-    end of the boot. So does a voter that was a learner at the last reading (`learners`):
-    its time unhealthy so far was a join (a learner catching up a snapshot fails its
-    health checks; the join lock covered it), and without a fresh count the first check it
-    misses right after its promotion, on a loaded host, would convict it at once.
+    end of the boot.
     """
     if members is None:
         return dict(previous)
     tracked: dict[int, float] = {}
     for member in members:
         if member.healthy is False or not member.started:
-            fresh = member.id in booting or (member.id in learners and not member.is_learner)
-            tracked[member.id] = now if fresh else previous.get(member.id, now)
+            tracked[member.id] = now if member.id in booting else previous.get(member.id, now)
     return tracked
+
+
+def starting_over(snapshot: Snapshot) -> frozenset[int]:
+    """The members whose unhealthy count starts again this cycle (`track_unhealthy`'s
+    `booting`): those whose server the cloud shows in BUILD (Nova building, rebuilding or
+    rebooting it), and, while a join holds the join lock, the learners. A learner catching
+    up a large snapshot fails its health checks for as long as that takes; counted from its
+    first failure, the first check it missed after its promotion would convict it at once.
+    A learner left behind once the lock is gone is counted (a joiner that died)."""
+    members = snapshot.members or ()
+    building = {
+        m.id
+        for m in members
+        if (server := snapshot.server_of(m)) is not None and server.status == "BUILD"
+    }
+    joining = {m.id for m in members if m.is_learner} if snapshot.join_lock_holder else set()
+    return frozenset(building | joining)
 
 
 def decide(snapshot: Snapshot, settings: AgentSettings) -> Action:

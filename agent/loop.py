@@ -24,6 +24,7 @@ from agent.decide import (
     decide,
     next_failmarker,
     reading_fresh_for,
+    starting_over,
     track_unhealthy,
 )
 from agent.etcd import EtcdClient, EtcdError, UnhealthyCluster
@@ -218,23 +219,15 @@ class Agent:
                 log.warning("cloud group unreadable: %s", error)
             if client is not None and snapshot.cloud_nodes is not None:
                 snapshot = replace(snapshot, leaving=self._leaving(client, now))
-        booting = frozenset(
-            m.id
-            for m in snapshot.members or ()
-            if (server := snapshot.server_of(m)) is not None and server.status == "BUILD"
-        )
         since = track_unhealthy(
             {int(k, 16): v for k, v in self.state.unhealthy_since.items()},
             snapshot.members,
             now,
-            booting,
-            frozenset(int(k, 16) for k in self.state.learners),
+            starting_over(snapshot),
         )
         if count:
             self.state.failmarker = failmarker
             self.state.unhealthy_since = {f"{k:x}": v for k, v in since.items()}
-            if snapshot.members is not None:
-                self.state.learners = [f"{m.id:x}" for m in snapshot.members if m.is_learner]
         return replace(snapshot, unhealthy_since=since)
 
     def _share_readings(

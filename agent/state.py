@@ -28,9 +28,6 @@ class AgentState:
     """Wall-clock time of this agent's last scale-up call."""
     unhealthy_since: dict[str, float] = field(default_factory=dict)
     """member id (hex) -> wall-clock time it was first seen unhealthy, in a row."""
-    learners: list[str] = field(default_factory=list)
-    """The members (hex ids) that were learners at the last cycle that read the list: a
-    learner promoted since starts its unhealthy count again."""
     leave_via: str | None = None
     """How this node leaves the group: "scale_down" (Heat deletes it) or "replace"."""
     last_cycle: str = ""

@@ -16,6 +16,7 @@ from agent.decide import (
     decide,
     next_failmarker,
     quorum,
+    starting_over,
     track_unhealthy,
 )
 from agent.settings import AgentSettings, OpenStackCloud, ScalingSettings
@@ -480,19 +481,22 @@ def test_a_boot_restarts_the_count_so_the_window_runs_from_its_end():
 def test_a_promoted_learner_starts_its_count_again():
     """A learner catching up a large snapshot fails its health checks for minutes, under
     the join lock; once promoted, its first missed check (a loaded host) must not convict
-    it by the learner's old record. A voter that was a voter before keeps its record."""
-    catching_up = tuple(
-        replace(m, is_learner=m.id == 0x1004) for m in snap(4, unhealthy=(4,)).members
+    it by its record as a learner. A learner left once the lock is gone is counted."""
+    base = snap(4, me=1, leader=1, unhealthy=(4,))
+    learning = replace(
+        base,
+        members=tuple(replace(m, is_learner=m.id == 0x1004) for m in base.members),
+        join_lock_holder="node4",
     )
-    first = track_unhealthy({}, catching_up, now=100.0)
-    assert first == {0x1004: 100.0}
-    promoted = snap(4, unhealthy=(4,)).members
-    learners = frozenset({0x1004})
-    assert track_unhealthy(first, promoted, now=400.0, learners=learners) == {0x1004: 400.0}
-    assert track_unhealthy(first, promoted, now=400.0) == {0x1004: 100.0}  # the old rule
-    fresh = snap(4, me=1, leader=1, unhealthy=(4,), now=400.5, unhealthy_since={0x1004: 400.0})
-    assert act(fresh).kind != "remove_dead"
-    assert act(replace(fresh, unhealthy_since={0x1004: 100.0})).kind == "remove_dead"
+    assert starting_over(learning) == {0x1004}
+    assert starting_over(replace(learning, join_lock_holder=None)) == frozenset()
+    since = track_unhealthy({}, learning.members, now=100.0)
+    for now in (200.0, 300.0, 400.0):  # cycles of the catch-up
+        since = track_unhealthy(since, learning.members, now, starting_over(learning))
+    assert since == {0x1004: 400.0}
+    promoted = replace(base, now=400.5, unhealthy_since=since)  # the lock is freed
+    assert act(promoted).kind != "remove_dead"
+    assert act(replace(promoted, unhealthy_since={0x1004: 100.0})).kind == "remove_dead"
 
 
 def test_track_unhealthy_keeps_first_time_and_ignores_blind_cycles():
