@@ -410,9 +410,13 @@ class EtcdClient:
     def txn(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return self._post("kv/txn", body)
 
+    def key(self, name: str) -> str:
+        """`name` under this cluster's prefix (every key the agents keep is one)."""
+        return f"{self.prefix}/{name}"
+
     # -- locks ---------------------------------------------------------------------------
     def lock_key(self, name: str) -> str:
-        return f"{self.prefix}/locks/{name}"
+        return self.key(f"locks/{name}")
 
     def acquire_lock(self, name: str, holder: str, ttl: float) -> LockInfo | None:
         """Take lock `name` for `ttl` seconds if nobody holds it; None if held.
@@ -473,11 +477,11 @@ class EtcdClient:
 
     # -- fenced removal ------------------------------------------------------------------
     def removal_key(self, member_id: int) -> str:
-        return f"{self.prefix}/removals/{member_id:x}"
+        return self.key(f"removals/{member_id:x}")
 
     @property
     def last_removal_key(self) -> str:
-        return f"{self.prefix}/last-removal"
+        return self.key("last-removal")
 
     def fenced_remove(self, lock: LockInfo, member_id: int, record: Mapping[str, Any]) -> bool:
         """Remove a member only while `lock` is still held.
@@ -538,7 +542,7 @@ class EtcdClient:
 
     # -- the members' metric readings ----------------------------------------------------
     def reading_key(self, name: str) -> str:
-        return f"{self.prefix}/metrics/{name}"
+        return self.key(f"metrics/{name}")
 
     def publish_reading(self, reading: PeerReading, ttl: float) -> None:
         """Put this node's reading under a fresh lease of `ttl` seconds: a node that stops
@@ -549,7 +553,7 @@ class EtcdClient:
 
     def readings(self) -> dict[str, PeerReading]:
         """Every published reading, by node name."""
-        prefix = f"{self.prefix}/metrics/"
+        prefix = self.key("metrics/")
         found: dict[str, PeerReading] = {}
         for key, text in self.get_prefix(prefix).items():
             try:
@@ -564,7 +568,7 @@ class EtcdClient:
 
     def removal_records(self) -> list[dict[str, Any]]:
         """Every fenced removal's record (member name, reason, time, via), oldest first."""
-        found = self.get_prefix(f"{self.prefix}/removals/")
+        found = self.get_prefix(self.key("removals/"))
         records = []
         for text in found.values():
             try:

@@ -48,13 +48,13 @@ log = logging.getLogger("agent.loop")
 
 UPGRADE_LOCK = "upgrade"
 UPGRADE_TTL = 120.0
+"""s the upgrade lock lives at least (12 periods if longer): the restart (systemd's 10 s)
+and the new agent's return; its lease is revoked by the new agent once healthy."""
 UPGRADING = "upgrading"
 """Key (under the cluster's prefix, no lease) naming the node whose new agent has not yet
 shown it runs: the next node waits for it while that node is a member, so a bundle
 whose agent cannot start stops the roll at one node instead of reaching every node as
 leases expire."""
-"""s the upgrade lock lives at least (12 periods if longer): the restart (systemd's 10 s)
-and the new agent's return; its lease is revoked by the new agent once healthy."""
 
 SETTINGS_POLL_CYCLES = 6
 """Every this many cycles (a minute at the default period) an agent reads the stack's
@@ -101,10 +101,10 @@ class Agent:
             file_sha256(bundle_path) if bundle_path is not None and bundle_path.exists() else None
         )
         self.wanted_bundle: str | None = None
+        """The bundle the stack's settings document names."""
         self.refused_bundle: str | None = None
         """A bundle found not to be the one the settings name: not fetched again until the
         next look at the stack's settings (once every SETTINGS_POLL_CYCLES cycles)."""
-        """The bundle the stack's settings document names."""
         self.exit_code: int | None = None
         self._default_clients = client_factory is None
         self._cycles = 0
@@ -388,7 +388,7 @@ class Agent:
         wanted, path = self.wanted_bundle, self.bundle_path
         assert wanted is not None and path is not None
         client = self._client(snapshot)
-        marker = f"{client.prefix}/{UPGRADING}"
+        marker = client.key(UPGRADING)
         upgrading = client.get(marker)
         members = {m.name for m in snapshot.members or ()}
         if upgrading and upgrading != self.me.name and upgrading in members:
@@ -420,7 +420,7 @@ class Agent:
         if me is None or me.healthy is not True or self.state.upgrade_lease is None:
             return ""
         client = self._client(snapshot)
-        marker = f"{client.prefix}/{UPGRADING}"
+        marker = client.key(UPGRADING)
         if client.get(marker) == self.me.name:
             client.delete(marker)
         client.revoke_lease(self.state.upgrade_lease)
