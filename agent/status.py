@@ -26,11 +26,11 @@ def cluster_status(
     now = time.time() if now is None else now
     readings: dict[str, Any] = {}
     if cluster is not None:
-        scoped = EtcdClient(
+        with EtcdClient(
             client.endpoints, timeout=client.timeout, tls=client.tls, prefix=f"{LOCK_ROOT}{cluster}"
-        )
-        locks = {cluster: scoped.lock_holder(KILL_LOCK)}
-        readings = scoped.readings()
+        ) as scoped:
+            locks = {cluster: scoped.lock_holder(KILL_LOCK)}
+            readings = scoped.readings()
     else:
         suffix = f"/locks/{KILL_LOCK}"
         locks = {
@@ -110,21 +110,22 @@ def status_command(
         cluster = cluster or settings.cluster_name
     tls = settings.etcd.tls if settings is not None else None
     deadline = time.monotonic() + ELECTION_WAIT
-    while True:
-        try:
-            status = cluster_status(EtcdClient(endpoints, tls=tls), cluster)
-            break
-        except EtcdError as error:
-            if not error.unavailable:  # nobody answered, or etcd refused for good
-                print(f"no etcd member answered: {error}", file=sys.stderr)
-                return 1
-            if time.monotonic() >= deadline:
-                print(
-                    f"the members answer but are unavailable (electing a leader?), still"
-                    f" after {ELECTION_WAIT:g}s: {error}",
-                    file=sys.stderr,
-                )
-                return 1
-            time.sleep(0.3)
+    with EtcdClient(endpoints, tls=tls) as client:
+        while True:
+            try:
+                status = cluster_status(client, cluster)
+                break
+            except EtcdError as error:
+                if not error.unavailable:  # nobody answered, or etcd refused for good
+                    print(f"no etcd member answered: {error}", file=sys.stderr)
+                    return 1
+                if time.monotonic() >= deadline:
+                    print(
+                        f"the members answer but are unavailable (electing a leader?), still"
+                        f" after {ELECTION_WAIT:g}s: {error}",
+                        file=sys.stderr,
+                    )
+                    return 1
+                time.sleep(0.3)
     print(json.dumps(status, indent=2) if as_json else render(status))
     return 0

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdClient, EtcdError
+from agent.files import atomic_write
 from agent.settings import OpenStackCloud
 from infra import heat
 from infra.access_rules import access_rules
@@ -674,9 +675,4 @@ class Lab:
             "nodes": nodes,
             "updated": time.time(),
         }
-        path = self.root / STATE_FILE
-        tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds a secret
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        atomic_write(self.root / STATE_FILE, json.dumps(data, indent=2))  # 0600: a secret
