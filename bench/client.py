@@ -124,17 +124,15 @@ def _loss(lab: Lab, role: str, writer: Writer) -> tuple[Stall, Stall | None, str
     probe.wait_until(lab, lambda: lab.events.now() > end, 5.0)
     loss = stall(writer.puts, kill, end, PUT_TIMEOUT)
 
-    def booted() -> str | None:
-        return probe.booted_since(lab, kill, before)
-
     joined: Stall | None = None
     if role == "follower":
-        probe.wait_until(lab, lambda: booted() is not None, t.scaleupcooldown + 30)
-        new = booted()
-        if new is not None:
-            boot = next(e.t for e in lab.events.all() if e.kind == "boot" and e.node == new)
-            probe.wait_until(lab, lambda: probe.healthy_voter(lab, new), 60)
-            joined = stall(writer.puts, boot, lab.events.now(), PUT_TIMEOUT)
+        probe.wait_until(
+            lab, lambda: probe.booted_since(lab, kill, before) is not None, t.scaleupcooldown + 30
+        )
+        boot = probe.booted_since(lab, kill, before)
+        if boot is not None:
+            probe.wait_until(lab, lambda: probe.healthy_voter(lab, boot.node), 60)
+            joined = stall(writer.puts, boot.t, lab.events.now(), PUT_TIMEOUT)
     return loss, joined, f"{victim} ({role}) killed"
 
 

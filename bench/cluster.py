@@ -320,12 +320,11 @@ def recovery(lab: Lab, role: str) -> Recovery:
 
     removed = probe.wait_until(lab, gone, timeout)
 
-    def booted() -> str | None:
-        return probe.booted_since(lab, kill, before)
-
-    probe.wait_until(lab, lambda: booted() is not None, timeout + t.scaleupcooldown)
-    new = booted()
-    boot = next((e.t for e in lab.events.all() if e.kind == "boot" and e.node == new), math.nan)
+    probe.wait_until(
+        lab, lambda: probe.booted_since(lab, kill, before) is not None, timeout + t.scaleupcooldown
+    )
+    booted = probe.booted_since(lab, kill, before)
+    new, boot = (booted.node, booted.t) if booted else (None, math.nan)
     healthy = (
         probe.wait_until(lab, lambda: probe.healthy_voter(lab, new), 2 * join_time(t))
         if new

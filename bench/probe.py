@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from agent.etcd import EtcdClient, EtcdError
 from agent.snapshot import Member
 from lab.cluster import Lab
+from lab.events import Event
 
 POLL = 0.05
 
@@ -44,16 +45,9 @@ def listed(lab: Lab) -> set[str] | None:
     return None if found is None else names(found)
 
 
-def booted_since(lab: Lab, since: float, before: set[str]) -> str | None:
-    """The first server booted at or after `since` (lab time) that is not one of `before`."""
-    return next(
-        (
-            e.node
-            for e in lab.events.all()
-            if e.kind == "boot" and e.t >= since and e.node not in before
-        ),
-        None,
-    )
+def booted_since(lab: Lab, since: float, before: set[str]) -> Event | None:
+    """The first boot at or after `since` (lab time) of a server not one of `before`."""
+    return next((e for e in lab.events.of("boot") if e.t >= since and e.node not in before), None)
 
 
 def cooldown_left(lab: Lab) -> float:
