@@ -23,7 +23,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -127,6 +127,14 @@ def call_kind(record: Recorded) -> str:
     if path.startswith("/compute/"):
         return f"nova: {method}"
     return "metadata" if path.startswith("/metadata/") else f"other: {method}"
+
+
+def heat_writes_from(requests: Iterable[Recorded], ips: set[str]) -> list[str]:
+    """The Heat calls that change something (a mark, a policy signal) among `requests`
+    that came from one of `ips` (the cloud records each caller's address)."""
+    return [
+        f"{r.method} {r.path}" for r in requests if r.source in ips and call_kind(r) in HEAT_WRITES
+    ]
 
 
 def pick_prefix(ports: tuple[int, ...], tries: int = 50) -> str:
@@ -415,11 +423,7 @@ class Lab:
         self.net.heal(fault)
         self.events.add("heal", "", fault.describe())
         ips, since = self._cut_from.pop(fault, (set(), 0))
-        return [
-            f"{r.method} {r.path}"
-            for r in self.cloud.api.requests[since:]
-            if r.source in ips and call_kind(r) in HEAT_WRITES
-        ]
+        return heat_writes_from(self.cloud.api.requests[since:], ips)
 
     def pin_load(self, name: str, load: float | None) -> None:
         """Keep one node at `load` % CPU whatever the demand (None: share the demand again)."""

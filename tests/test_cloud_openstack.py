@@ -444,3 +444,40 @@ def test_a_private_ca_is_trusted_through_cacert_and_only_then(private_ca_cloud):
     plain = OpenStackGroup(fake.settings(), timeout=5)  # the system store only
     with pytest.raises(CloudError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         plain.group_members()
+
+
+# ---- who called: the lab's judge of a cut-off side's Heat writes --------------------------
+
+
+def test_the_cloud_tells_callers_apart_by_address_and_the_judge_finds_a_cut_nodes_mark(cloud):
+    """The lab's "the cut-off side made no Heat write" judge rests on the cloud recording
+    each caller's address: a mark (PATCH) and a signal from the cut-off node's address are
+    found; its GET, and a mark from another address, are not."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from lab.cluster import heat_writes_from
+
+    where = urlsplit(cloud.url)
+    resource = f"{nested_path(cloud)}/resources/r1"
+
+    def call(source: str, method: str, path: str) -> None:
+        connection = http.client.HTTPConnection(
+            where.hostname, where.port, timeout=5, source_address=(source, 0)
+        )
+        connection.request(method, path, body=b"{}", headers={"Content-Type": "application/json"})
+        connection.getresponse().read()
+        connection.close()
+
+    cut_off, other = "127.0.0.251", "127.0.0.252"
+    since = len(cloud.api.requests)
+    call(cut_off, "PATCH", resource)
+    call(cut_off, "POST", f"{HEAT}/stacks/etcd-prod/s1/resources/scale_down/signal")
+    call(cut_off, "GET", resource)
+    call(other, "PATCH", resource)
+    found = heat_writes_from(cloud.api.requests[since:], {cut_off})
+    assert found == [
+        f"PATCH {resource}",
+        f"POST {HEAT}/stacks/etcd-prod/s1/resources/scale_down/signal",
+    ]
+    assert heat_writes_from(cloud.api.requests[since:], {"127.0.0.253"}) == []
