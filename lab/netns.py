@@ -339,6 +339,16 @@ class LabNetwork:
             host.routes[dest] = how
 
 
+def still_there(names: dict[str, list[str]]) -> list[str]:
+    """The namespaces and bridge `lab.json` names that exist on this machine."""
+    listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True, timeout=20)
+    present = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+    left = [ns for ns in names.get("namespaces", []) if ns in present]
+    return left + [
+        bridge for bridge in names.get("bridge", []) if ip("link", "show", bridge, check=False)
+    ]
+
+
 def remove_by_name(names: dict[str, list[str]]) -> list[str]:
     """`lab down` from another process: delete the namespaces and bridge `lab.json` names."""
     done = []

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import PROJECT_DIR
+from lab.netns import still_there
 from lab.netns import unavailable as netns_unavailable
 from lab.nodes import pid_alive
 from tests.tools import need_netns
@@ -28,13 +29,6 @@ def lab(*args: str, root: Path, etcd_bin: str, timeout: float = 120) -> subproce
         text=True,
         timeout=timeout,
     )
-
-
-def netns_listed() -> set[str]:
-    from lab.netns import IP
-
-    out = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
 def test_up_detach_status_down(tmp_path, etcd_bin):
@@ -54,7 +48,7 @@ def test_up_detach_status_down(tmp_path, etcd_bin):
         made = state["network"].get("namespaces", [])
         if netns_unavailable() is None:
             assert state["network"]["mode"] == "netns"
-            assert len(made) == 3 and set(made) <= netns_listed()
+            assert len(made) == 3 and still_there({"namespaces": made}) == made
         pids.append((daemon, "lab"))
 
         shown = lab("status", "--json", root=root, etcd_bin=etcd_bin)
@@ -110,7 +104,7 @@ def test_up_detach_status_down(tmp_path, etcd_bin):
         assert down.returncode == 0 and f"stopped the lab daemon (pid {daemon})" in down.stdout
         assert not root.exists()
         assert [pid for pid, needle in pids if pid_alive(pid, needle)] == []
-        assert not set(made) & netns_listed()
+        assert still_there({"namespaces": made}) == []
 
         gone = lab("status", root=root, etcd_bin=etcd_bin)
         assert gone.returncode == 1 and "no lab is up" in gone.stderr

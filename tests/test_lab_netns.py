@@ -7,11 +7,10 @@ is gone by name afterwards."""
 from __future__ import annotations
 
 import socket
-import subprocess
 
 import pytest
 
-from lab.netns import IP, LabNetwork, in_namespace, remove_by_name
+from lab.netns import LabNetwork, in_namespace, remove_by_name, still_there
 from tests.tools import need_netns
 
 PORT = 7777
@@ -55,11 +54,6 @@ def reaches(net: LabNetwork, source: str | None, ip: str, port: int = PORT) -> s
             return "ok"
 
     return in_namespace(net.hosts[source].ns, attempt) if source else attempt()
-
-
-def namespaces() -> set[str]:
-    out = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
 def test_nodes_reach_each_other_and_the_cloud_and_a_cut_is_a_silent_loss(net):
@@ -119,13 +113,11 @@ def test_a_node_added_during_a_cut_is_on_the_majority_side(net):
 def test_everything_made_is_removed_by_name(net):
     net.add("a", f"{net.prefix}.10")
     names = net.names()
-    assert names["namespaces"] and set(names["namespaces"]) <= namespaces()
+    assert names["namespaces"] and still_there(names) == [*names["namespaces"], *names["bridge"]]
     # what `python -m lab down` does from another process, reading lab.json
     done = remove_by_name(names)
     assert f"deleted namespace {names['namespaces'][0]}" in done
-    assert not set(names["namespaces"]) & namespaces()
-    shown = subprocess.run([IP, "link", "show", net.bridge], capture_output=True, text=True)
-    assert shown.returncode != 0
+    assert still_there(names) == []
     net.hosts.clear()
     net.remove()  # already gone: nothing to do, no error (the fixture removes it again)
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from infra.settings import load_stack_file, stack_file
-from lab.netns import IP
+from lab.netns import still_there
 from lab.nodes import pid_alive
 from lab.scenarios import NETWORK_SCENARIOS, SCENARIOS, run_scenario
 from lab.timings import FAST_FACTOR, LabTimings
+from tests.tools import need_netns
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
@@ -47,17 +48,7 @@ def processes_left(root: Path) -> list[str]:
 
 def namespaces_left(root: Path) -> list[str]:
     """The lab's namespaces and bridge still there after it stopped (lab.json names them)."""
-    import subprocess
-
-    network = json.loads((root / "lab.json").read_text()).get("network") or {}
-    listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
-    present = {line.split()[0] for line in listed.splitlines() if line.strip()}
-    left = [ns for ns in network.get("namespaces", []) if ns in present]
-    for bridge in network.get("bridge", []):
-        shown = subprocess.run([IP, "link", "show", bridge], capture_output=True, text=True)
-        if shown.returncode == 0:
-            left.append(bridge)
-    return left
+    return still_there(json.loads((root / "lab.json").read_text()).get("network") or {})
 
 
 IN_SUITE = [name for name in SCENARIOS if name not in ("freeze", "split")]
@@ -84,6 +75,8 @@ def suite_stack(stack, name: str):
 
 @pytest.mark.parametrize("name", IN_SUITE)
 def test_scenario_holds_every_invariant(name, stack, etcd_bin, tmp_path):
+    if name in NETWORK_SCENARIOS:
+        need_netns()
     stack = suite_stack(stack, name)
     timings = LabTimings.scaled(stack, FAST_FACTOR)
     json_path, plot_path = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
@@ -117,7 +110,6 @@ def test_scenario_holds_every_invariant(name, stack, etcd_bin, tmp_path):
         assert calls["heat: mark unhealthy"] >= 1 and calls["heat: signal"] >= 1, calls
     if name in NETWORK_SCENARIOS:
         assert "cut" in kinds and "heal" in kinds
-        assert report["network"]["mode"] == "netns"
     assert namespaces_left(tmp_path / "lab") == []
     if name == "etcd-outage":
         assert "removed" not in kinds and "mark-unhealthy" not in kinds
