@@ -15,7 +15,7 @@ from agent.loop import UPGRADE_LOCK, UPGRADING, Agent
 from agent.settings import document_sha256
 from agent.upgrade import EXIT_UPGRADE, file_sha256, running_bundle
 from infra.bundle import Bundle
-from infra.heat import AgentBundle
+from infra.heat import AGENT_BUNDLE, SETTINGS, AgentBundle
 from infra.userdata import role_settings
 from lab.cloud.api import StackResource
 from tests.agent_lab import Lab, Node
@@ -156,10 +156,10 @@ def test_a_bundle_that_is_not_the_named_one_is_not_installed(lab, tmp_path):
     def count(part: str) -> int:
         return len(lab.cloud.api.calls("GET", f"/resources/{part}/metadata"))
 
-    fetched, looked = count("agent_bundle"), count("agent_settings")
-    wait_until(lambda: count("agent_settings") >= looked + 2 * len(lab.nodes), timeout=30)
-    looks = count("agent_settings") - looked
-    assert count("agent_bundle") - fetched <= looks + len(lab.nodes), (looks, count("agent_bundle"))
+    fetched, looked = count(AGENT_BUNDLE), count(SETTINGS)
+    assert wait_until(lambda: count(SETTINGS) >= looked + 2 * len(lab.nodes), timeout=30)
+    looks = count(SETTINGS) - looked
+    assert count(AGENT_BUNDLE) - fetched <= looks + len(lab.nodes), (looks, count(AGENT_BUNDLE))
 
 
 def test_a_new_agent_that_never_runs_stops_the_roll_at_its_node(lab, tmp_path, monkeypatch):

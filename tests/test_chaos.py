@@ -70,6 +70,15 @@ def test_every_kind_comes_once_first_then_any(seed):
             assert f.target == f.kind.removeprefix("reboot-") and f.grow == 0
 
 
+def test_the_ci_seed_plans_each_ci_kind_once_and_kills_the_leaver_at_once():
+    """What CI_SEED was picked for, kept true if `plan` changes how it draws."""
+    stack = load_stack_file(stack_file("dev"))
+    planned = plan(CI_ROUNDS, CI_SEED, max_grow=stack.max_cluster - stack.capacity, kinds=CI_KINDS)
+    assert sorted(p.kind for p in planned) == sorted(CI_KINDS)
+    (leaving,) = [p for p in planned if p.kind == "restart-leaving"]
+    assert leaving.delay == 0
+
+
 def test_the_plan_refuses_what_cannot_run():
     with pytest.raises(ValueError, match="unknown fault kinds"):
         plan(3, 1, kinds=["kill-node", "flood"])
