@@ -74,14 +74,18 @@ def parameters_read(node: Any) -> set[str]:
                 found |= parameters_read(value)
         return found
     if isinstance(node, list):
-        return set().union(*(parameters_read(item) for item in node)) if node else set()
+        return set().union(*(parameters_read(item) for item in node))
     return set()
+
+
+def _properties(render: Render, group: str = heat.GROUP) -> dict[str, Any]:
+    return (render.resource(group) or {}).get("properties") or {}
 
 
 def _servers(render: Render, group: str, key: str) -> Any:
     """A group's server definition (the member group's `resource`, the proxies'
     `resource_def`)."""
-    return ((render.resource(group) or {}).get("properties") or {}).get(key)
+    return _properties(render, group).get(key)
 
 
 @dataclass
@@ -100,13 +104,10 @@ class Plan:
         return "".join(f"{line}\n" for line in self.lines)
 
 
-def _group(render: Render) -> dict[str, Any]:
-    return (render.resource(heat.GROUP) or {}).get("properties") or {}
-
-
-def _replaced(old: Render, new: Render, group: str, key: str) -> list[str]:
+def _replaced(old: Render, new: Render, group: str, key: str) -> tuple[list[str], set[str]]:
     """Why every server of `group` is replaced (its definition, a parameter it reads, the
-    agents' credential its user-data holds), if it is."""
+    agents' credential its user-data holds), if it is; and the parameters its definitions
+    read (a change of any other is the group's own)."""
     before, after = _servers(old, group, key), _servers(new, group, key)
     reasons = []
     if before != after:
@@ -122,7 +123,7 @@ def _replaced(old: Render, new: Render, group: str, key: str) -> list[str]:
         reasons.append("the parameters " + ", ".join(params))
     if old.credential != new.credential and None not in (old.credential, new.credential):
         reasons.append(f"a new agents' credential ({old.credential} -> {new.credential})")
-    return reasons
+    return reasons, read
 
 
 def plan(old: Render, new: Render) -> Plan:
@@ -160,11 +161,8 @@ def plan(old: Render, new: Render) -> Plan:
             "settings: the stack holds the agents' settings from now on (the deployed render"
             " has no settings document)"
         )
-    old_group, new_group = _group(old), _group(new)
-    member_params = parameters_read(_servers(old, heat.GROUP, "resource")) | parameters_read(
-        _servers(new, heat.GROUP, "resource")
-    )
-    reasons = _replaced(old, new, heat.GROUP, "resource")
+    old_group, new_group = _properties(old), _properties(new)
+    reasons, member_params = _replaced(old, new, heat.GROUP, "resource")
     if reasons:
         pause = int((new_group.get("rolling_updates") or {}).get("pause_time", 0))
         size = f"{new_group.get('min_size')}..{new_group.get('max_size')}"
@@ -182,9 +180,7 @@ def plan(old: Render, new: Render) -> Plan:
             )
     proxy_params: set[str] = set()
     if old.resource(heat.PROXY_GROUP) and new.resource(heat.PROXY_GROUP):
-        proxy_params = parameters_read(_servers(old, heat.PROXY_GROUP, "resource_def"))
-        proxy_params |= parameters_read(_servers(new, heat.PROXY_GROUP, "resource_def"))
-        why = _replaced(old, new, heat.PROXY_GROUP, "resource_def")
+        why, proxy_params = _replaced(old, new, heat.PROXY_GROUP, "resource_def")
         if why:
             out.lines.append(f"proxies: every proxy replaced, for {' and '.join(why)}")
     for name in (heat.SCALE_UP, heat.SCALE_DOWN, heat.ALARM, heat.PROXY_GROUP):

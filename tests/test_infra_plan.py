@@ -147,8 +147,10 @@ def test_the_command_reads_render_directories_and_fails_on_a_refused_change(tmp_
 
 
 def test_the_command_renders_a_git_ref(tmp_path):
-    """`--from HEAD` renders the commit checked out; against a render of that same commit
-    (made by `render_at`, whatever the working tree holds) the plan is "no change"."""
+    """`--from HEAD` renders the commit checked out: against a render of that same commit
+    (made by `render_at`, whatever the working tree holds) the plan is "no change", and
+    against that render with the group's max_size raised it names exactly that change (a
+    `--from` that rendered something else, or nothing, would say more or other)."""
     head = subprocess.run(
         ["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True, text=True
     )
@@ -165,3 +167,20 @@ def test_the_command_renders_a_git_ref(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("no change"), result.stdout
+    template = to / "heat-template.yaml"
+    changed = yaml.safe_load(template.read_text())
+    size = changed["resources"][heat.GROUP]["properties"]["max_size"]
+    changed["resources"][heat.GROUP]["properties"]["max_size"] = size + 4
+    template.write_text(yaml.safe_dump(changed))
+    grown = subprocess.run(
+        [*PLAN, "--from", "HEAD", "--to", str(to)],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert grown.stdout.splitlines() == [
+        f"group max_size: {size} -> {size + 4}: in place (the group keeps its size within the"
+        " new bounds)"
+    ], grown.stdout
