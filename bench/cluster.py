@@ -111,7 +111,7 @@ def lab_of(stack: StackSettings, factor: float, setup: Setup, name: str) -> Iter
 def join_time(timings: LabTimings) -> float:
     """An upper bound for one join: lock, learner add, start, catch-up, promote; etcd's
     5 s wait for a new voter before the next add."""
-    return 15.0 + 6 * timings.lockattemptperiod
+    return timings.join_time + ETCD_HEALTH_INTERVAL
 
 
 # --- bootstrap ---------------------------------------------------------------------------------

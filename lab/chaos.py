@@ -476,22 +476,8 @@ class Chaos:
     def now(self) -> float:
         return self.lab.events.now()
 
-    @property
-    def join_time(self) -> float:
-        """A join: the join lock, learner add, start, catch-up, promote (a few cycles)."""
-        return 10.0 + 6 * self.timings.lockattemptperiod
-
-    def whole(self, sample: Sample, size: int) -> bool:
-        """Settled at `size`, and the group holds exactly the members (none FAILED)."""
-        servers = sorted(n.name for n in sample.nodes)
-        return (
-            self.lab.settled(sample, size)
-            and servers == sorted(sample.members or [])
-            and sample.group_failed == 0
-        )
-
     def settle(self, size: int, timeout: float, what: str) -> bool:
-        return self.lab.wait_for(lambda s: self.whole(s, size), timeout, what)
+        return self.lab.wait_for(lambda s: self.lab.whole(s, size), timeout, what)
 
     def pause(self, seconds: float) -> None:
         self.lab.wait_for(lambda s: False, seconds)
@@ -500,7 +486,7 @@ class Chaos:
         t = self.timings
         return (
             30.0
-            + 3 * self.join_time
+            + 3 * self.timings.join_time
             + t.downmetric_window
             + (grow + 1) * 1.6 * t.scaledownperiod
             + (t.dead_member_periods + 4) * t.lockattemptperiod
@@ -576,7 +562,7 @@ class Chaos:
                 if time.monotonic() > deadline:
                     return False
                 time.sleep(0.1)
-        return self.settle(size, (extra + 1) * self.join_time + 10, f"{size} members")
+        return self.settle(size, (extra + 1) * self.timings.join_time + 10, f"{size} members")
 
     # --- one round -----------------------------------------------------------------------------
 
@@ -677,7 +663,7 @@ class Chaos:
         if not result.injected:
             result.notes.append("the fault could not be injected")
         timeout = (t.dead_member_periods + 6) * t.lockattemptperiod
-        timeout += (1 + len(victims)) * self.join_time
+        timeout += (1 + len(victims)) * self.timings.join_time
         removed = self.lab.wait_removed(victims, timeout, "the removal")
         end = self.now
         if removed:
@@ -693,7 +679,7 @@ class Chaos:
             result.notes.append("healed")
         if planned.kind == "split":
             self.lab.set_demand(0)
-            self.settle(self.stack.capacity + planned.grow, 3 * self.join_time, "the heal")
+            self.settle(self.stack.capacity + planned.grow, 3 * self.timings.join_time, "the heal")
         if result.injected:
             self.faults.append(Fault(planned.kind, start, end, tuple(victims)))
         return Invariant("the victim was removed and replaced", False, "not checked yet")
@@ -776,8 +762,8 @@ class Chaos:
         self.lab.reboot(victims)
         t = self.timings
         back = self.lab.wait_for(
-            lambda s: self.whole(s, len(names)) and all(map(self._booted, victims)),
-            t.boot_delay + 4 * self.join_time,
+            lambda s: self.lab.whole(s, len(names)) and all(map(self._booted, victims)),
+            t.boot_delay + 4 * self.timings.join_time,
             "the rebooted members back",
         )
         end = self.now
@@ -927,7 +913,9 @@ class Chaos:
         writes = WriteResult(acked=0, failed=0)
         try:
             self.lab.start()
-            boot = self.settle(self.stack.capacity, 30 + 4 * self.join_time, "the first members")
+            boot = self.settle(
+                self.stack.capacity, 30 + 4 * self.timings.join_time, "the first members"
+            )
             self.started_at = self.now
             self.say(f"{self.now:7.1f}s  cluster of {self.stack.capacity} settled: {boot}")
             if boot:

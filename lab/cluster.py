@@ -503,6 +503,15 @@ class Lab:
             lambda s: s.members is not None and not gone & set(s.members), timeout, what
         )
 
+    def whole(self, sample: Sample, size: int) -> bool:
+        """Settled at `size`, and the group holds exactly the members (none FAILED)."""
+        servers = sorted(n.name for n in sample.nodes)
+        return (
+            self.settled(sample, size)
+            and servers == sorted(sample.members or [])
+            and sample.group_failed == 0
+        )
+
     def settled(self, sample: Sample, size: int | None = None) -> bool:
         """`size` voters (default: the group's), all healthy, a leader, every server a member."""
         want = size if size is not None else self.stack.capacity

@@ -108,10 +108,6 @@ class Run:
     def settle(self, size: int, timeout: float, what: str) -> bool:
         return self.lab.wait_for(lambda s: self.lab.settled(s, size), timeout, what)
 
-    def join_time(self) -> float:
-        """A join: the join lock, learner add, start, catch-up, promote (a few cycles)."""
-        return 10.0 + 6 * self.timings.lockattemptperiod
-
 
 Scenario = Callable[[Run], None]
 
@@ -123,7 +119,7 @@ def burst(run: Run) -> None:
     lab.set_demand(90 * stack.max_cluster)
     timeout = (
         t.alarmperiod * 1.2
-        + grow * (t.scaleupcooldown + t.alarm_evaluation + run.join_time())
+        + grow * (t.scaleupcooldown + t.alarm_evaluation + run.timings.join_time)
         + 2 * t.alarm_evaluation
     )
     grown = run.settle(stack.max_cluster, timeout, f"{stack.max_cluster} members")
@@ -139,7 +135,7 @@ def burst(run: Run) -> None:
     run.phase(f"calm: demand {5 * stack.capacity}% of one node")
     calm_at = run.now
     lab.set_demand(5 * stack.capacity)
-    timeout = t.downmetric_window + grow * t.scaledownperiod * 1.6 + 4 * run.join_time()
+    timeout = t.downmetric_window + grow * t.scaledownperiod * 1.6 + 4 * run.timings.join_time
     back = run.settle(stack.capacity, timeout, f"{stack.capacity} members")
     leaves = [e for e in lab.events.of("removed") if e.t >= calm_at]
     # the alarm's window still holds burst samples for a while after the calm: a +1 it
@@ -163,7 +159,7 @@ def node_loss(run: Run) -> None:
     run.phase(f"kill -9 the leader's node {victim}")
     start = run.now
     lab.crash(victim)
-    timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + 3 * run.join_time()
+    timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + 3 * run.timings.join_time
     removed = lab.wait_removed([victim], timeout, "removal")
     run.faults.append(Fault("kill", start, run.now, (victim,)))
     replaced = run.settle(stack.capacity, timeout, f"{stack.capacity} members again")
@@ -183,7 +179,7 @@ def etcd_outage(run: Run) -> None:
     names = [n.name for n in sample.nodes]
     # only an agent in its loop counts failed calls to its own etcd: one still finishing
     # its bootstrap when etcd freezes would wait the outage out with a failmarker of 0
-    deadline = time.monotonic() + run.join_time()
+    deadline = time.monotonic() + run.timings.join_time
     while time.monotonic() < deadline:
         if all(lab.node(name).state().phase == "member" for name in names):
             break
@@ -208,7 +204,7 @@ def etcd_outage(run: Run) -> None:
         lab.thaw_etcd(name)
     run.faults.append(Fault("outage", start, run.now))
     run.phase("SIGCONT every etcd")
-    whole = run.settle(stack.capacity, 4 * run.join_time(), "the cluster whole again")
+    whole = run.settle(stack.capacity, 4 * run.timings.join_time, "the cluster whole again")
     final = lab.latest()
     kept = sorted(n.name for n in final.nodes) == sorted(names) if final else False
     leaves = lab.events.of("removed", "mark-unhealthy")
@@ -235,12 +231,12 @@ def freeze(run: Run) -> None:
     run.phase(f"freeze {victim}: its etcd SIGSTOPped, its agent running")
     start = run.now
     lab.freeze_etcd(victim)
-    timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + run.join_time()
+    timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + run.timings.join_time
     removed = lab.wait_removed([victim], timeout, "the removal")
     healed = lab.thaw_etcd(victim)
     run.faults.append(Fault("freeze", start, run.now, (victim,)))
     run.phase(f"heal: {victim} {'thawed' if healed else 'already deleted by the group'}")
-    replaced = run.settle(stack.capacity, 3 * run.join_time(), f"{stack.capacity} members")
+    replaced = run.settle(stack.capacity, 3 * run.timings.join_time, f"{stack.capacity} members")
     final = lab.latest()
     run.check(
         "the frozen node was removed and replaced",
@@ -270,30 +266,26 @@ def _network_fault(
     need = replacements_due(capacity, size, len(victims) if peers else 0)
 
     def whole(sample: Sample) -> bool:
-        """Healthy, between capacity and the size it had, the replacements due joined, and
-        the group holds exactly the members (the marked servers deleted)."""
+        """Whole at a size between capacity and the one it had (the marked servers
+        deleted), the replacements due joined."""
         joined = [e for e in lab.events.of("joined") if e.t >= start]
-        servers = sorted(n.name for n in sample.nodes)
-        return (
-            len(joined) >= need
-            and any(lab.settled(sample, n) for n in range(capacity, size + 1))
-            and servers == sorted(sample.members or [])
-            and sample.group_failed == 0
-        )
+        return len(joined) >= need and any(lab.whole(sample, n) for n in range(capacity, size + 1))
 
     if peers:
-        timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + 2 * run.join_time()
+        timeout = (t.dead_member_periods + 4) * t.lockattemptperiod + 2 * run.timings.join_time
         removed = lab.wait_removed(victims, timeout, "the majority's removals")
         # two replacements: Heat drops the second signal inside the group's cooldown, and
         # the agents ask again after it
         again = (need - 1) * (t.scaleupcooldown + 3 * t.lockattemptperiod) if need else 0.0
-        replaced = lab.wait_for(whole, (need + 1) * run.join_time() + again, "a whole cluster")
+        replaced = lab.wait_for(
+            whole, (need + 1) * run.timings.join_time + again, "a whole cluster"
+        )
     else:  # held past the dead-member window and the failmarker: nobody may go
         lab.wait_for(lambda s: False, (t.dead_member_periods + 3) * t.lockattemptperiod)
     writes = lab.heal(fault)
     run.faults.append(Fault(kind, start, run.now, tuple(victims) if peers else ()))
     run.phase(f"healed: {fault.describe()}")
-    back = lab.wait_for(whole, 2 * run.join_time(), "a whole cluster after the heal")
+    back = lab.wait_for(whole, 2 * run.timings.join_time, "a whole cluster after the heal")
     after = outside.look(lab.endpoints())
     final = lab.latest()
     voters = final.voters if final is not None else 0
@@ -368,7 +360,7 @@ def split(run: Run) -> None:
     size = stack.max_cluster
     lab.set_demand(50.0 * size)
     lab.cloud.update(size)
-    grown = run.settle(size, (size - stack.capacity + 1) * run.join_time(), f"{size} members")
+    grown = run.settle(size, (size - stack.capacity + 1) * run.timings.join_time, f"{size} members")
     run.check("the group grew to max_cluster for the split", grown, f"{size} members: {grown}")
     minority = (size - 1) // 2
     leader, followers = _names(run)
@@ -389,7 +381,7 @@ def split(run: Run) -> None:
         stack.capacity,
         t.downmetric_window
         + (size - stack.capacity) * 1.6 * t.scaledownperiod
-        + 2 * run.join_time(),
+        + 2 * run.timings.join_time,
         "back to capacity",
     )
     run.outside_writes = True
@@ -404,7 +396,9 @@ def bad_metrics(run: Run) -> None:
     lab.set_metrics_mode("garbage")
     lab.cloud.update(stack.max_cluster)
     grown = run.settle(
-        stack.max_cluster, (stack.max_cluster - stack.capacity + 1) * run.join_time(), "growth"
+        stack.max_cluster,
+        (stack.max_cluster - stack.capacity + 1) * run.timings.join_time,
+        "growth",
     )
     hold = 2 * t.scaledownperiod
     modes = list(each_mode())
@@ -430,7 +424,9 @@ def bad_metrics(run: Run) -> None:
     lab.nova.default_mode = "ok"
     lab.set_metrics_mode("ok")
     timeout = t.downmetric_window + (stack.max_cluster - stack.capacity) * t.scaledownperiod * 1.6
-    back = run.settle(stack.capacity, timeout + 4 * run.join_time(), f"{stack.capacity} members")
+    back = run.settle(
+        stack.capacity, timeout + 4 * run.timings.join_time, f"{stack.capacity} members"
+    )
     run.check(
         "removals resumed once netdata answered (the control)",
         back,
@@ -444,11 +440,11 @@ def reboot(run: Run) -> None:
     run.phase("the group grows by one (a stack update), then the load falls and one leaves")
     lab.set_demand(busy)
     lab.cloud.update(stack.capacity + 1)
-    grown = run.settle(stack.capacity + 1, 2 * run.join_time(), "one more member")
+    grown = run.settle(stack.capacity + 1, 2 * run.timings.join_time, "one more member")
     lab.set_demand(5.0 * stack.capacity)
     shrunk = run.settle(
         stack.capacity,
-        t.downmetric_window + 1.6 * t.scaledownperiod + 2 * run.join_time(),
+        t.downmetric_window + 1.6 * t.scaledownperiod + 2 * run.timings.join_time,
         "back to capacity",
     )
     run.check(
@@ -473,7 +469,7 @@ def reboot(run: Run) -> None:
                 lab.settled(s, stack.capacity)
                 and all(_booted(lab, name, started) for name in victims)
             ),
-            t.boot_delay + 4 * run.join_time(),
+            t.boot_delay + 4 * run.timings.join_time,
             f"the cluster back ({what})",
         )
         run.faults.append(Fault(f"reboot-{what}", start, run.now))
@@ -508,7 +504,7 @@ def update(run: Run) -> None:
     run.phase("the group grows by one (an operator's resize), everyone busy")
     lab.set_demand(40.0 * grown)
     lab.cloud.update(grown)
-    ok = run.settle(grown, 2 * run.join_time(), "one more member")
+    ok = run.settle(grown, 2 * run.timings.join_time, "one more member")
     run.check("the group grew by one", ok, f"{grown} members: {ok}")
     outside = Etcdctl(tls=lab.client_tls)
     before = outside.look(lab.endpoints())
@@ -579,7 +575,7 @@ def update(run: Run) -> None:
     lab.set_demand(5.0 * stack.capacity)
     back = run.settle(
         stack.capacity,
-        t.downmetric_window + 1.6 * t.scaledownperiod + 2 * run.join_time(),
+        t.downmetric_window + 1.6 * t.scaledownperiod + 2 * run.timings.join_time,
         "back to capacity",
     )
     run.check("the group shrank back to capacity", back, f"{stack.capacity} members: {back}")
@@ -597,7 +593,9 @@ def skewed(run: Run) -> None:
     lab.set_demand(40.0 * stack.max_cluster)
     lab.cloud.update(stack.max_cluster)
     grown = run.settle(
-        stack.max_cluster, (stack.max_cluster - stack.capacity + 1) * run.join_time(), "growth"
+        stack.max_cluster,
+        (stack.max_cluster - stack.capacity + 1) * run.timings.join_time,
+        "growth",
     )
     oldest = min(lab.cloud.members(), key=lambda m: (m.created_at, m.name)).name
     run.phase(f"{oldest} (the oldest) {SKEWED_BUSY:g} % busy, the others idle")
@@ -609,7 +607,7 @@ def skewed(run: Run) -> None:
             stack.capacity,
             t.downmetric_window
             + (stack.max_cluster - stack.capacity + 1) * 1.6 * t.scaledownperiod
-            + 2 * run.join_time(),
+            + 2 * run.timings.join_time,
             "back to capacity",
         )
         left = [e.node for e in lab.events.of("removed") if e.t >= start]
@@ -635,7 +633,7 @@ def skewed(run: Run) -> None:
         stack.capacity,
         t.downmetric_window
         + (stack.max_cluster - stack.capacity + 1) * 1.6 * t.scaledownperiod
-        + 2 * run.join_time(),
+        + 2 * run.timings.join_time,
         "back to capacity",
     )
     run.check("node scope: once the oldest idles, removals resume", back, f"back: {back}")
@@ -787,7 +785,7 @@ def run_scenario(
     facts: RunFacts | None = None
     try:
         lab.start()
-        boot = run.settle(stack.capacity, 30 + 4 * run.join_time(), "the first members")
+        boot = run.settle(stack.capacity, 30 + 4 * run.timings.join_time, "the first members")
         run.settled_at = run.now
         run.check("the group's first members formed a cluster", boot, f"at {run.now:.1f}s")
         writer.start()
@@ -798,13 +796,13 @@ def run_scenario(
             scenario(run)
         run.phase("settle")
         acked = len(writer.acked)
-        more = lab.wait_for(lambda s: len(writer.acked) >= acked + 20, 10 + run.join_time())
+        more = lab.wait_for(lambda s: len(writer.acked) >= acked + 20, 10 + run.timings.join_time)
         run.check(
             "the cluster takes writes at the end",
             more,
             f"{len(writer.acked) - acked} more writes acknowledged after the scenario",
         )
-        final_settled = run.settle(stack.capacity, 2 * run.join_time(), "the end state")
+        final_settled = run.settle(stack.capacity, 2 * run.timings.join_time, "the end state")
         writer.stop()
         writes = writer.verify()
         if run.outside_writes:

@@ -109,6 +109,12 @@ class LabTimings:
     join_timeout: float
     boot_delay: float
 
+    @property
+    def join_time(self) -> float:
+        """An upper bound for one join: the join lock, learner add, start, catch-up,
+        promote (a few cycles)."""
+        return 10.0 + 6 * self.lockattemptperiod
+
     @classmethod
     def scaled(cls, stack: StackSettings, factor: float = DEFAULT_FACTOR) -> LabTimings:
         if not 0 < factor <= 1:
