@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.cluster import JOINERS, Setup, bench_cluster
+from bench.cluster import JOINERS, QUICK_JOINERS, Setup, bench_cluster
 from bench.rows import Row, table
 from bench.userdata import bench_userdata
 from infra.settings import load_stack_file, stack_file
@@ -80,7 +80,7 @@ def run(quick: bool, root: Path, factor: float | None = None) -> tuple[list[Row]
         default_period_seconds=0.0 if quick else 6 * stack.lockattemptperiod,
         bootstrap_sizes=(3, 5) if quick else (3, 5, 7),
         spread_sizes=(5,) if quick else (5, 7),
-        joiners=2 if quick else JOINERS,
+        joiners=QUICK_JOINERS if quick else JOINERS,
         client_stalls=not quick,
     )
     info = {"mode": "quick" if quick else "full", "factor": setup.factor}
