@@ -21,10 +21,16 @@ bench: $(STAMP)
 render: $(STAMP)         ## what the dev stack would deploy, without a cloud
 	$(PY) -m infra render --stack dev --out build/dev
 
+# uv (pinned in pyproject.toml's dev set, read from there) installs the rest; pip does it
+# where uv cannot be had
+UV_PIN = $(shell grep -o '"uv==[^"]*"' pyproject.toml | tr -d '"')
+
 $(STAMP): pyproject.toml setup/system-packages.sh
 	sh setup/system-packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -e '.[dev]' > $(VENV)/pip.log 2>&1 \
+	{ $(PY) -m pip install -q --disable-pip-version-check '$(UV_PIN)' \
+		&& $(VENV)/bin/uv pip install --python $(PY) -e '.[dev]'; } > $(VENV)/pip.log 2>&1 \
+		|| $(PY) -m pip install --disable-pip-version-check -e '.[dev]' >> $(VENV)/pip.log 2>&1 \
 		|| { tail -n 40 $(VENV)/pip.log; exit 1; }
 	touch $(STAMP)
 

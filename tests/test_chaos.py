@@ -402,7 +402,12 @@ def test_a_replacement_heat_refused_is_asked_again(etcd_bin, tmp_path):
         needed = (timings.dead_member_periods + 2) * timings.lockattemptperiod
         assert left > needed, f"A's replacement took the cooldown ({left:.1f}s < {needed:.1f}s)"
         lab.crash(b)  # the members are back at capacity once B is out
-        assert lab.wait_for(lambda s: b not in (s.members or []), 30, "B removed")
+        # the agent removes B's member first and marks its server next: wait for the mark
+        def b_marked(s: Sample) -> bool:
+            return any(e.node == b for e in lab.events.of("mark-unhealthy"))
+
+        assert lab.wait_for(b_marked, 30, "B removed and its server marked")
+        assert b not in (lab.latest().members or [])  # type: ignore[union-attr]
         marked = next(e.t for e in lab.events.of("mark-unhealthy") if e.node == b)
         lab.wait_for(lambda s: False, 1.0)
         refused = [e for e in lab.events.of("no-action") if e.t >= marked]
