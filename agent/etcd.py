@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GRPC_UNAVAILABLE = 14
+GRPC_RESOURCE_EXHAUSTED = 8
+"""etcd's answer to a put or a lease grant while its NOSPACE alarm is raised ("etcdserver:
+mvcc: database space exceeded"; HTTP 429 through the gateway)."""
 
 
 class EtcdError(RuntimeError):
@@ -66,6 +69,12 @@ class EtcdError(RuntimeError):
         """etcd answered but could not serve now (no leader, leader changed, a timeout
         inside etcd): another endpoint, or the same one a moment later, may."""
         return self.code == GRPC_UNAVAILABLE or (self.status or 0) >= 500
+
+    @property
+    def no_space(self) -> bool:
+        """etcd refused a write because its backend reached the quota (the NOSPACE alarm):
+        reads, deletes and maintenance still work; agent/upkeep.py clears it."""
+        return self.code == GRPC_RESOURCE_EXHAUSTED or "space exceeded" in self.detail
 
 
 class LearnerNotReady(EtcdError):
@@ -153,11 +162,20 @@ class EtcdClient:
             self.endpoints = list(dict.fromkeys(cleaned))
             self._preferred = 0
 
-    def _post_to(self, endpoint: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _post_to(
+        self,
+        endpoint: str,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """POST to one endpoint. Raises _NoAnswer on a transport failure, EtcdError (or a
         subtype) when etcd answers with an error."""
         try:
-            answer = self._http.post(f"{endpoint}/v3/{path}", json=body, timeout=self.timeout)
+            answer = self._http.post(
+                f"{endpoint}/v3/{path}", json=body, timeout=timeout or self.timeout
+            )
         except HttpError as error:
             raise _NoAnswer(str(error)) from error
         if answer.status_code == 200:
@@ -269,11 +287,26 @@ class EtcdClient:
         return self.url_healthy(member.client_urls[0])
 
     def url_healthy(self, client_url: str) -> bool:
+        """etcd's /health; when that says false, whether a linearizable read on the member
+        goes through all the same: a raised alarm (NOSPACE is every member's at once) makes
+        /health false on a member that has a leader and serves reads, and such a member is
+        not a dead one (agent/upkeep.py clears the alarm). `/health?exclude=NOSPACE` would
+        say it in one call, but etcd 3.5.1 still answers false when more than one member
+        raised the alarm, as they do."""
+        url = client_url.rstrip("/")
         try:
-            answer = self._http.get(client_url.rstrip("/") + "/health", timeout=self.timeout)
-            return answer.status_code == 200 and answer.json().get("health") == "true"
+            answer = self._http.get(url + "/health", timeout=self.timeout)
+            if answer.status_code == 200 and answer.json().get("health") == "true":
+                return True
         except (HttpError, ValueError, AttributeError):
             return False
+        if answer.status_code != 503:
+            return False
+        try:
+            self._quorum_read(url)
+        except (_NoAnswer, EtcdError):
+            return False
+        return True
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """POST /v3/maintenance/status (of one endpoint, or the first that answers)."""
@@ -282,6 +315,55 @@ class EtcdClient:
                 "status", lambda e: self._post_to(e, "maintenance/status", {}), endpoints=[endpoint]
             )
         return self._post("maintenance/status", {})
+
+    def alarms(self) -> list[tuple[int, str]]:
+        """The cluster's raised alarms: (member id, "NOSPACE" or "CORRUPT")."""
+        answer = self._post("maintenance/alarm", {"action": "GET"})
+        return [
+            (int(a.get("memberID", 0)), str(a.get("alarm", "NONE")))
+            for a in answer.get("alarms", [])
+        ]
+
+    def disarm(self, member_id: int, alarm: str) -> None:
+        """Deactivate one alarm (etcd matches the member id and the alarm exactly)."""
+        self._post(
+            "maintenance/alarm",
+            {"action": "DEACTIVATE", "memberID": str(member_id), "alarm": alarm},
+        )
+
+    def disarm_all(self, alarm: str, rounds: int = 3) -> int:
+        """Deactivate every `alarm` listed, listing again until none is (each member raises
+        its own NOSPACE; one may land after the list). Returns how many were disarmed."""
+        count = 0
+        for _ in range(rounds):
+            raised = [(m, a) for m, a in self.alarms() if a == alarm]
+            if not raised:
+                break
+            for member_id, name in raised:
+                self.disarm(member_id, name)
+                count += 1
+        return count
+
+    def compact(self, revision: int) -> bool:
+        """Compact the key space's history up to `revision`, physically (etcd answers once
+        the backend dropped it). False when that revision was compacted already."""
+        try:
+            self._post("kv/compaction", {"revision": str(revision), "physical": True})
+        except EtcdError as error:
+            if "has been compacted" in error.detail:
+                return False
+            raise
+        return True
+
+    def defragment(self, client_url: str, timeout: float) -> None:
+        """Defragment one member's backend (etcd does it on the member asked only; that
+        member serves nothing until it is done, hence its own timeout)."""
+        url = client_url.rstrip("/")
+        self._on_any(
+            "defragment",
+            lambda e: self._post_to(e, "maintenance/defragment", {}, timeout=timeout),
+            endpoints=[url],
+        )
 
     def leader_id(self) -> int | None:
         return int(self.status().get("leader", 0)) or None

@@ -43,6 +43,15 @@ from agent.snapshot import (
 )
 from agent.state import AgentState
 from agent.upgrade import EXIT_UPGRADE, BundleError, file_sha256, install, unpack
+from agent.upkeep import (
+    DEFRAG_TIMEOUT,
+    DbStatus,
+    live_data_fills,
+    mib,
+    nospace_order,
+    plan,
+    quota,
+)
 
 log = logging.getLogger("agent.loop")
 
@@ -303,6 +312,8 @@ class Agent:
                 result = " | ".join(x for x in (result, self._upgraded(snapshot)) if x)
             elif action.kind == "wait" and self._upgrade_due(snapshot):
                 result = " | ".join(x for x in (result, self._upgrade(snapshot)) if x)
+            elif action.kind == "wait" and self._leads(snapshot):
+                result = " | ".join(x for x in (result, self._upkeep(snapshot)) if x)
         except (EtcdError, CloudError) as error:
             result = f"failed: {error}"
         sentence = f"saw {describe(snapshot, self.settings)} | did {action.kind}: {action.reason}"
@@ -372,15 +383,7 @@ class Agent:
         if self.state.phase != "member":
             return False
         me = snapshot.my_member
-        return (
-            me is not None
-            and me.healthy is True
-            and snapshot.leader is not None
-            and all(m.healthy for m in snapshot.voters)
-            and not any(m.is_learner for m in snapshot.members or ())
-            and not snapshot.leaving
-            and snapshot.kill_lock_holder is None
-        )
+        return me is not None and me.healthy is True and whole(snapshot)
 
     def _upgrade(self, snapshot: Snapshot) -> str:
         """Take the upgrade lock, install the stack's bundle over this one, and stop with
@@ -652,6 +655,113 @@ class Agent:
 
     # --- helpers -------------------------------------------------------------------------
 
+    # --- upkeep: NOSPACE and free pages (agent/upkeep.py) -------------------------------
+
+    def _leads(self, snapshot: Snapshot) -> bool:
+        me = snapshot.my_member
+        return bool(me and me.is_leader and me.healthy and self.state.phase == "member")
+
+    def _upkeep(self, snapshot: Snapshot) -> str:
+        """The leader's agent: a NOSPACE alarm cleared; else one member's free pages given
+        back while the cluster is whole."""
+        client = self._client(snapshot)
+        alarms = client.alarms()
+        nospace = [(member, alarm) for member, alarm in alarms if alarm == "NOSPACE"]
+        if nospace:
+            return self._clear_nospace(client, snapshot)
+        if alarms:  # CORRUPT: etcd's own check found a member's data differs; not ours to clear
+            return "alarm(s) raised: " + ", ".join(f"{a} on {m:x}" for m, a in alarms)
+        if not whole(snapshot) or snapshot.join_lock_holder is not None:
+            return ""
+        statuses = self._db_statuses(client, snapshot.voters)
+        if len(statuses) < len(snapshot.voters):
+            return ""
+        step = plan(statuses, self.settings.etcd)
+        if step.kind == "hand-over":
+            assert step.member is not None and step.target is not None
+            client.move_leader(step.member.url, step.target.member_id)
+            return (
+                f"upkeep: {step.reason}: leadership handed to {step.target.name},"
+                " whose agent defragments it as a follower"
+            )
+        if step.kind == "defragment":
+            assert step.member is not None
+            client.defragment(step.member.url, DEFRAG_TIMEOUT)
+            after = self._db_statuses(
+                client, [m for m in snapshot.voters if m.id == step.member.member_id]
+            )
+            size = mib(after[0].size) if after else "unknown"
+            return f"upkeep: {step.reason}: defragmented, now {size}"
+        return ""
+
+    def _db_statuses(
+        self, client: EtcdClient, members: tuple[Member, ...] | list[Member]
+    ) -> list[DbStatus]:
+        """Each member's backend, asked of that member (those that do not answer are left out)."""
+        out: list[DbStatus] = []
+        for member in members:
+            if not member.client_urls:
+                continue
+            url = member.client_urls[0]
+            try:
+                status = client.status(url)
+            except EtcdError as error:
+                log.debug("status of %s: %s", member.name, error)
+                continue
+            out.append(
+                DbStatus(
+                    member_id=member.id,
+                    name=member.name,
+                    url=url,
+                    size=int(status.get("dbSize", 0)),
+                    in_use=int(status.get("dbSizeInUse", status.get("dbSize", 0))),
+                    is_leader=int(status.get("leader", 0)) == member.id,
+                )
+            )
+        return out
+
+    def _clear_nospace(self, client: EtcdClient, snapshot: Snapshot) -> str:
+        """etcd's own recovery (op-guide "Space quota"): compact to the current revision,
+        defragment every member (followers first), disarm; unless what is left after the
+        compaction still fills the quota (no defragmentation gives room then)."""
+        voters = [m for m in snapshot.voters if m.healthy]
+        revision = int(client.status(self.own_url()).get("header", {}).get("revision", 0))
+        compacted = client.compact(revision) if revision else False
+        done = f"compacted to revision {revision}" if compacted else "history compacted already"
+        limit = quota(self.settings.etcd)
+        left = self._db_statuses(client, voters)
+        # the compaction is done on this (the leader's) member when etcd answered; the others
+        # apply it a moment later, and the live data is the same on every member
+        mine = [s for s in left if s.url == self.own_url()]
+        if not left or not mine:
+            return f"NOSPACE: {done}; no db size answered"
+        if live_data_fills(mine, self.settings.etcd):
+            largest = mine[0].in_use
+            sentence = (
+                f"NOSPACE kept: {done}; the live data ({mib(largest)}) fills the quota"
+                f" ({mib(limit)}): raise quota_backend_bytes or delete keys"
+            )
+            log.error("%s", sentence)
+            return sentence
+        defragmented: list[str] = []
+        for status in nospace_order(left):
+            try:
+                client.defragment(status.url, DEFRAG_TIMEOUT)
+            except EtcdError as error:
+                log.warning("NOSPACE: could not defragment %s: %s", status.name, error)
+                continue
+            defragmented.append(status.name)
+        after = self._db_statuses(client, voters)
+        disarmed = client.disarm_all("NOSPACE")
+        sentence = (
+            f"NOSPACE cleared: {done}, defragmented {', '.join(defragmented) or 'no member'}"
+            f" (largest db {mib(max(s.size for s in left))} ->"
+            f" {mib(max((s.size for s in after), default=0))}, quota {mib(limit)});"
+            f" {disarmed} alarm(s) disarmed"
+        )
+        log.warning("%s", sentence)
+        return sentence
+
     def _client(self, snapshot: Snapshot) -> EtcdClient:
         urls = [u for m in snapshot.members or () if m.healthy for u in m.client_urls]
         return self.client_factory(urls or [self.own_url()])
@@ -714,6 +824,18 @@ class Agent:
             self.cloud.mark_unhealthy(self.me.id, f"could not join: {why}"[:250])
         except CloudError as error:
             log.warning("could not mark this server unhealthy: %s", error)
+
+
+def whole(snapshot: Snapshot) -> bool:
+    """Every voter healthy, a leader, no learner, nobody leaving or holding the kill lock:
+    a cluster that can lose one member's service for a while (a restart, a defragment)."""
+    return (
+        snapshot.leader is not None
+        and all(m.healthy for m in snapshot.voters)
+        and not any(m.is_learner for m in snapshot.members or ())
+        and not snapshot.leaving
+        and snapshot.kill_lock_holder is None
+    )
 
 
 def describe(snapshot: Snapshot, settings: AgentSettings) -> str:

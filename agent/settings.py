@@ -59,6 +59,11 @@ class EtcdSettings(_Strict):
     heartbeat_ms: Annotated[int, Field(ge=10)] = 100
     election_ms: Annotated[int, Field(ge=50)] = 1000
     quota_backend_bytes: Annotated[int, Field(ge=0)] = 2 * 2**30
+    defrag_free_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """A member's backend is defragmented once this share of its file is free pages (what
+    compaction left behind: etcd's dbSize against dbSizeInUse)..."""
+    defrag_min_bytes: Annotated[int, Field(ge=0)] = 64 * 2**20
+    """...and the file is at least this large (a small file's free pages cost nothing)."""
 
     @model_validator(mode="after")
     def _check(self) -> EtcdSettings:

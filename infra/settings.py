@@ -199,6 +199,11 @@ class StackSettings(BaseModel):
     quota_backend_bytes: Annotated[int, Field(ge=0, le=8 * 2**30)] = 2 * 2**30
     """etcd's --quota-backend-bytes (2 GiB; 8 GiB is etcd's advised maximum). At the quota
     etcd raises NOSPACE and takes no writes until compacted and defragmented."""
+    defrag_free_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """The share of a member's db file that is free pages (left by compaction) at which its
+    agent's upkeep defragments it, one member at a time, the leader after handing over."""
+    defrag_min_bytes: Annotated[int, Field(ge=0, le=8 * 2**30)] = 64 * 2**20
+    """No defragmentation of a db file smaller than this (64 MiB)."""
     join_timeout: Annotated[PositiveInt | None, BeforeValidator(_empty_is_none)] = None
     """Seconds from a server's creation to its joining; unset: 900 (a plain image installs
     etcd, netdata and the agent's venv at boot), 300 with prebuilt_image."""
@@ -576,6 +581,8 @@ def agent_settings(
             heartbeat_ms=stack.etcd_heartbeat_ms,
             election_ms=stack.etcd_election_ms,
             quota_backend_bytes=stack.quota_backend_bytes,
+            defrag_free_share=stack.defrag_free_share,
+            defrag_min_bytes=stack.defrag_min_bytes,
         ),
         metric=MetricSettings(
             name=stack.downmetric,

@@ -115,6 +115,8 @@ class Lab:
         self.idle: dict[str, float] = {}
         self.nodes: dict[str, Node] = {}
         self.etcd_bin = etcd_bin
+        self.etcd: dict[str, object] = {}
+        """More of every node's etcd settings (set before the nodes are made)."""
         self.scaling = {
             "capacity": 3,
             "min_cluster": 3,
@@ -182,6 +184,7 @@ class Lab:
                     "heartbeat_ms": 50,
                     "election_ms": ELECTION_MS,
                     "cluster_token": "itest",
+                    **self.etcd,
                 },
                 "metric": {"threshold": 90, "comparator": ">", "window": 0},
                 "scaling": self.scaling,

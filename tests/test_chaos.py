@@ -402,6 +402,7 @@ def test_a_replacement_heat_refused_is_asked_again(etcd_bin, tmp_path):
         needed = (timings.dead_member_periods + 2) * timings.lockattemptperiod
         assert left > needed, f"A's replacement took the cooldown ({left:.1f}s < {needed:.1f}s)"
         lab.crash(b)  # the members are back at capacity once B is out
+
         # the agent removes B's member first and marks its server next: wait for the mark
         def b_marked(s: Sample) -> bool:
             return any(e.node == b for e in lab.events.of("mark-unhealthy"))

@@ -36,7 +36,13 @@ from agent.etcd_server import (
     write_config,
 )
 from agent.settings import EtcdSettings, TlsFiles
-from tests.etcd_cluster import EtcdCluster, free_address, wait_until
+from tests.etcd_cluster import (
+    FILL_VALUE,
+    EtcdCluster,
+    fill_until_no_space,
+    free_address,
+    wait_until,
+)
 from tests.tools import need, need_etcd
 
 VERSIONS = ["3.4", "3.5"]
@@ -611,3 +617,39 @@ def test_systemd_etcd_runs_systemctl_on_the_unit():
     with pytest.raises(RuntimeError, match="Unit not found"):
         SystemdEtcd(runner=failing).stop()
     assert SystemdEtcd(runner=failing).is_running() is False
+
+
+# --- a full backend: NOSPACE, etcd's own recovery (agent/upkeep.py's calls) ----------------
+
+
+def test_nospace_is_seen_excluded_from_health_and_cleared_by_compact_defrag_disarm(
+    etcd_cluster, etcd_version_bin
+):
+    cluster = etcd_cluster(3, binary=etcd_version_bin, extra={"quota-backend-bytes": 4 * 2**20})
+    client = _client(cluster.endpoints, timeout=5.0)
+    refused = fill_until_no_space(client)
+    assert refused.status == 429 and "space exceeded" in refused.detail
+    alarms = client.alarms()
+    assert alarms and {a for _, a in alarms} == {"NOSPACE"}
+    for node in cluster.nodes:
+        plain = requests.get(node.client_url + "/health", timeout=2)
+        assert plain.status_code == 503  # etcd's own /health: false while an alarm is raised
+        assert client.url_healthy(node.client_url)  # the agent's: alive, a leader, reads
+    with pytest.raises(EtcdError) as still:
+        client.put("/after", "1")
+    assert still.value.no_space
+    assert client.get("/fill/0") == FILL_VALUE  # reads still work
+    # disarming alone does not help: the file is still over the quota (etcd counts its size)
+    sizes = [int(client.status(url)["dbSize"]) for url in cluster.endpoints]
+    assert max(sizes) + len(FILL_VALUE) >= 4 * 2**20  # etcd refuses what would pass it
+    revision = int(client.status()["header"]["revision"])
+    assert client.compact(revision) is True
+    assert client.compact(revision) is False  # compacted already
+    for url in cluster.endpoints:
+        client.defragment(url, timeout=60)
+    sizes = [int(client.status(url)["dbSize"]) for url in cluster.endpoints]
+    assert max(sizes) < 2 * 2**20, sizes
+    assert client.disarm_all("NOSPACE") >= len(alarms)
+    assert client.alarms() == []
+    client.put("/after", "1")
+    assert client.get("/after") == "1"
