@@ -64,6 +64,7 @@ SCENARIO_NAMES = [
     "reboot",
     "skewed",
     "update",
+    "nospace",
 ]
 """lab.scenarios.SCENARIOS, named here so that `--help` imports no lab."""
 

@@ -42,6 +42,11 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
   reset), etcdctl from outside sees the same member ids; an update changing the client
   port is refused before anything changes; then the load falls and the group shrinks
   back under the new threshold.
+- nospace: the backend's quota (8 MiB in this scenario) filled by history, four keys
+  rewritten with 256 KiB values until etcd raises NOSPACE and refuses every put: the
+  leader's agent compacts, defragments and disarms by itself, the writer's puts are taken
+  again within a few periods, no member is lost, and etcdctl from outside lists no alarm,
+  the same member ids and one healthy cluster.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ from lab.report import (
 from lab.stalls import ack_times, stall
 from lab.timings import LabTimings
 from lab.writer import PREFIX as WRITE_PREFIX
-from lab.writer import Writer
+from lab.writer import Writer, fill_until_no_space
 
 
 @dataclass
@@ -639,6 +644,82 @@ def skewed(run: Run) -> None:
     run.check("node scope: once the oldest idles, removals resume", back, f"back: {back}")
 
 
+NOSPACE_QUOTA = 8 * 2**20
+"""The nospace scenario's quota_backend_bytes (when the stack's is larger): 256 KiB puts
+fill it in a few seconds."""
+
+
+def nospace(run: Run) -> None:
+    lab, t = run.lab, run.timings
+    quota = run.stack.quota_backend_bytes
+    outside = Etcdctl(tls=lab.client_tls)
+    before = outside.look(lab.endpoints())
+    run.phase(f"fill the backend's quota ({quota // 2**20} MiB): 4 keys rewritten, 256 KiB each")
+    start = run.now
+    with EtcdClient(lab.endpoints(), timeout=5.0, tls=lab.client_tls) as client:
+        try:
+            refused: EtcdError | None = fill_until_no_space(client)
+        except (EtcdError, AssertionError) as error:
+            refused = None
+            run.check("the quota filled", False, str(error)[:300])
+    full_at = run.now
+    acked = lab.acked()
+    # the leader's agent sees the alarm at its next cycle; the defragmentation of 8 MiB
+    # takes a fraction of a second per member
+    back = lab.wait_for(
+        lambda s: lab.acked() >= acked + 5,
+        4 * t.lockattemptperiod + 10.0,
+        "writes taken again",
+    )
+    run.faults.append(Fault("nospace", start, run.now))
+    run.check(
+        "the quota filled: etcd refused a put for space (NOSPACE)",
+        refused is not None and refused.no_space,
+        f"{refused.detail[:120] if refused else 'no refusal'} at {full_at:.1f}s",
+    )
+    run.check(
+        "the cluster takes writes again by itself",
+        back,
+        f"writes acknowledged again {run.now - full_at:.1f}s after the refusal: {back};"
+        f" the agent said: {_agent_said(lab, 'NOSPACE cleared')[:240] or 'nothing'}",
+    )
+    after = outside.look(lab.endpoints())
+    alarms = outside.run(lab.endpoints(), "alarm", "list").strip()
+    run.check("etcdctl: no alarm raised at the end", alarms == "", alarms or "alarm list empty")
+    run.checks.append(same_members(before, after, "the NOSPACE"))
+    run.checks.append(one_healthy_cluster(after, run.stack.capacity))
+    marks = [e for e in lab.events.of("mark-unhealthy", "removed", "replace") if e.t >= start]
+    run.check("no member lost", not marks, f"marks, removals, replacements: {len(marks)}")
+    run.outside_writes = True
+
+
+def _agent_said(lab: Lab, text: str) -> str:
+    """The first line of any live node's agent log holding `text`."""
+    for node in lab.nova.live():
+        try:
+            lines = (node.dir / "agent.log").read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if text in line:
+                return line[line.index(text) :]
+    return ""
+
+
+SCENARIO_STACK: dict[str, dict[str, Any]] = {"nospace": {"quota_backend_bytes": NOSPACE_QUOTA}}
+"""What a scenario changes in the stack it is given, only where the stack's value is larger
+(the scenario needs it small): nospace's quota."""
+
+
+def scenario_stack(name: str, stack: StackSettings) -> StackSettings:
+    changes = {
+        key: value
+        for key, value in SCENARIO_STACK.get(name, {}).items()
+        if getattr(stack, key) == 0 or getattr(stack, key) > value
+    }
+    return type(stack).model_validate({**stack.model_dump(), **changes}) if changes else stack
+
+
 def _leave_sentence(lab: Lab) -> str:
     """A leaver's decision as its agent logged it (the figures the cluster decided by)."""
     for node in lab.nova.gone:
@@ -718,6 +799,7 @@ SCENARIOS: dict[str, Scenario] = {
     "reboot": reboot,
     "skewed": skewed,
     "update": update,
+    "nospace": nospace,
 }
 
 
@@ -772,6 +854,7 @@ def run_scenario(
     network: str = "auto",
 ) -> Outcome:
     scenario = SCENARIOS[name]
+    stack = scenario_stack(name, stack)
     network = network_for(network, f"scenario {name}" if name in NETWORK_SCENARIOS else None)
     lab = Lab(stack, timings, root, stack_name=stack_name, etcd_binary=etcd_binary, network=network)
     display = Display(out, tty=tty) if out is not None else None

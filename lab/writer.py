@@ -21,6 +21,8 @@ from agent.etcd import EtcdClient, EtcdError
 from agent.settings import TlsFiles
 
 PREFIX = "/lab/writes/"
+FILL_PREFIX = "/lab/fill/"
+FILL_VALUE = "x" * (256 * 1024)
 
 
 @dataclass
@@ -130,3 +132,23 @@ class Writer:
             time.sleep(0.5)
         result.error = f"could not read the writes back: {last or 'no etcd running'}"
         return result
+
+
+def fill_until_no_space(
+    client: EtcdClient,
+    keys: int = 4,
+    limit: int = 400,
+    prefix: str = FILL_PREFIX,
+    value: str = FILL_VALUE,
+) -> EtcdError:
+    """Overwrite `keys` keys with 256 KiB values (or `value`) until etcd refuses a put for
+    space (the file grows with the history, the live data stays at `keys` values;
+    `keys=limit`: every put a new key, the live data itself grows); that refusal."""
+    for n in range(limit):
+        try:
+            client.put(f"{prefix}{n % keys}", value)
+        except EtcdError as error:
+            if error.no_space:
+                return error
+            raise
+    raise AssertionError(f"{limit} puts of {len(value)} B and no NOSPACE")

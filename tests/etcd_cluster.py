@@ -20,7 +20,6 @@ from typing import Any, Literal, TypeVar
 
 import requests
 
-from agent.etcd import EtcdClient, EtcdError
 from agent.etcd_server import SubprocessEtcd, etcd_config, write_config
 from agent.settings import EtcdSettings
 from lab.etcd_binaries import (  # noqa: F401  (re-exported for the tests)
@@ -86,29 +85,6 @@ def wait_until(
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise TimeoutError(f"timed out after {timeout}s waiting for {message}{detail}")
         time.sleep(interval)
-
-
-FILL_VALUE = "x" * (256 * 1024)
-
-
-def fill_until_no_space(
-    client: EtcdClient,
-    keys: int = 4,
-    limit: int = 400,
-    prefix: str = "/fill/",
-    value: str = FILL_VALUE,
-) -> EtcdError:
-    """Overwrite `keys` keys with 256 KiB values (or `value`) until etcd refuses a put for
-    space (the file grows with the history, the live data stays at `keys` values;
-    `keys=limit`: every put a new key, the live data itself grows); that refusal."""
-    for n in range(limit):
-        try:
-            client.put(f"{prefix}{n % keys}", value)
-        except EtcdError as error:
-            if error.no_space:
-                return error
-            raise
-    raise AssertionError(f"{limit} puts of 256 KiB and no NOSPACE")
 
 
 def _b64(text: str) -> str:

@@ -21,8 +21,9 @@ from agent.etcd import EtcdError
 from agent.settings import EtcdSettings
 from agent.upkeep import DbStatus, nospace_order, plan
 from lab.outside import Etcdctl
+from lab.writer import FILL_PREFIX, FILL_VALUE, fill_until_no_space
 from tests.agent_lab import PERIOD, start_initial
-from tests.etcd_cluster import FILL_VALUE, fill_until_no_space, wait_until
+from tests.etcd_cluster import wait_until
 from tests.tools import need
 
 QUOTA = 4 * 2**20
@@ -60,7 +61,7 @@ def test_a_full_backend_is_cleared_by_the_agents_and_no_member_is_lost(make_agen
     assert etcdctl.run(urls, "alarm", "list").strip() == ""
     assert etcdctl.run(urls, "put", "/outside", "1").strip() == "OK"
     assert {m.name: m.id for m in client.members()} == before
-    assert client.get("/fill/0") == FILL_VALUE  # the live data kept
+    assert client.get(FILL_PREFIX + "0") == FILL_VALUE  # the live data kept
     cleared = said(caplog, "NOSPACE cleared")
     assert cleared and "defragmented node" in cleared[0], cleared
     assert not said(caplog, "NOSPACE kept")  # history, not live data: no false alarm
@@ -103,7 +104,7 @@ def test_free_pages_are_given_back_one_member_at_a_time_the_leader_after_a_hando
     lock = client.acquire_lock(KILL_LOCK, "test", ttl=60)
     assert lock is not None
     for n in range(40):  # 10 MiB of history on 1 MiB of live data
-        client.put(f"/fill/{n % 4}", FILL_VALUE)
+        client.put(f"{FILL_PREFIX}{n % 4}", FILL_VALUE)
     client.compact(int(client.status()["header"]["revision"]))  # etcd's periodic compaction
 
     def freed() -> bool:
@@ -127,7 +128,7 @@ def test_free_pages_are_given_back_one_member_at_a_time_the_leader_after_a_hando
     defragmented = said(caplog, "defragmented, now")
     assert len(handed) == 1 and len(defragmented) == len(nodes), (handed, defragmented)
     assert client.leader_id() != first_leader
-    assert client.get("/fill/3") == FILL_VALUE
+    assert client.get(FILL_PREFIX + "3") == FILL_VALUE
     assert not lab.record.deleted
 
 

@@ -36,13 +36,8 @@ from agent.etcd_server import (
     write_config,
 )
 from agent.settings import EtcdSettings, TlsFiles
-from tests.etcd_cluster import (
-    FILL_VALUE,
-    EtcdCluster,
-    fill_until_no_space,
-    free_address,
-    wait_until,
-)
+from lab.writer import FILL_PREFIX, FILL_VALUE, fill_until_no_space
+from tests.etcd_cluster import EtcdCluster, free_address, wait_until
 from tests.tools import need, need_etcd
 
 VERSIONS = ["3.4", "3.5"]
@@ -638,7 +633,7 @@ def test_nospace_is_seen_excluded_from_health_and_cleared_by_compact_defrag_disa
     with pytest.raises(EtcdError) as still:
         client.put("/after", "1")
     assert still.value.no_space
-    assert client.get("/fill/0") == FILL_VALUE  # reads still work
+    assert client.get(FILL_PREFIX + "0") == FILL_VALUE  # reads still work
     # disarming alone does not help: the file is still over the quota (etcd counts its size)
     sizes = [int(client.status(url)["dbSize"]) for url in cluster.endpoints]
     assert max(sizes) + len(FILL_VALUE) >= 4 * 2**20  # etcd refuses what would pass it
