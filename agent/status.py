@@ -1,4 +1,5 @@
-"""`python -m agent status`: every member and who holds the kill lock, for an operator."""
+"""`python -m agent status`: every member (its health, its db file and how much of it is
+free), who holds the kill lock, and the alarms raised (NOSPACE), for an operator."""
 
 from __future__ import annotations
 
@@ -38,8 +39,19 @@ def cluster_status(
             for key, value in client.get_prefix(LOCK_ROOT).items()
             if key.endswith(suffix)
         }
+    dbs: dict[int, dict[str, int]] = {}
+    for m in members:
+        if not m.client_urls:
+            continue
+        try:
+            answer = client.status(m.client_urls[0])
+        except EtcdError:
+            continue
+        size = int(answer.get("dbSize", 0))
+        dbs[m.id] = {"size": size, "in_use": int(answer.get("dbSizeInUse", size))}
     return {
         "cluster_id": client.cluster_id(),
+        "alarms": [{"member": f"{m:x}", "alarm": a} for m, a in client.alarms()],
         "members": [
             {
                 "name": m.name or "(unstarted)",
@@ -48,6 +60,7 @@ def cluster_status(
                 "healthy": bool(m.healthy),
                 "leader": m.is_leader,
                 "learner": m.is_learner,
+                "db": dbs.get(m.id),
                 "reading": (
                     None
                     if m.name not in readings
@@ -64,9 +77,12 @@ def cluster_status(
 
 
 def render(status: dict[str, Any]) -> str:
-    rows = [("NAME", "ID", "CLIENT URL", "HEALTHY", "LEADER", "LEARNER", "READING (AGE)")]
+    rows = [
+        ("NAME", "ID", "CLIENT URL", "HEALTHY", "LEADER", "LEARNER", "READING (AGE)", "DB (FREE)")
+    ]
     for m in status["members"]:
         reading = m.get("reading")
+        db = m.get("db")
         rows.append(
             (
                 m["name"],
@@ -76,6 +92,7 @@ def render(status: dict[str, Any]) -> str:
                 "*" if m["leader"] else "",
                 "learner" if m["learner"] else "",
                 f"{reading['value']:g} ({reading['age']:g}s)" if reading else "-",
+                _db(db) if db else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -86,7 +103,17 @@ def render(status: dict[str, Any]) -> str:
     locks = status["kill_lock"]
     held = ", ".join(f"{c}: {h}" for c, h in locks.items() if h) or "free"
     lines.append(f"kill lock: {held}")
+    alarms = status.get("alarms") or []
+    raised = ", ".join(f"{a['alarm']} on {a['member']}" for a in alarms) or "none"
+    lines.append(f"alarms: {raised}")
     return "\n".join(lines)
+
+
+def _db(db: dict[str, int]) -> str:
+    """The member's db file and the share of it that is free pages (agent/upkeep.py)."""
+    size, in_use = db["size"], db["in_use"]
+    free = (size - in_use) / size if size else 0.0
+    return f"{size / 2**20:.1f} MiB ({100 * free:.0f}%)"
 
 
 def status_command(

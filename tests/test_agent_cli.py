@@ -53,7 +53,11 @@ def test_status_lists_every_member_and_the_kill_lock_holder(etcd_cluster):
         "LEARNER",
         "READING",
         "(AGE)",
+        "DB",
+        "(FREE)",
     ]
+    assert "alarms: none" in table.stdout and status["alarms"] == []
+    assert all(m["db"]["size"] > 0 for m in status["members"])
 
 
 @pytest.mark.etcd

@@ -36,6 +36,7 @@ from agent.etcd_server import (
     write_config,
 )
 from agent.settings import EtcdSettings, TlsFiles
+from agent.status import cluster_status, render
 from lab.writer import FILL_PREFIX, FILL_VALUE, fill_until_no_space
 from tests.etcd_cluster import EtcdCluster, free_address, wait_until
 from tests.tools import need, need_etcd
@@ -634,6 +635,8 @@ def test_nospace_is_seen_excluded_from_health_and_cleared_by_compact_defrag_disa
         client.put("/after", "1")
     assert still.value.no_space
     assert client.get(FILL_PREFIX + "0") == FILL_VALUE  # reads still work
+    shown = render(cluster_status(client, None))  # what `python -m agent status` prints
+    assert "alarms: NOSPACE on" in shown and "MiB" in shown
     # disarming alone does not help: the file is still over the quota (etcd counts its size)
     sizes = [int(client.status(url)["dbSize"]) for url in cluster.endpoints]
     assert max(sizes) + len(FILL_VALUE) >= 4 * 2**20  # etcd refuses what would pass it
