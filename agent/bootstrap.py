@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -293,7 +294,53 @@ class Bootstrap:
             wipe_data_dir(self.data_dir)
             self.member_id = None
             return None
+        if kind == "corrupt":
+            return self._replace_corrupt(me, member_id)
         raise NotYet(f"etcd exited on this node's member data ({kind}); the data is kept")
+
+    def _replace_corrupt(self, me: NodeIdentity, member_id: int) -> None:
+        """etcd refuses this member's data as unreadable (`classify_start_failure`'s
+        "corrupt"): wipe it and join as a new member, but only while the other members hold
+        a quorum of the cluster as it is, without this one, every other voter healthy: the
+        data of a member the cluster cannot do without is kept, whatever its state."""
+        detail = next(
+            (
+                _log_line(line)
+                for line in self.service.recent_log().splitlines()
+                if classify_start_failure(line) == "corrupt"
+            ),
+            "",
+        )
+        endpoints = self._endpoints(self.cloud.group_members(), me)
+        try:
+            if not endpoints:
+                raise EtcdError("member list", "(no other server)", "no other member to ask")
+            members = self.client_factory(endpoints).members(check_health=True)
+        except EtcdError as error:
+            raise NotYet(
+                f"etcd refuses member {member_id:x}'s data as corrupt ({detail}); kept: no"
+                f" quorum answers without it ({error})"
+            ) from error
+        voters = [m for m in members if not m.is_learner]
+        others = [m for m in voters if m.id != member_id]
+        healthy = sum(1 for m in others if m.healthy)
+        if healthy < len(voters) // 2 + 1 or healthy < len(others):
+            raise NotYet(
+                f"etcd refuses member {member_id:x}'s data as corrupt ({detail}); kept: the"
+                f" others are {healthy} healthy of {len(others)}, of {len(voters)} voters"
+            )
+        self.quorum_seen = True
+        log.warning(
+            "etcd refuses member %x's data as corrupt (%s); the other %d voters are healthy:"
+            " wiping its data dir and joining as a new member",
+            member_id,
+            detail,
+            len(others),
+        )
+        self.service.stop()
+        wipe_data_dir(self.data_dir)
+        self.member_id = None
+        return None
 
     # --- the first ways in ---------------------------------------------------------
 
@@ -487,3 +534,14 @@ class Bootstrap:
     def _holds_member_data(self) -> bool:
         """The state names this node's member and etcd's member dir is there."""
         return self.member_id is not None and self._has_data()
+
+
+def _log_line(line: str) -> str:
+    """etcd's zap line as "msg: error" (its stack trace left out), else the line's start."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line.strip()[:240]
+    if not isinstance(entry, dict):
+        return line.strip()[:240]
+    return ": ".join(str(entry[k]) for k in ("msg", "error") if entry.get(k))[:240]

@@ -24,7 +24,7 @@ from agent.files import atomic_write
 from agent.settings import EtcdSettings
 from agent.systemd import Runner, SystemdUnit, run_command
 
-StartFailure = Literal["already-bootstrapped", "cluster-id-mismatch", "removed", "other"]
+StartFailure = Literal["already-bootstrapped", "cluster-id-mismatch", "removed", "corrupt", "other"]
 
 SYSTEMD_UNIT = "etcd-autoscale.service"
 SYSTEMD_CONFIG = Path("/etc/autoscale-etcd/etcd.yaml")
@@ -138,6 +138,24 @@ _FAILURES: tuple[tuple[StartFailure, re.Pattern[str]], ...] = (
     # rafthttp: "request sent was ignored due to cluster ID mismatch",
     # "request cluster ID mismatch", errClusterIDMismatch = "cluster ID mismatch"
     ("cluster-id-mismatch", re.compile(r"cluster ID mismatch", re.IGNORECASE)),
+    # the member's own data cannot be read (zap, 3.4 and 3.5): the bbolt file
+    # (mvcc/backend newBackend: "failed to open database" with bbolt's "invalid database",
+    # "checksum error", "version mismatch", "file size too small"; a damaged page later:
+    # "invalid freelist page", "page N already freed"), the WAL (a CRC mismatch ends in
+    # "discovery failed ... crc mismatch"; etcdserver/storage.go readWAL: "failed to open
+    # WAL", "failed to read WAL, cannot be repaired", "failed to repair WAL"), what etcd
+    # recovers from them (etcdserver/server.go NewServer), or its initial hash check
+    # against its peers (corrupt.go: "found data inconsistency with peers"). Not the bare
+    # word "corrupt": the start line always holds "initial-corrupt-check".
+    (
+        "corrupt",
+        re.compile(
+            r"failed to open database|crc mismatch|failed to (?:open|read|repair) WAL"
+            r"|failed to recover (?:v3 backend|from snapshot|store from backend)"
+            r"|found data inconsistency with peers|invalid freelist page|page \d+ already freed",
+            re.IGNORECASE,
+        ),
+    ),
 )
 
 

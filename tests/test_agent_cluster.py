@@ -138,8 +138,8 @@ def test_a_killed_member_is_removed_after_the_window_and_replaced(lab):
     nodes = start_initial(lab, 3)
     victim = nodes[2]
     victim.agent.stopped.set()
+    killed_at = time.time()  # before the kill: no check can fail before this instant
     victim.service.kill()  # kill -9 of its etcd; its agent is gone too
-    killed_at = time.time()
     assert wait_until(lambda: len(lab.record.calls_of("mark_unhealthy")) == 1, timeout=30)
     mark = lab.record.calls_of("mark_unhealthy")[0]
     assert mark[3] == victim.server_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,48 @@ def test_a_join_catching_up_a_large_database_is_progress_not_failure(make_agent_
     assert newcomer.name in listed and not listed[newcomer.name].is_learner, listed
     # healthy once its 120 MB are applied: slow on a loaded machine, but it comes
     assert wait_until(lambda: newcomer.name in lab.voters(), timeout=90), lab.voters()
+
+
+def corrupt_db(node: Node) -> None:
+    """Both of bbolt's meta pages of the node's etcd db overwritten (a disk that lost them)."""
+    db = Path(node.agent.settings.etcd.data_dir) / "member" / "snap" / "db"
+    with db.open("r+b") as f:
+        f.write(b"\xab" * 8192)
+
+
+def test_a_member_whose_data_is_corrupt_rejoins_as_new_only_while_the_rest_has_quorum(
+    make_agent_lab, caplog
+):
+    """First the control: the corrupt node boots while another member is down, so the
+    cluster has no quorum without it; its data is kept. Then the other one boots: the rest
+    has every other voter healthy, and the corrupt node wipes and joins as a new member."""
+    lab = make_agent_lab(dead_member_periods=100)  # nobody removed meanwhile
+    nodes = start_initial(lab, 3)
+    the_group_changed(lab)
+    client = lab.client()
+    for n in range(20):
+        client.put(f"/data/{n}", f"value {n}")
+    before = member_ids(client)
+    corrupt_node, other = nodes[2], nodes[1]
+    power_off(other)
+    power_off(corrupt_node)
+    corrupt_db(corrupt_node)
+    with caplog.at_level(logging.INFO, logger="agent.bootstrap"):
+        booted = boot(lab, corrupt_node)
+
+        def said(text: str) -> list[str]:
+            return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+        assert wait_until(lambda: said("kept: no quorum answers without it"), timeout=30)
+        db = Path(booted.agent.settings.etcd.data_dir) / "member" / "snap" / "db"
+        assert db.read_bytes()[:8] == b"\xab" * 8  # not wiped
+        assert not said("wiping its data dir")
+        boot(lab, other)
+        assert wait_until(lambda: len(lab.voters()) == 3, timeout=60), lab.voters()
+        wiped = said("wiping its data dir and joining as a new member")
+        assert wiped and "failed to open database" in wiped[0], wiped
+    after = member_ids(lab.client())
+    assert after[corrupt_node.name] != before[corrupt_node.name]  # a new member
+    assert after[other.name] == before[other.name] and after[nodes[0].name] == before[nodes[0].name]
+    assert all(lab.client().get(f"/data/{n}") == f"value {n}" for n in range(20))
+    assert lab.record.calls_of("mark_unhealthy") == []

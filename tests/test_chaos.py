@@ -403,12 +403,12 @@ def test_a_replacement_heat_refused_is_asked_again(etcd_bin, tmp_path):
         assert left > needed, f"A's replacement took the cooldown ({left:.1f}s < {needed:.1f}s)"
         lab.crash(b)  # the members are back at capacity once B is out
 
-        # the agent removes B's member first and marks its server next: wait for the mark
-        def b_marked(s: Sample) -> bool:
-            return any(e.node == b for e in lab.events.of("mark-unhealthy"))
+        # the agent removes B's member first and marks its server next: wait for both
+        def b_out(s: Sample) -> bool:
+            marked = any(e.node == b for e in lab.events.of("mark-unhealthy"))
+            return marked and b not in (s.members or [])
 
-        assert lab.wait_for(b_marked, 30, "B removed and its server marked")
-        assert b not in (lab.latest().members or [])  # type: ignore[union-attr]
+        assert lab.wait_for(b_out, 30, "B removed and its server marked")
         marked = next(e.t for e in lab.events.of("mark-unhealthy") if e.node == b)
         lab.wait_for(lambda s: False, 1.0)
         refused = [e for e in lab.events.of("no-action") if e.t >= marked]

@@ -651,3 +651,24 @@ def test_nospace_is_seen_excluded_from_health_and_cleared_by_compact_defrag_disa
     assert client.alarms() == []
     client.put("/after", "1")
     assert client.get("/after") == "1"
+
+
+def corrupt_db(data_dir: Path) -> None:
+    """Overwrite both of bbolt's meta pages (4 KiB pages 0 and 1) of the member's db."""
+    db = data_dir / "member" / "snap" / "db"
+    with db.open("r+b") as f:
+        f.write(b"\xab" * 8192)
+
+
+@pytest.mark.etcd
+def test_a_member_whose_db_is_corrupt_is_classified_so_and_a_healthy_start_is_not(
+    cluster3: EtcdCluster,
+):
+    n3 = cluster3.nodes[2]
+    for node in cluster3.nodes:  # etcd's start line says "initial-corrupt-check": not this
+        assert classify_start_failure(node.log()) == "other"
+    n3.stop()
+    corrupt_db(n3.data_dir)
+    n3.restart()
+    assert wait_until(lambda: not n3.is_running(), timeout=15, message="etcd to refuse it")
+    assert classify_start_failure(n3.log()) == "corrupt", n3.log()[-1500:]
