@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.cloud import Cloud
-from agent.decide import JOIN_LOCK
+from agent.decide import JOIN_LOCK, quorum
 from agent.etcd import EtcdClient, EtcdError, LearnerNotReady, normalize_url
 from agent.etcd_server import (
     EtcdService,
@@ -290,9 +290,7 @@ class Bootstrap:
                 " cluster; wiping its data dir and joining as a new member",
                 member_id,
             )
-            self.service.stop()
-            wipe_data_dir(self.data_dir)
-            self.member_id = None
+            self._wipe()
             return None
         if kind == "corrupt":
             return self._replace_corrupt(me, member_id)
@@ -324,7 +322,7 @@ class Bootstrap:
         voters = [m for m in members if not m.is_learner]
         others = [m for m in voters if m.id != member_id]
         healthy = sum(1 for m in others if m.healthy)
-        if healthy < len(voters) // 2 + 1 or healthy < len(others):
+        if healthy < quorum(len(voters)) or healthy < len(others):
             raise NotYet(
                 f"etcd refuses member {member_id:x}'s data as corrupt ({detail}); kept: the"
                 f" others are {healthy} healthy of {len(others)}, of {len(voters)} voters"
@@ -337,10 +335,16 @@ class Bootstrap:
             detail,
             len(others),
         )
+        self._wipe()
+        return None
+
+    def _wipe(self) -> None:
+        """etcd stopped and this node's member data gone: it joins as a new member (under
+        the join lock, which lists the members again and adds none while one is unhealthy;
+        etcd's strict reconfig check refuses a removal that would cost the quorum)."""
         self.service.stop()
         wipe_data_dir(self.data_dir)
         self.member_id = None
-        return None
 
     # --- the first ways in ---------------------------------------------------------
 

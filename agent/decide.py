@@ -89,7 +89,8 @@ def track_unhealthy(
 def starting_over(snapshot: Snapshot) -> frozenset[int]:
     """The members whose unhealthy count starts again this cycle (`track_unhealthy`'s
     `booting`): those whose server the cloud shows in BUILD (Nova building, rebuilding or
-    rebooting it), and, while a join holds the join lock, the learners. A learner catching
+    rebooting it), the one the leader's agent is defragmenting (it serves nothing until
+    done), and, while a join holds the join lock, the learners. A learner catching
     up a large snapshot fails its health checks for as long as that takes; counted from its
     first failure, the first check it missed after its promotion would convict it at once.
     A learner left behind once the lock is gone is counted (a joiner that died)."""
@@ -100,7 +101,8 @@ def starting_over(snapshot: Snapshot) -> frozenset[int]:
         if (server := snapshot.server_of(m)) is not None and server.status == "BUILD"
     }
     joining = {m.id for m in members if m.is_learner} if snapshot.join_lock_holder else set()
-    return frozenset(building | joining)
+    defragmenting = {m.id for m in members if m.name and m.name == snapshot.defragmenting}
+    return frozenset(building | joining | defragmenting)
 
 
 def decide(snapshot: Snapshot, settings: AgentSettings) -> Action:

@@ -287,12 +287,13 @@ class EtcdClient:
         return self.url_healthy(member.client_urls[0])
 
     def url_healthy(self, client_url: str) -> bool:
-        """etcd's /health; when that says false, whether a linearizable read on the member
-        goes through all the same: a raised alarm (NOSPACE is every member's at once) makes
-        /health false on a member that has a leader and serves reads, and such a member is
-        not a dead one (agent/upkeep.py clears the alarm). `/health?exclude=NOSPACE` would
-        say it in one call, but etcd 3.5.1 still answers false when more than one member
-        raised the alarm, as they do."""
+        """etcd's /health; when that says false (503) because of NOSPACE alone, whether a
+        linearizable read on the member goes through all the same: NOSPACE is every
+        member's at once, a member under it has a leader and serves reads, and it is not
+        a dead one (agent/upkeep.py clears it). Any other reason (no leader, a timeout
+        inside etcd, a CORRUPT alarm) stays unhealthy. `/health?exclude=NOSPACE` would say
+        it in one call, but etcd 3.5.1 still answers false once more than one member raised
+        the alarm, as they do."""
         url = client_url.rstrip("/")
         try:
             answer = self._http.get(url + "/health", timeout=self.timeout)
@@ -303,6 +304,9 @@ class EtcdClient:
         if answer.status_code != 503:
             return False
         try:
+            raised = self._post_to(url, "maintenance/alarm", {"action": "GET"}).get("alarms", [])
+            if not raised or any(a.get("alarm") != "NOSPACE" for a in raised):
+                return False
             self._quorum_read(url)
         except (_NoAnswer, EtcdError):
             return False

@@ -138,24 +138,32 @@ _FAILURES: tuple[tuple[StartFailure, re.Pattern[str]], ...] = (
     # rafthttp: "request sent was ignored due to cluster ID mismatch",
     # "request cluster ID mismatch", errClusterIDMismatch = "cluster ID mismatch"
     ("cluster-id-mismatch", re.compile(r"cluster ID mismatch", re.IGNORECASE)),
-    # the member's own data cannot be read (zap, 3.4 and 3.5): the bbolt file
-    # (mvcc/backend newBackend: "failed to open database" with bbolt's "invalid database",
-    # "checksum error", "version mismatch", "file size too small"; a damaged page later:
-    # "invalid freelist page", "page N already freed"), the WAL (a CRC mismatch ends in
-    # "discovery failed ... crc mismatch"; etcdserver/storage.go readWAL: "failed to open
-    # WAL", "failed to read WAL, cannot be repaired", "failed to repair WAL"), what etcd
-    # recovers from them (etcdserver/server.go NewServer), or its initial hash check
-    # against its peers (corrupt.go: "found data inconsistency with peers"). Not the bare
-    # word "corrupt": the start line always holds "initial-corrupt-check".
-    (
-        "corrupt",
-        re.compile(
-            r"failed to open database|crc mismatch|failed to (?:open|read|repair) WAL"
-            r"|failed to recover (?:v3 backend|from snapshot|store from backend)"
-            r"|found data inconsistency with peers|invalid freelist page|page \d+ already freed",
-            re.IGNORECASE,
-        ),
-    ),
+)
+
+
+# The member's own data cannot be read (zap, 3.4 and 3.5), on the line etcd exits with (level
+# fatal or panic, or Go's own "panic:"): the bbolt file (mvcc/backend newBackend: "failed to
+# open database" with bbolt's "invalid database", "checksum error", "version mismatch",
+# "file size too small"; a damaged page later: "invalid freelist page", "page N already
+# freed"), the WAL (a CRC mismatch ends in "discovery failed ... crc mismatch";
+# etcdserver/storage.go readWAL: "failed to open WAL", "failed to read WAL, cannot be
+# repaired", "failed to repair WAL"), or what etcd recovers from them (etcdserver/server.go
+# NewServer). Not a warning etcd recovers from (a broken .snap file is renamed and an older
+# one used), not the bare word "corrupt" (the start line holds "initial-corrupt-check"), not
+# "found data inconsistency with peers" (the peer may be the corrupt one), and not an error
+# of the machine rather than the data (permissions, a WAL lock still held, no descriptors,
+# a read-only or full file system).
+_CORRUPT = re.compile(
+    r"failed to open database|crc mismatch|failed to (?:open|read|repair) WAL"
+    r"|failed to recover (?:v3 backend|from snapshot|store from backend)"
+    r"|invalid freelist page|page \d+ already freed",
+    re.IGNORECASE,
+)
+_EXITS = re.compile(r'"level":"(?:fatal|panic)"|^panic: ')
+_NOT_THE_DATA = re.compile(
+    r"permission denied|resource temporarily unavailable|too many open files"
+    r"|read-only file system|no space left on device",
+    re.IGNORECASE,
 )
 
 
@@ -164,6 +172,9 @@ def classify_start_failure(log_text: str) -> StartFailure:
     for kind, pattern in _FAILURES:
         if pattern.search(log_text):
             return kind
+    for line in log_text.splitlines():
+        if _CORRUPT.search(line) and _EXITS.search(line) and not _NOT_THE_DATA.search(line):
+            return "corrupt"
     return "other"
 
 

@@ -28,7 +28,7 @@ from agent.decide import (
     track_unhealthy,
 )
 from agent.etcd import EtcdClient, EtcdError, UnhealthyCluster
-from agent.etcd_server import EtcdService, client_url
+from agent.etcd_server import EtcdService, client_url, read_config
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.metrics import read_metric
 from agent.settings import AgentSettings, MetricSettings, adopt, document_sha256
@@ -44,13 +44,16 @@ from agent.snapshot import (
 from agent.state import AgentState
 from agent.upgrade import EXIT_UPGRADE, BundleError, file_sha256, install, unpack
 from agent.upkeep import (
+    DEFRAG_LOCK,
     DEFRAG_TIMEOUT,
-    DbStatus,
+    NOSPACE_BACK_CYCLES,
+    db_statuses,
     live_data_fills,
     mib,
     nospace_order,
     plan,
     quota,
+    quota_of,
 )
 
 log = logging.getLogger("agent.loop")
@@ -127,6 +130,8 @@ class Agent:
         self.state = AgentState.load(self.state_dir)
         self.stopped = threading.Event()
         self._known_endpoints: list[str] = []
+        self._nospace_cleared: int | None = None
+        """The cycle this agent last cleared a NOSPACE (agent/upkeep.py NOSPACE_BACK_CYCLES)."""
 
     # --- identity and config ---------------------------------------------------------
 
@@ -180,6 +185,7 @@ class Agent:
         own_ok = False
         holder: str | None = None
         joiner: str | None = None
+        defragmenting: str | None = None
         client: EtcdClient | None = None
         for endpoints in ([self.own_url()], None):
             if endpoints is None:  # this node's etcd did not answer: ask the others
@@ -191,6 +197,7 @@ class Agent:
                 members = client.members(check_health=True)
                 holder = client.lock_holder(KILL_LOCK)
                 joiner = client.lock_holder(JOIN_LOCK)
+                defragmenting = client.lock_holder(DEFRAG_LOCK)
             except EtcdError as error:
                 log.debug("etcd at %s: %s", endpoints, error)
                 members = None
@@ -201,8 +208,8 @@ class Agent:
         if members is not None:
             self._known_endpoints = [u for m in members for u in m.client_urls]
         failmarker = next_failmarker(self.state.failmarker, own_ok)
-        if not count:
-            failmarker = self.state.failmarker
+        if not count or (not own_ok and defragmenting == self.me.name):
+            failmarker = self.state.failmarker  # a member being defragmented answers nothing
         metric = self.read_metric(self.settings.metric)
         readings: dict[str, PeerReading] | None = None
         if client is not None and members is not None:
@@ -216,6 +223,7 @@ class Agent:
             readings=readings,
             kill_lock_holder=holder,
             join_lock_holder=joiner,
+            defragmenting=defragmenting,
             failmarker=failmarker,
             own_etcd_ok=own_ok,
             last_scale_up=self.state.last_scale_up,
@@ -310,10 +318,12 @@ class Agent:
             result = self.act(action, snapshot)
             if self.state.upgrade_lease is not None:
                 result = " | ".join(x for x in (result, self._upgraded(snapshot)) if x)
-            elif action.kind == "wait" and self._upgrade_due(snapshot):
-                result = " | ".join(x for x in (result, self._upgrade(snapshot)) if x)
-            elif action.kind == "wait" and self._leads(snapshot):
-                result = " | ".join(x for x in (result, self._upkeep(snapshot)) if x)
+            elif action.kind == "wait":
+                # the leader's upkeep first: a NOSPACE refuses the upgrade's lock anyway
+                done = self._upkeep(snapshot) if self._leads(snapshot) else ""
+                if not done and self._upgrade_due(snapshot):
+                    done = self._upgrade(snapshot)
+                result = " | ".join(x for x in (result, done) if x)
         except (EtcdError, CloudError) as error:
             result = f"failed: {error}"
         sentence = f"saw {describe(snapshot, self.settings)} | did {action.kind}: {action.reason}"
@@ -673,7 +683,7 @@ class Agent:
             return "alarm(s) raised: " + ", ".join(f"{a} on {m:x}" for m, a in alarms)
         if not whole(snapshot) or snapshot.join_lock_holder is not None:
             return ""
-        statuses = self._db_statuses(client, snapshot.voters)
+        statuses = db_statuses(client, snapshot.voters)
         if len(statuses) < len(snapshot.voters):
             return ""
         step = plan(statuses, self.settings.etcd)
@@ -686,56 +696,46 @@ class Agent:
             )
         if step.kind == "defragment":
             assert step.member is not None
-            client.defragment(step.member.url, DEFRAG_TIMEOUT)
-            after = self._db_statuses(
+            lock = client.acquire_lock(DEFRAG_LOCK, step.member.name, DEFRAG_TIMEOUT + 60)
+            if lock is None:
+                return f"upkeep waits: {client.lock_holder(DEFRAG_LOCK)} is being defragmented"
+            try:
+                client.defragment(step.member.url, DEFRAG_TIMEOUT)
+            finally:
+                client.release_lock(lock)
+            after = db_statuses(
                 client, [m for m in snapshot.voters if m.id == step.member.member_id]
             )
             size = mib(after[0].size) if after else "unknown"
             return f"upkeep: {step.reason}: defragmented, now {size}"
         return ""
 
-    def _db_statuses(
-        self, client: EtcdClient, members: tuple[Member, ...] | list[Member]
-    ) -> list[DbStatus]:
-        """Each member's backend, asked of that member (those that do not answer are left out)."""
-        out: list[DbStatus] = []
-        for member in members:
-            if not member.client_urls:
-                continue
-            url = member.client_urls[0]
-            try:
-                status = client.status(url)
-            except EtcdError as error:
-                log.debug("status of %s: %s", member.name, error)
-                continue
-            out.append(
-                DbStatus(
-                    member_id=member.id,
-                    name=member.name,
-                    url=url,
-                    size=int(status.get("dbSize", 0)),
-                    in_use=int(status.get("dbSizeInUse", status.get("dbSize", 0))),
-                    is_leader=int(status.get("leader", 0)) == member.id,
-                )
-            )
-        return out
-
     def _clear_nospace(self, client: EtcdClient, snapshot: Snapshot) -> str:
         """etcd's own recovery (op-guide "Space quota"): compact to the current revision,
         defragment every member (followers first), disarm; unless what is left after the
         compaction still fills the quota (no defragmentation gives room then)."""
+        if self._nospace_cleared is not None:
+            since = self._cycles - self._nospace_cleared
+            if since < NOSPACE_BACK_CYCLES:
+                sentence = (
+                    f"NOSPACE kept: back {since} cycle(s) after it was cleared; the writes refill"
+                    " the quota as fast as a clearing frees it: raise quota_backend_bytes or"
+                    f" delete keys (cleared again after {NOSPACE_BACK_CYCLES} cycles)"
+                )
+                log.error("%s", sentence)
+                return sentence
         voters = [m for m in snapshot.voters if m.healthy]
         revision = int(client.status(self.own_url()).get("header", {}).get("revision", 0))
         compacted = client.compact(revision) if revision else False
         done = f"compacted to revision {revision}" if compacted else "history compacted already"
-        limit = quota(self.settings.etcd)
-        left = self._db_statuses(client, voters)
+        limit = self._running_quota()
+        left = db_statuses(client, voters)
         # the compaction is done on this (the leader's) member when etcd answered; the others
         # apply it a moment later, and the live data is the same on every member
         mine = [s for s in left if s.url == self.own_url()]
         if not left or not mine:
             return f"NOSPACE: {done}; no db size answered"
-        if live_data_fills(mine, self.settings.etcd):
+        if live_data_fills(mine, limit):
             largest = mine[0].in_use
             sentence = (
                 f"NOSPACE kept: {done}; the live data ({mib(largest)}) fills the quota"
@@ -751,8 +751,9 @@ class Agent:
                 log.warning("NOSPACE: could not defragment %s: %s", status.name, error)
                 continue
             defragmented.append(status.name)
-        after = self._db_statuses(client, voters)
+        after = db_statuses(client, voters)
         disarmed = client.disarm_all("NOSPACE")
+        self._nospace_cleared = self._cycles
         sentence = (
             f"NOSPACE cleared: {done}, defragmented {', '.join(defragmented) or 'no member'}"
             f" (largest db {mib(max(s.size for s in left))} ->"
@@ -761,6 +762,14 @@ class Agent:
         )
         log.warning("%s", sentence)
         return sentence
+
+    def _running_quota(self) -> int:
+        """The quota this node's etcd runs with: its config file's (quota_backend_bytes is
+        in force at etcd's next start; the settings may already name a new one)."""
+        try:
+            return quota_of(read_config(self.config_path).get("quota-backend-bytes"))
+        except (OSError, ValueError):
+            return quota(self.settings.etcd)
 
     def _client(self, snapshot: Snapshot) -> EtcdClient:
         urls = [u for m in snapshot.members or () if m.healthy for u in m.client_urls]

@@ -111,6 +111,9 @@ class Snapshot:
     kill_lock_holder: str | None = None
     join_lock_holder: str | None = None
     """Who is joining right now (its learner/unstarted entry is not dead)."""
+    defragmenting: str | None = None
+    """The member the leader's agent is defragmenting (agent/upkeep.py's lock): it serves
+    nothing until done, and that is neither a death nor its own agent's failure."""
     failmarker: int = 0
     own_etcd_ok: bool = True
     """Whether this node's own etcd answered this cycle (the failmarker's call)."""

@@ -11,6 +11,7 @@ from typing import Any
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdClient, EtcdError
 from agent.settings import AgentSettings
+from agent.upkeep import DbStatus, db_statuses, mib
 
 LOCK_ROOT = "/autoscale-etcd/"
 ELECTION_WAIT = 5.0
@@ -39,16 +40,7 @@ def cluster_status(
             for key, value in client.get_prefix(LOCK_ROOT).items()
             if key.endswith(suffix)
         }
-    dbs: dict[int, dict[str, int]] = {}
-    for m in members:
-        if not m.client_urls:
-            continue
-        try:
-            answer = client.status(m.client_urls[0])
-        except EtcdError:
-            continue
-        size = int(answer.get("dbSize", 0))
-        dbs[m.id] = {"size": size, "in_use": int(answer.get("dbSizeInUse", size))}
+    dbs = {d.member_id: {"size": d.size, "in_use": d.in_use} for d in db_statuses(client, members)}
     return {
         "cluster_id": client.cluster_id(),
         "alarms": [{"member": f"{m:x}", "alarm": a} for m, a in client.alarms()],
@@ -111,9 +103,8 @@ def render(status: dict[str, Any]) -> str:
 
 def _db(db: dict[str, int]) -> str:
     """The member's db file and the share of it that is free pages (agent/upkeep.py)."""
-    size, in_use = db["size"], db["in_use"]
-    free = (size - in_use) / size if size else 0.0
-    return f"{size / 2**20:.1f} MiB ({100 * free:.0f}%)"
+    status = DbStatus(0, "", "", db["size"], db["in_use"], False)
+    return f"{mib(status.size)} ({100 * status.free_share:.0f}%)"
 
 
 def status_command(

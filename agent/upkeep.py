@@ -27,12 +27,23 @@ leadership is the lock, and a lock cannot be taken while NOSPACE refuses lease g
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agent.etcd import EtcdClient, EtcdError
 from agent.settings import EtcdSettings
+from agent.snapshot import Member
+
+log = logging.getLogger("agent.upkeep")
 
 DEFAULT_QUOTA = 2 * 2**30
 """etcd's quota when --quota-backend-bytes is 0."""
+DEFRAG_LOCK = "defrag"
+"""The etcd lock naming the member being defragmented (free pages only: under NOSPACE no
+lease is granted, and no removal can be made either). One at a time cluster-wide; every
+agent reads it: that member's unhealthy count starts over each cycle, and its own agent
+does not count the failmarker for it."""
 DEFRAG_TIMEOUT = 300.0
 """s one member's defragmentation may take (etcd gives it no limit of its own; a 2 GiB
 file on a slow volume takes minutes)."""
@@ -56,6 +67,33 @@ class DbStatus:
         return (self.size - self.in_use) / self.size if self.size > 0 else 0.0
 
 
+def db_statuses(client: EtcdClient, members: Iterable[Member]) -> list[DbStatus]:
+    """Each member's backend, asked of that member (those that do not answer are left out:
+    a member being defragmented, a dead one)."""
+    out: list[DbStatus] = []
+    for member in members:
+        if not member.client_urls:
+            continue
+        url = member.client_urls[0]
+        try:
+            status = client.status(url)
+        except EtcdError as error:
+            log.debug("status of %s: %s", member.name or f"{member.id:x}", error)
+            continue
+        size = int(status.get("dbSize", 0))
+        out.append(
+            DbStatus(
+                member_id=member.id,
+                name=member.name,
+                url=url,
+                size=size,
+                in_use=int(status.get("dbSizeInUse", size)),
+                is_leader=int(status.get("leader", 0)) == member.id,
+            )
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class Upkeep:
     kind: str
@@ -65,8 +103,24 @@ class Upkeep:
     target: DbStatus | None = None
 
 
+NOSPACE_BACK_CYCLES = 6
+"""A NOSPACE back within this many cycles of being cleared is not cleared again until they
+have passed: the writes refill the quota as fast as a clearing frees it (live data just
+under it, or a member that could not be defragmented); the agent says so instead of
+defragmenting every member every cycle."""
+
+
 def quota(settings: EtcdSettings) -> int:
     return settings.quota_backend_bytes or DEFAULT_QUOTA
+
+
+def quota_of(configured: object) -> int:
+    """The quota an etcd config's `quota-backend-bytes` gives (0 or none: etcd's default)."""
+    try:
+        value = int(configured)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return DEFAULT_QUOTA
+    return value if value > 0 else DEFAULT_QUOTA
 
 
 def mib(size: int) -> str:
@@ -104,8 +158,9 @@ quota is the live data itself: a defragmentation would give room for a few write
 next NOSPACE; the alarm stays and the agent says to raise the quota."""
 
 
-def live_data_fills(statuses: list[DbStatus], settings: EtcdSettings) -> bool:
-    return max((s.in_use for s in statuses), default=0) >= FULL_SHARE * quota(settings)
+def live_data_fills(statuses: list[DbStatus], limit: int) -> bool:
+    """What is left after a compaction (`statuses`) fills the quota `limit` etcd runs with."""
+    return max((s.in_use for s in statuses), default=0) >= FULL_SHARE * limit
 
 
 def nospace_order(statuses: list[DbStatus]) -> list[DbStatus]:

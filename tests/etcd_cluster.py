@@ -87,6 +87,14 @@ def wait_until(
         time.sleep(interval)
 
 
+def corrupt_db(data_dir: Path) -> None:
+    """Overwrite both of bbolt's meta pages (4 KiB pages 0 and 1) of a member's db: a disk
+    that lost them (bbolt falls back to the other page when only one is bad)."""
+    db = Path(data_dir) / "member" / "snap" / "db"
+    with db.open("r+b") as f:
+        f.write(b"\xab" * 8192)
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 

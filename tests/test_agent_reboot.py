@@ -18,7 +18,7 @@ from agent.bootstrap import Bootstrap
 from agent.etcd import EtcdClient
 from agent.loop import etcd_client_factory
 from tests.agent_lab import PERIOD, Lab, Node, start_initial
-from tests.etcd_cluster import wait_until
+from tests.etcd_cluster import corrupt_db, wait_until
 
 pytestmark = pytest.mark.etcd
 
@@ -136,13 +136,6 @@ def test_a_join_catching_up_a_large_database_is_progress_not_failure(make_agent_
     assert wait_until(lambda: newcomer.name in lab.voters(), timeout=90), lab.voters()
 
 
-def corrupt_db(node: Node) -> None:
-    """Both of bbolt's meta pages of the node's etcd db overwritten (a disk that lost them)."""
-    db = Path(node.agent.settings.etcd.data_dir) / "member" / "snap" / "db"
-    with db.open("r+b") as f:
-        f.write(b"\xab" * 8192)
-
-
 def test_a_member_whose_data_is_corrupt_rejoins_as_new_only_while_the_rest_has_quorum(
     make_agent_lab, caplog
 ):
@@ -159,7 +152,7 @@ def test_a_member_whose_data_is_corrupt_rejoins_as_new_only_while_the_rest_has_q
     corrupt_node, other = nodes[2], nodes[1]
     power_off(other)
     power_off(corrupt_node)
-    corrupt_db(corrupt_node)
+    corrupt_db(Path(corrupt_node.agent.settings.etcd.data_dir))
     with caplog.at_level(logging.INFO, logger="agent.bootstrap"):
         booted = boot(lab, corrupt_node)
 

@@ -19,7 +19,7 @@ import pytest
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdError
 from agent.settings import EtcdSettings
-from agent.upkeep import DbStatus, nospace_order, plan
+from agent.upkeep import DEFRAG_LOCK, DbStatus, nospace_order, plan
 from lab.outside import Etcdctl
 from lab.writer import FILL_PREFIX, FILL_VALUE, fill_until_no_space
 from tests.agent_lab import PERIOD, start_initial
@@ -126,7 +126,11 @@ def test_free_pages_are_given_back_one_member_at_a_time_the_leader_after_a_hando
     assert wait_until(lambda: len(said(caplog, "defragmented, now")) >= len(nodes), timeout=5)
     handed = said(caplog, "leadership handed to")
     defragmented = said(caplog, "defragmented, now")
-    assert len(handed) == 1 and len(defragmented) == len(nodes), (handed, defragmented)
+    # one hand-over here; a spontaneous election on a loaded machine may make another
+    assert handed and len(defragmented) >= len(nodes), (handed, defragmented)
+    done = {n.name for n in nodes if any(f"upkeep: {n.name}'s db" in d for d in defragmented)}
+    assert done == {n.name for n in nodes}, defragmented
+    assert client.lock_holder(DEFRAG_LOCK) is None  # the lock is given back each time
     assert client.leader_id() != first_leader
     assert client.get(FILL_PREFIX + "3") == FILL_VALUE
     assert not lab.record.deleted

@@ -499,6 +499,19 @@ def test_a_promoted_learner_starts_its_count_again():
     assert act(replace(promoted, unhealthy_since={0x1004: 100.0})).kind == "remove_dead"
 
 
+def test_a_member_being_defragmented_is_not_counted_dead():
+    """It serves nothing while etcd rewrites its file (minutes for gigabytes): each cycle
+    its count starts over; once the defragmentation lock is gone it is counted again."""
+    base = snap(3, me=1, leader=1, unhealthy=(3,), now=400.0)
+    name = next(m.name for m in base.members if m.id == 0x1003)
+    busy = replace(base, defragmenting=name, unhealthy_since={0x1003: 100.0})
+    assert starting_over(busy) == {0x1003}
+    since = track_unhealthy({0x1003: 100.0}, busy.members, 400.0, starting_over(busy))
+    assert since == {0x1003: 400.0}
+    assert act(replace(busy, unhealthy_since=since)).kind != "remove_dead"
+    assert act(replace(busy, defragmenting=None)).kind == "remove_dead"
+
+
 def test_track_unhealthy_keeps_first_time_and_ignores_blind_cycles():
     first = track_unhealthy({}, snap(3, unhealthy=(2,)).members, now=100.0)
     assert first == {0x1002: 100.0}

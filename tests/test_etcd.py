@@ -38,7 +38,7 @@ from agent.etcd_server import (
 from agent.settings import EtcdSettings, TlsFiles
 from agent.status import cluster_status, render
 from lab.writer import FILL_PREFIX, FILL_VALUE, fill_until_no_space
-from tests.etcd_cluster import EtcdCluster, free_address, wait_until
+from tests.etcd_cluster import EtcdCluster, corrupt_db, free_address, wait_until
 from tests.tools import need, need_etcd
 
 VERSIONS = ["3.4", "3.5"]
@@ -631,6 +631,16 @@ def test_nospace_is_seen_excluded_from_health_and_cleared_by_compact_defrag_disa
         plain = requests.get(node.client_url + "/health", timeout=2)
         assert plain.status_code == 503  # etcd's own /health: false while an alarm is raised
         assert client.url_healthy(node.client_url)  # the agent's: alive, a leader, reads
+    # ... but not without a quorum: two of three stopped, the third is not healthy
+    survivor, *stopped = cluster.nodes
+    for node in stopped:
+        node.stop()
+    assert not _client([survivor.client_url], timeout=1.0).url_healthy(survivor.client_url)
+    for node in stopped:
+        node.restart()
+    assert wait_until(
+        lambda: all(client.url_healthy(n.client_url) for n in cluster.nodes), timeout=20
+    )
     with pytest.raises(EtcdError) as still:
         client.put("/after", "1")
     assert still.value.no_space
@@ -653,13 +663,6 @@ def test_nospace_is_seen_excluded_from_health_and_cleared_by_compact_defrag_disa
     assert client.get("/after") == "1"
 
 
-def corrupt_db(data_dir: Path) -> None:
-    """Overwrite both of bbolt's meta pages (4 KiB pages 0 and 1) of the member's db."""
-    db = data_dir / "member" / "snap" / "db"
-    with db.open("r+b") as f:
-        f.write(b"\xab" * 8192)
-
-
 @pytest.mark.etcd
 def test_a_member_whose_db_is_corrupt_is_classified_so_and_a_healthy_start_is_not(
     cluster3: EtcdCluster,
@@ -672,3 +675,25 @@ def test_a_member_whose_db_is_corrupt_is_classified_so_and_a_healthy_start_is_no
     n3.restart()
     assert wait_until(lambda: not n3.is_running(), timeout=15, message="etcd to refuse it")
     assert classify_start_failure(n3.log()) == "corrupt", n3.log()[-1500:]
+
+
+def test_only_the_line_etcd_exits_with_on_its_own_data_is_corrupt():
+    """etcd's zap lines: the exit on an unreadable db or WAL is "corrupt"; a warning etcd
+    recovers from, a machine's error, or a peer's differing hash is not."""
+    panic = (
+        '{"level":"panic","msg":"failed to open database","path":"/d/member/snap/db",'
+        '"error":"invalid database"}'
+    )
+    wal = '{"level":"fatal","msg":"discovery failed","error":"walpb: crc mismatch"}'
+    assert classify_start_failure(panic) == "corrupt"
+    assert classify_start_failure(wal) == "corrupt"
+    assert classify_start_failure("panic: invalid freelist page: 0, page type is leaf") == "corrupt"
+    for line in (
+        '{"level":"warn","msg":"failed to read a snap file","error":"snap: crc mismatch"}',
+        '{"level":"fatal","msg":"failed to open WAL","error":"open /d/wal: permission denied"}',
+        '{"level":"panic","msg":"failed to open database","error":"resource temporarily'
+        ' unavailable"}',
+        '{"level":"fatal","msg":"discovery failed","error":"found data inconsistency with peers"}',
+        '{"level":"info","msg":"starting an etcd server","initial-corrupt-check":false}',
+    ):
+        assert classify_start_failure(line) == "other", line
