@@ -104,7 +104,11 @@ def test_a_node_removed_while_it_was_down_wipes_its_data_and_joins_as_a_new_memb
 def test_a_join_catching_up_a_large_database_is_progress_not_failure(make_agent_lab):
     """A new member of a cluster holding ~120 MB: its catch-up takes far longer than the
     start deadline given here, and the join goes on while its data dir grows."""
-    lab = make_agent_lab(scaledownperiod=30.0)
+    # the members' dead-member window: the harness's 3 periods (0.6 s from the first failed
+    # check) is shorter than a loaded machine takes to apply 120 MB after the promotion (a
+    # fresh clone's suite saw the new voter removed 0.75 s after it); the stack's 6 periods
+    # of 10 s give 45 s. 25 periods of 0.4 s give 9.4 s.
+    lab = make_agent_lab(scaledownperiod=30.0, dead_member_periods=25)
     start_initial(lab, 3)
     client = EtcdClient(lab.client().endpoints, timeout=10.0, prefix="/autoscale-etcd/itest")
     blob = "x" * 1_000_000
