@@ -47,6 +47,7 @@ from agent.upkeep import (
     DEFRAG_LOCK,
     DEFRAG_TIMEOUT,
     NOSPACE_BACK_CYCLES,
+    DbStatus,
     db_statuses,
     live_data_fills,
     mib,
@@ -730,19 +731,13 @@ class Agent:
         done = f"compacted to revision {revision}" if compacted else "history compacted already"
         limit = self._running_quota()
         left = db_statuses(client, voters)
-        # the compaction is done on this (the leader's) member when etcd answered; the others
-        # apply it a moment later, and the live data is the same on every member
-        mine = [s for s in left if s.url == self.own_url()]
-        if not left or not mine:
+        if not left:
             return f"NOSPACE: {done}; no db size answered"
-        if live_data_fills(mine, limit):
-            largest = mine[0].in_use
-            sentence = (
-                f"NOSPACE kept: {done}; the live data ({mib(largest)}) fills the quota"
-                f" ({mib(limit)}): raise quota_backend_bytes or delete keys"
-            )
-            log.error("%s", sentence)
-            return sentence
+        # dbSizeInUse counts the pages a compaction frees only once the backend commits
+        # them (a moment later, on each member): right after this cycle's compaction the
+        # live data is judged from the defragmented files instead
+        if not compacted and live_data_fills(left, limit):
+            return self._nospace_kept(done, left, limit)
         defragmented: list[str] = []
         for status in nospace_order(left):
             try:
@@ -752,15 +747,26 @@ class Agent:
                 continue
             defragmented.append(status.name)
         after = db_statuses(client, voters)
+        done += f", defragmented {', '.join(defragmented) or 'no member'}"
+        if live_data_fills(after, limit):
+            return self._nospace_kept(done, after, limit)
         disarmed = client.disarm_all("NOSPACE")
         self._nospace_cleared = self._cycles
         sentence = (
-            f"NOSPACE cleared: {done}, defragmented {', '.join(defragmented) or 'no member'}"
-            f" (largest db {mib(max(s.size for s in left))} ->"
+            f"NOSPACE cleared: {done} (largest db {mib(max(s.size for s in left))} ->"
             f" {mib(max((s.size for s in after), default=0))}, quota {mib(limit)});"
             f" {disarmed} alarm(s) disarmed"
         )
         log.warning("%s", sentence)
+        return sentence
+
+    def _nospace_kept(self, done: str, statuses: list[DbStatus], limit: int) -> str:
+        largest = max(s.in_use for s in statuses)
+        sentence = (
+            f"NOSPACE kept: {done}; the live data ({mib(largest)}) fills the quota"
+            f" ({mib(limit)}): raise quota_backend_bytes or delete keys"
+        )
+        log.error("%s", sentence)
         return sentence
 
     def _running_quota(self) -> int:
