@@ -53,7 +53,6 @@ from agent.upkeep import (
     mib,
     nospace_order,
     plan,
-    quota,
     quota_of,
 )
 
@@ -677,12 +676,13 @@ class Agent:
         back while the cluster is whole."""
         client = self._client(snapshot)
         alarms = client.alarms()
-        nospace = [(member, alarm) for member, alarm in alarms if alarm == "NOSPACE"]
-        if nospace:
+        if any(alarm == "NOSPACE" for _, alarm in alarms):
             return self._clear_nospace(client, snapshot)
         if alarms:  # CORRUPT: etcd's own check found a member's data differs; not ours to clear
             return "alarm(s) raised: " + ", ".join(f"{a} on {m:x}" for m, a in alarms)
-        if not whole(snapshot) or snapshot.join_lock_holder is not None:
+        if self._cycles % SETTINGS_POLL_CYCLES or not whole(snapshot):
+            return ""  # free pages are looked at once a minute, not each cycle
+        if snapshot.join_lock_holder is not None:
             return ""
         statuses = db_statuses(client, snapshot.voters)
         if len(statuses) < len(snapshot.voters):
@@ -775,7 +775,7 @@ class Agent:
         try:
             return quota_of(read_config(self.config_path).get("quota-backend-bytes"))
         except (OSError, ValueError):
-            return quota(self.settings.etcd)
+            return quota_of(self.settings.etcd.quota_backend_bytes)
 
     def _client(self, snapshot: Snapshot) -> EtcdClient:
         urls = [u for m in snapshot.members or () if m.healthy for u in m.client_urls]

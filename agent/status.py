@@ -11,7 +11,7 @@ from typing import Any
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdClient, EtcdError
 from agent.settings import AgentSettings
-from agent.upkeep import DbStatus, db_statuses, mib
+from agent.upkeep import db_statuses, mib
 
 LOCK_ROOT = "/autoscale-etcd/"
 ELECTION_WAIT = 5.0
@@ -40,7 +40,10 @@ def cluster_status(
             for key, value in client.get_prefix(LOCK_ROOT).items()
             if key.endswith(suffix)
         }
-    dbs = {d.member_id: {"size": d.size, "in_use": d.in_use} for d in db_statuses(client, members)}
+    dbs = {
+        d.member_id: {"size": d.size, "in_use": d.in_use, "free_share": round(d.free_share, 3)}
+        for d in db_statuses(client, members)
+    }
     return {
         "cluster_id": client.cluster_id(),
         "alarms": [{"member": f"{m:x}", "alarm": a} for m, a in client.alarms()],
@@ -101,10 +104,9 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _db(db: dict[str, int]) -> str:
+def _db(db: dict[str, Any]) -> str:
     """The member's db file and the share of it that is free pages (agent/upkeep.py)."""
-    status = DbStatus(0, "", "", db["size"], db["in_use"], False)
-    return f"{mib(status.size)} ({100 * status.free_share:.0f}%)"
+    return f"{mib(db['size'])} ({100 * db['free_share']:.0f}%)"
 
 
 def status_command(

@@ -110,10 +110,6 @@ under it, or a member that could not be defragmented); the agent says so instead
 defragmenting every member every cycle."""
 
 
-def quota(settings: EtcdSettings) -> int:
-    return settings.quota_backend_bytes or DEFAULT_QUOTA
-
-
 def quota_of(configured: object) -> int:
     """The quota an etcd config's `quota-backend-bytes` gives (0 or none: etcd's default)."""
     try:

@@ -158,13 +158,17 @@ def test_the_command_renders_a_git_ref(tmp_path):
         pytest.skip("a copy of the tree without its git history: no commit to render")
     to = render_at("HEAD", "dev", tmp_path / "head")
     assert yaml.safe_load((to / "heat-template.yaml").read_text())["resources"]
-    result = subprocess.run(
-        [*PLAN, "--from", "HEAD", "--to", str(to)],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+
+    def plan_to_head() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*PLAN, "--from", "HEAD", "--to", str(to)],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    result = plan_to_head()
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("no change"), result.stdout
     template = to / "heat-template.yaml"
@@ -172,13 +176,7 @@ def test_the_command_renders_a_git_ref(tmp_path):
     size = changed["resources"][heat.GROUP]["properties"]["max_size"]
     changed["resources"][heat.GROUP]["properties"]["max_size"] = size + 4
     template.write_text(yaml.safe_dump(changed))
-    grown = subprocess.run(
-        [*PLAN, "--from", "HEAD", "--to", str(to)],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    grown = plan_to_head()
     assert grown.returncode == 0, grown.stdout + grown.stderr
     assert grown.stdout.splitlines() == [
         f"group max_size: {size} -> {size + 4}: in place (the group keeps its size within the"
