@@ -309,23 +309,21 @@ class Bootstrap:
             ),
             "",
         )
+        refused = f"etcd refuses member {member_id:x}'s data as corrupt ({detail}); kept"
         endpoints = self._endpoints(self.cloud.group_members(), me)
+        if not endpoints:
+            raise NotYet(f"{refused}: no other server to ask")
         try:
-            if not endpoints:
-                raise EtcdError("member list", "(no other server)", "no other member to ask")
             members = self.client_factory(endpoints).members(check_health=True)
         except EtcdError as error:
-            raise NotYet(
-                f"etcd refuses member {member_id:x}'s data as corrupt ({detail}); kept: no"
-                f" quorum answers without it ({error})"
-            ) from error
+            raise NotYet(f"{refused}: no quorum answers without it ({error})") from error
         voters = [m for m in members if not m.is_learner]
         others = [m for m in voters if m.id != member_id]
         healthy = sum(1 for m in others if m.healthy)
         if healthy < quorum(len(voters)) or healthy < len(others):
             raise NotYet(
-                f"etcd refuses member {member_id:x}'s data as corrupt ({detail}); kept: the"
-                f" others are {healthy} healthy of {len(others)}, of {len(voters)} voters"
+                f"{refused}: the others are {healthy} healthy of {len(others)},"
+                f" of {len(voters)} voters"
             )
         self.quorum_seen = True
         log.warning(

@@ -304,8 +304,8 @@ class EtcdClient:
         if answer.status_code != 503:
             return False
         try:
-            raised = self._post_to(url, "maintenance/alarm", {"action": "GET"}).get("alarms", [])
-            if not raised or any(a.get("alarm") != "NOSPACE" for a in raised):
+            raised = {alarm for _, alarm in self.alarms(url)}
+            if raised != {"NOSPACE"}:
                 return False
             self._quorum_read(url)
         except (_NoAnswer, EtcdError):
@@ -320,9 +320,15 @@ class EtcdClient:
             )
         return self._post("maintenance/status", {})
 
-    def alarms(self) -> list[tuple[int, str]]:
-        """The cluster's raised alarms: (member id, "NOSPACE" or "CORRUPT")."""
-        answer = self._post("maintenance/alarm", {"action": "GET"})
+    def alarms(self, endpoint: str | None = None) -> list[tuple[int, str]]:
+        """The cluster's raised alarms: (member id, "NOSPACE" or "CORRUPT"), as one
+        endpoint or the first that answers lists them."""
+        body = {"action": "GET"}
+        answer = (
+            self._post("maintenance/alarm", body)
+            if endpoint is None
+            else self._post_to(endpoint, "maintenance/alarm", body)
+        )
         return [
             (int(a.get("memberID", 0)), str(a.get("alarm", "NONE")))
             for a in answer.get("alarms", [])
