@@ -70,19 +70,46 @@ def test_a_full_backend_is_cleared_by_the_agents_and_no_member_is_lost(make_agen
 
 @pytest.mark.etcd
 def test_live_data_over_the_quota_is_said_and_not_disarmed(make_agent_lab, caplog):
+    need("etcdctl")
     caplog.set_level(logging.INFO, logger="agent.loop")
     lab = make_agent_lab()
     lab.etcd = {"quota_backend_bytes": QUOTA}
-    start_initial(lab, 3)
+    nodes = start_initial(lab, 3)
     client = lab.client()
     client.timeout = 5.0
-    # every put a new key of 32 KiB: the data itself, up to the quota's last few pages
-    fill_until_no_space(client, keys=1000, limit=1000, value="y" * 32 * 1024)
-    assert wait_until(lambda: said(caplog, "NOSPACE kept"), timeout=20)
-    assert "raise quota_backend_bytes" in said(caplog, "NOSPACE kept")[0]
-    assert any(alarm == "NOSPACE" for _, alarm in client.alarms())
-    assert not said(caplog, "NOSPACE cleared")
+    kept = "fills the quota"  # judged on the live data, not the back-off of a NOSPACE back
+    # every put a new key of 32 KiB: the data itself grows to the quota. Where the alarm
+    # comes first depends on the pages a member had not freed yet (a single etcd here: the
+    # live data 0.97-1.09 of the quota; a cluster's busiest member raised it once at 0.89):
+    # under 90 % the agent rightly clears it, and the next fill adds to the same live data.
+    for round in range(4):
+        cleared = len(said(caplog, "NOSPACE cleared"))
+        fill_until_no_space(
+            client, keys=1000, limit=1000, prefix=f"/live{round}/", value="y" * 32 * 1024
+        )
+
+        def judged(cleared: int = cleared) -> bool:
+            return bool(said(caplog, kept)) or len(said(caplog, "NOSPACE cleared")) > cleared
+
+        wait_until(judged, timeout=20, message="NOSPACE judged")
+        if said(caplog, kept):
+            break
+    assert said(caplog, kept), said(caplog, "NOSPACE")
+    assert "raise quota_backend_bytes" in said(caplog, kept)[0]
+    # the rule checked from outside: the live data does fill 90 % of the quota
+    urls = [f"http://{n.ip}:{lab.client_port}" for n in nodes]
+    assert max(int(client.status(url)["dbSizeInUse"]) for url in urls) >= 0.9 * QUOTA
+    time.sleep(3 * PERIOD)
+    etcdctl = Etcdctl()
+    assert "alarm:NOSPACE" in etcdctl.run(urls, "alarm", "list")
     assert not takes_a_put(client, "/after")
+    cleared_after = [
+        r
+        for r in caplog.records
+        if "NOSPACE cleared" in r.getMessage()
+        and r.created > next(k.created for k in caplog.records if kept in k.getMessage())
+    ]
+    assert not cleared_after  # once the live data fills the quota, never disarmed
 
 
 @pytest.mark.etcd
