@@ -10,7 +10,7 @@ from infra.metrics import MetricsServer, MetricsServerArgs
 from infra.network import Network, NetworkArgs
 from infra.outputs import client_discovery, client_endpoints
 from infra.security import SecurityGroups, SecurityGroupsArgs
-from infra.settings import from_pulumi_config
+from infra.settings import backup_container, from_pulumi_config
 from infra.tls import ClusterCA, ClusterCAArgs
 
 # 1. The stack's settings, validated once (every problem reported before anything is made).
@@ -19,7 +19,8 @@ cluster_name = f"{pulumi.get_project()}-{pulumi.get_stack()}"
 https = "https" in (settings.etcdclientscheme, settings.etcdpeerscheme)
 
 # 2. What the cloud says: Keystone URL and region for the agents, roles, the flavor's vCPUs.
-cloud = cloud_facts.look_up(settings)
+container = backup_container(cluster_name) if settings.backups == "swift" else None
+cloud = cloud_facts.look_up(settings, container)
 
 # 3. Network, security groups, the agents' credential, keypair, cluster CA.
 network = Network("network", NetworkArgs(settings, cluster_name))
@@ -34,6 +35,15 @@ keypair = (
     else None
 )
 ca = ClusterCA("ca", ClusterCAArgs(cluster_name)) if https else None
+# the snapshots' container outlives the stack: a `pulumi destroy` (or a stack lost by
+# mistake) leaves the backups a new stack restores from
+backups = (
+    openstack.objectstorage.Container(
+        "backups", name=container, opts=pulumi.ResourceOptions(retain_on_delete=True)
+    )
+    if container
+    else None
+)
 
 # 4. The netdata parent every node streams to.
 metrics = (
@@ -81,3 +91,4 @@ pulumi.export("client_discovery", client_discovery(settings))
 pulumi.export("client_security_group", groups.clients.name)
 pulumi.export("metrics_server", metrics.dashboard_url if metrics else None)
 pulumi.export("etcd_ca_cert", ca.cert_pem if ca else None)
+pulumi.export("backup_container", backups.name if backups else None)

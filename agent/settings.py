@@ -127,6 +127,29 @@ class HookSettings(_Strict):
     timeout: PositiveSeconds = 600
 
 
+class BackupSettings(_Strict):
+    """Snapshots of etcd to Swift (agent/backup.py). The stack keys `backups`,
+    `backup_period`, `backup_keep`; the container is the one the program creates."""
+
+    kind: Literal["none", "swift"] = "none"
+    period: PositiveSeconds = 1800
+    """Seconds between snapshots: the most a lost cluster loses (its RPO)."""
+    keep: Annotated[int, Field(ge=1)] = 48
+    """The newest `keep` snapshots stay in the container; older ones are deleted once a new
+    one is uploaded and verified (48: a day at the default period)."""
+    container: str = ""
+    segment_bytes: Annotated[int, Field(ge=2**20, le=5 * 2**30)] = 2**30
+    """A larger snapshot goes as a static large object of segments of this size."""
+    timeout: PositiveSeconds = 900
+    """Seconds a snapshot and its upload may take in all (the `backup` lock's lease)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> BackupSettings:
+        if self.kind == "swift" and not self.container:
+            raise ValueError("backups 'swift' needs a container name")
+        return self
+
+
 class OpenStackCloud(_Strict):
     """Where the agent finds its own server and the Heat group it belongs to.
 
@@ -182,6 +205,7 @@ class AgentSettings(_Strict):
     metric: MetricSettings = MetricSettings()
     scaling: ScalingSettings = ScalingSettings()
     hooks: HookSettings = HookSettings()
+    backup: BackupSettings = BackupSettings()
     cloud: CloudSettings
     state_dir: str = "/var/lib/autoscale-etcd"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

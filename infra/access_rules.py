@@ -34,11 +34,30 @@ def _api_root(url: str, version: str) -> str:
     return match.group(1)
 
 
-def access_rules(orchestration: str, compute: str) -> tuple[AccessRule, ...]:
-    """The agents' access rules for the catalog's Heat and Nova endpoint URLs."""
+def access_rules(
+    orchestration: str,
+    compute: str,
+    object_store: str | None = None,
+    container: str | None = None,
+) -> tuple[AccessRule, ...]:
+    """The agents' access rules for the catalog's Heat and Nova endpoint URLs, and, with
+    backups, Swift's calls on the backup container (agent/swift.py): upload (objects,
+    segments, the manifest), HEAD to verify, list, download to restore, delete the old.
+    The container itself is the program's: the agents may not create or delete it."""
     heat = _api_root(orchestration, "v1")
     nova = _api_root(compute, "v2.1")
+    swift: tuple[AccessRule, ...] = ()
+    if object_store is not None and container:
+        root = f"{_api_root(object_store, 'v1')}/*/{container}"
+        swift = (
+            AccessRule("object-store", "PUT", f"{root}/**", "upload a snapshot"),
+            AccessRule("object-store", "HEAD", f"{root}/**", "verify a snapshot"),
+            AccessRule("object-store", "GET", root, "list the snapshots"),
+            AccessRule("object-store", "GET", f"{root}/**", "download a snapshot"),
+            AccessRule("object-store", "DELETE", f"{root}/**", "delete an old snapshot"),
+        )
     return (
+        *swift,
         AccessRule("orchestration", "GET", f"{heat}/*/stacks/**", "stack, resource show"),
         AccessRule("orchestration", "PATCH", f"{heat}/*/stacks/*/*/resources/*", "mark unhealthy"),
         AccessRule(

@@ -1,7 +1,8 @@
 """What the program asks the cloud before it declares anything (read-only look-ups).
 
-- the Keystone URL and region the agents authenticate at, and the Heat and Nova endpoint
-  URLs their access rules are made for (path prefix included), from the deploying
+- the Keystone URL and region the agents authenticate at, and the Heat, Nova (and, with
+  backups, Swift) endpoint URLs their access rules are made for (path prefix included),
+  from the deploying
   token's service catalog (`openstack.identity.get_auth_scope`);
 - the deploying user's roles, to give the agents' credential the least one;
 - the members' flavor vCPUs, for the scale-up alarm's threshold.
@@ -65,7 +66,8 @@ class CloudFacts:
     """The agents' rules for this catalog's Heat and Nova paths; None: agent_access_rules off."""
 
 
-def look_up(settings: StackSettings) -> CloudFacts:
+def look_up(settings: StackSettings, backup_container: str | None = None) -> CloudFacts:
+    """`backup_container`: with backups, the agents' rules also cover its Swift calls."""
     configured_region = pulumi.Config("openstack").get("region")
     scope = openstack.identity.get_auth_scope_output(name="autoscale-etcd")
     region = (
@@ -87,6 +89,8 @@ def look_up(settings: StackSettings) -> CloudFacts:
                 access_rules(
                     endpoint_url(args[0], "orchestration", args[1]),
                     endpoint_url(args[0], "compute", args[1]),
+                    endpoint_url(args[0], "object-store", args[1]) if backup_container else None,
+                    backup_container,
                 )
             )
         )

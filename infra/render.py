@@ -85,6 +85,20 @@ PLACEHOLDER_CATALOG = [
             }
         ],
     },
+    {
+        "id": "object-store",
+        "name": "swift",
+        "type": "object-store",
+        "endpoints": [
+            {
+                "id": "swift-public",
+                "interface": "public",
+                "region": "RegionOne",
+                "regionId": "RegionOne",
+                "url": f"https://swift.cloud.invalid:8080/v1/AUTH_{PLACEHOLDER_PROJECT_ID}",
+            }
+        ],
+    },
 ]
 PLACEHOLDER_ROLES = [{"roleId": "r-member", "roleName": "member"}]
 PLACEHOLDER_VCPUS = 2

@@ -34,6 +34,7 @@ from pydantic import (
 from agent.settings import (
     NETDATA_NAME_PATTERN,
     AgentSettings,
+    BackupSettings,
     CloudSettings,
     EtcdSettings,
     HookSettings,
@@ -43,6 +44,13 @@ from agent.settings import (
 )
 
 PROJECT = "autoscale-etcd"
+
+
+def backup_container(cluster_name: str) -> str:
+    """The Swift container of a cluster's snapshots (the program creates it)."""
+    return f"{cluster_name}-etcd-backups"
+
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ETCD_SHA256SUMS = PROJECT_DIR / "packer" / "files" / "etcd-sha256sums.txt"
 """The sha256 of every etcd release tarball the nodes and images accept (one list)."""
@@ -204,6 +212,13 @@ class StackSettings(BaseModel):
     agent's upkeep defragments it, one member at a time, the leader after handing over."""
     defrag_min_bytes: Annotated[int, Field(ge=0, le=8 * 2**30)] = 64 * 2**20
     """No defragmentation of a db file smaller than this (64 MiB)."""
+    backups: Literal["swift", "none"] = "none"
+    """swift: snapshots of etcd to a Swift container the program creates
+    (`<cluster>-etcd-backups`), by one agent at a time."""
+    backup_period: Annotated[float, Field(ge=60, le=7 * 86400)] = 1800
+    """Seconds between snapshots: the most a lost cluster loses (RPO)."""
+    backup_keep: Annotated[int, Field(ge=1, le=10_000)] = 48
+    """How many of the newest snapshots stay in the container (48: a day at 30 min)."""
     join_timeout: Annotated[PositiveInt | None, BeforeValidator(_empty_is_none)] = None
     """Seconds from a server's creation to its joining; unset: 900 (a plain image installs
     etcd, netdata and the agent's venv at boot), 300 with prebuilt_image."""
@@ -602,6 +617,12 @@ def agent_settings(
             failtolerance=stack.failtolerance,
             dead_member_periods=stack.dead_member_periods,
             join_timeout=join_timeout(stack),
+        ),
+        backup=BackupSettings(
+            kind=stack.backups,
+            period=stack.backup_period,
+            keep=stack.backup_keep,
+            container=backup_container(cluster_name) if stack.backups == "swift" else "",
         ),
         hooks=HookSettings(
             configscript=f"{hook_dir}/configscript" if stack.configscript else None,

@@ -498,3 +498,38 @@ def test_render_writes_the_bundle_the_stack_holds_and_the_nodes_fetch(name, requ
     agent = json.loads((rendered.out / "agent-settings.json").read_text())
     member = resources[heat.SETTINGS]["metadata"]["roles"]["member"]
     assert {k: v for k, v in agent.items() if k != "cloud"} == member
+
+
+def test_metrics_stack_backups_container_rules_and_agent_settings(metrics, dev):
+    container = metrics.one("openstack:objectstorage/container:Container")
+    assert container["inputs"]["name"] == "autoscale-etcd-metrics-etcd-backups"
+    assert metrics.outputs["backup_container"] == "autoscale-etcd-metrics-etcd-backups"
+    credential = metrics.one("openstack:identity/applicationCredential:ApplicationCredential")
+    swift = {
+        (r["method"], r["path"])
+        for r in credential["inputs"]["accessRules"]
+        if r["service"] == "object-store"
+    }
+    # exactly the agents' Swift calls, on that container only, not on the container itself
+    root = "/v1/*/autoscale-etcd-metrics-etcd-backups"
+    assert swift == {
+        ("PUT", f"{root}/**"),
+        ("HEAD", f"{root}/**"),
+        ("GET", root),
+        ("GET", f"{root}/**"),
+        ("DELETE", f"{root}/**"),
+    }
+    agent = json.loads((metrics.out / "agent-settings.json").read_text())
+    assert agent["backup"] == {
+        "kind": "swift",
+        "period": 900.0,
+        "keep": 96,
+        "container": "autoscale-etcd-metrics-etcd-backups",
+        "segment_bytes": 2**30,
+        "timeout": 900.0,
+    }
+    # the control: a stack without backups has no container and no Swift rule
+    assert not dev.of_type("openstack:objectstorage/container:Container")
+    assert dev.outputs["backup_container"] is None
+    dev_credential = dev.one("openstack:identity/applicationCredential:ApplicationCredential")
+    assert all(r["service"] != "object-store" for r in dev_credential["inputs"]["accessRules"])
