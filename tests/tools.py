@@ -29,7 +29,8 @@ class Tool:
     """Where the set-up gets it: a Debian package, or pyproject.toml's dev set."""
     paths: tuple[str, ...] = ()
     """Absolute paths tried after PATH (sbin dirs are not on every PATH)."""
-    version_flag: str = "--version"
+    version_flag: str | None = "--version"
+    """None: the tool has none (Swift's servers: the report skips a second of imports)."""
 
 
 TOOLS: dict[str, Tool] = {
@@ -45,6 +46,10 @@ TOOLS: dict[str, Tool] = {
         Tool("systemd-analyze", "Debian package systemd"),
         Tool("check-jsonschema", "pip: check-jsonschema (pyproject.toml, dev)"),
         Tool("ip", "Debian package iproute2", ("/usr/sbin/ip", "/sbin/ip"), "-V"),
+        Tool("swift-proxy-server", "Debian package swift-proxy", version_flag=None),
+        Tool("swift-account-server", "Debian package swift-account", version_flag=None),
+        Tool("swift-container-server", "Debian package swift-container", version_flag=None),
+        Tool("swift-object-server", "Debian package swift-object", version_flag=None),
     )
 }
 
@@ -128,11 +133,12 @@ def report_lines() -> list[str]:
         lines.append(f"etcd {version}: {shown}")
     for name, tool in TOOLS.items():
         path = locate(name)
-        lines.append(
-            f"{name}: {path} [{_version(path, tool.version_flag)}]"
-            if path
-            else f"{name}: MISSING ({tool.source})"
-        )
+        if path is None:
+            lines.append(f"{name}: MISSING ({tool.source})")
+        elif tool.version_flag is None:
+            lines.append(f"{name}: {path}")
+        else:
+            lines.append(f"{name}: {path} [{_version(path, tool.version_flag)}]")
     for module, source in PYTHON_MODULES.items():
         ok = importlib.util.find_spec(module) is not None
         lines.append(f"python module {module}: {'found' if ok else f'MISSING ({source})'}")
