@@ -347,6 +347,17 @@ class OpenStackGroup:
         self._token_expires = _unix_time(expires) if expires else time.time() + 3600
         log.info("keystone: new token for application credential %s", credential["id"])
 
+    def access(self, service_type: str, *, renew: bool = False) -> tuple[str, str]:
+        """(the catalog's `service_type` endpoint, a valid token) for another client of the
+        same credential (agent/swift.py); `renew`: a new token (after a 401)."""
+        if renew or self._token is None or time.time() > self._token_expires - TOKEN_MARGIN:
+            self._authenticate()
+        return self._endpoint(service_type), self._token or ""
+
+    def scrub(self, text: str) -> str:
+        """The text without the credential secret or the token in it."""
+        return self._scrub(text)
+
     def _endpoint(self, service_type: str) -> str:
         if self._token is None:
             self._authenticate()

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 from agent.httpclient import Http, HttpError, Response
@@ -374,6 +374,37 @@ class EtcdClient:
             lambda e: self._post_to(e, "maintenance/defragment", {}, timeout=timeout),
             endpoints=[url],
         )
+
+    def snapshot(self, client_url: str, out: BinaryIO, timeout: float) -> int:
+        """Maintenance "Snapshot" from one member into `out`: the gateway streams one JSON
+        object a line, each a base64 `blob`; etcd 3.5 ends the stream with the sha256 of
+        what it sent before (kept in the file: `etcdutl snapshot restore` checks it).
+        Returns the bytes written. `timeout`: for each read, not the whole stream."""
+        url = f"{client_url.rstrip('/')}/v3/maintenance/snapshot"
+        written = 0
+        try:
+            with self._http.stream("POST", url, json={}, timeout=timeout) as answer:
+                if answer.status != 200:
+                    body = answer.read()
+                    raise EtcdError(
+                        "maintenance/snapshot", client_url, f"HTTP {answer.status}: {body[:200]!r}"
+                    )
+                for line in answer:
+                    if not line.strip():
+                        continue
+                    message = json.loads(line)
+                    if "error" in message:
+                        raise EtcdError(
+                            "maintenance/snapshot", client_url, str(message["error"])[:300]
+                        )
+                    blob = base64.b64decode(message.get("result", {}).get("blob", ""))
+                    out.write(blob)
+                    written += len(blob)
+        except HttpError as error:
+            raise EtcdError("maintenance/snapshot", client_url, str(error)) from error
+        except ValueError as error:
+            raise EtcdError("maintenance/snapshot", client_url, f"not JSON: {error}") from error
+        return written
 
     def leader_id(self) -> int | None:
         return int(self.status().get("leader", 0)) or None

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit
 
 Verify = bool | str
@@ -100,6 +100,7 @@ class Http:
         *,
         timeout: float,
         json: Any = None,
+        data: bytes | BinaryIO | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         verify: Verify | None = None,
@@ -110,6 +111,7 @@ class Http:
             url,
             timeout=timeout,
             json=json,
+            data=data,
             params=params,
             headers=headers,
             verify=verify,
@@ -131,6 +133,7 @@ class Http:
         *,
         timeout: float,
         json: Any = None,
+        data: bytes | BinaryIO | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         verify: Verify | None = None,
@@ -138,7 +141,9 @@ class Http:
     ) -> Iterator[http.client.HTTPResponse]:
         """The answer before its body is read (`read1` gives what has arrived). The
         connection goes back to the pool only if the body was read to its end. A failure
-        while the body is read is an HttpError (HttpTimeout) too, as one before it is."""
+        while the body is read is an HttpError (HttpTimeout) too, as one before it is.
+        `data`: a raw body, bytes or a file read in blocks (give its Content-Length in
+        `headers`, or it goes chunked)."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -152,7 +157,7 @@ class Http:
         if query:
             target += "?" + query
         sent = {"Accept": "application/json, text/plain, */*", **dict(headers or {})}
-        body: bytes | None = None
+        body: bytes | BinaryIO | None = data
         if json is not None:
             body = jsonlib.dumps(json).encode("utf-8")
             sent["Content-Type"] = "application/json"

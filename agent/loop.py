@@ -14,6 +14,7 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
+from agent.backup import BACKUP_LOCK, BackupError, Backups, backup_taker, last_backup
 from agent.bootstrap import Bootstrap, BootstrapError, ClientFactory
 from agent.cloud import Cloud, CloudError
 from agent.decide import (
@@ -42,6 +43,7 @@ from agent.snapshot import (
     Snapshot,
 )
 from agent.state import AgentState
+from agent.swift import SwiftError, SwiftStore
 from agent.upgrade import EXIT_UPGRADE, BundleError, file_sha256, install, unpack
 from agent.upkeep import (
     DEFRAG_LOCK,
@@ -102,6 +104,7 @@ class Agent:
         sleep: Callable[[float], None] = time.sleep,
         settings_path: Path | None = None,
         bundle_path: Path | None = None,
+        store_factory: Callable[[AgentSettings], SwiftStore] | None = None,
     ) -> None:
         self.settings = settings
         self.settings_path = settings_path
@@ -132,6 +135,10 @@ class Agent:
         self._known_endpoints: list[str] = []
         self._nospace_cleared: int | None = None
         """The cycle this agent last cleared a NOSPACE (agent/upkeep.py NOSPACE_BACK_CYCLES)."""
+        self.store_factory = store_factory
+        self._backup_thread: threading.Thread | None = None
+        self._backup_failed: float | None = None
+        """When this agent's last snapshot failed (the next waits min(period, 60 s))."""
 
     # --- identity and config ---------------------------------------------------------
 
@@ -323,6 +330,8 @@ class Agent:
                 done = self._upkeep(snapshot) if self._leads(snapshot) else ""
                 if not done and self._upgrade_due(snapshot):
                     done = self._upgrade(snapshot)
+                if not done:
+                    done = self._backup(snapshot)
                 result = " | ".join(x for x in (result, done) if x)
         except (EtcdError, CloudError) as error:
             result = f"failed: {error}"
@@ -664,6 +673,71 @@ class Agent:
         return "etcd stopped; the agent that removed it asked the group to replace it"
 
     # --- helpers -------------------------------------------------------------------------
+
+    # --- backups to Swift (agent/backup.py) ----------------------------------------------
+
+    def _backup(self, snapshot: Snapshot) -> str:
+        """The first healthy follower's agent starts a snapshot to Swift in the background
+        when the last good one is `backup.period` old."""
+        settings = self.settings.backup
+        me = snapshot.my_member
+        if settings.kind != "swift" or self.state.phase != "member" or me is None:
+            return ""
+        if self._backup_thread is not None and self._backup_thread.is_alive():
+            return ""
+        taker = backup_taker(snapshot.voters)
+        if taker is None or taker.id != me.id or snapshot.leader is None:
+            return ""
+        now = self.clock()
+        if self._backup_failed is not None and now - self._backup_failed < min(
+            settings.period, 60.0
+        ):
+            return ""
+        client = self._client(snapshot)
+        last = last_backup(client)
+        if last is not None and now - last.time < settings.period:
+            return ""
+        lock = client.acquire_lock(BACKUP_LOCK, self.me.name, settings.timeout + 60)
+        if lock is None:
+            return f"backup waits: {client.lock_holder(BACKUP_LOCK)} takes one"
+        self._backup_thread = threading.Thread(
+            target=self._take_backup, args=(me, lock, now), name="backup", daemon=True
+        )
+        self._backup_thread.start()
+        since = f"the last is {now - last.time:.0f} s old" if last else "none taken yet"
+        return f"backup: a snapshot of {me.name} to Swift ({since})"
+
+    def _take_backup(self, me: Member, lock: LockInfo, now: float) -> None:
+        client = self.client_factory([self.own_url()])
+        try:
+            if self.store_factory is not None:
+                store = self.store_factory(self.settings)
+            else:
+                store = SwiftStore.for_cloud(self.cloud, self.settings)
+            backups = Backups(
+                self.settings.backup,
+                store,
+                self.state_dir / "backup",
+                etcd_binary=self.settings.etcd.binary,
+            )
+            record = backups.take(client, me, now)
+            self._backup_failed = None
+            log.info(
+                "backup: %s, revision %d, %s, in %.1f s",
+                record.object,
+                record.revision,
+                mib(record.size),
+                self.clock() - now,
+            )
+        except (BackupError, SwiftError, EtcdError, CloudError) as error:
+            self._backup_failed = self.clock()
+            log.error("backup failed: %s", error)
+        finally:
+            try:
+                client.release_lock(lock)
+            except EtcdError:
+                pass  # its lease ends it
+            client.close()
 
     # --- upkeep: NOSPACE and free pages (agent/upkeep.py) -------------------------------
 

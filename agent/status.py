@@ -1,13 +1,16 @@
 """`python -m agent status`: every member (its health, its db file and how much of it is
-free), who holds the kill lock, and the alarms raised (NOSPACE), for an operator."""
+free), who holds the kill lock, the alarms raised (NOSPACE) and the last good snapshot in
+Swift with its age, for an operator."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
+from agent.backup import last_backup
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdClient, EtcdError
 from agent.settings import AgentSettings
@@ -27,12 +30,16 @@ def cluster_status(
     members = client.members(check_health=True)
     now = time.time() if now is None else now
     readings: dict[str, Any] = {}
+    backup: dict[str, Any] | None = None
     if cluster is not None:
         with EtcdClient(
             client.endpoints, timeout=client.timeout, tls=client.tls, prefix=f"{LOCK_ROOT}{cluster}"
         ) as scoped:
             locks = {cluster: scoped.lock_holder(KILL_LOCK)}
             readings = scoped.readings()
+            last = last_backup(scoped)
+            if last is not None:
+                backup = {**asdict(last), "age": round(now - last.time, 1)}
     else:
         suffix = f"/locks/{KILL_LOCK}"
         locks = {
@@ -68,6 +75,7 @@ def cluster_status(
             for m in members
         ],
         "kill_lock": locks,
+        "last_backup": backup,
     }
 
 
@@ -101,6 +109,14 @@ def render(status: dict[str, Any]) -> str:
     alarms = status.get("alarms") or []
     raised = ", ".join(f"{a['alarm']} on {a['member']}" for a in alarms) or "none"
     lines.append(f"alarms: {raised}")
+    backup = status.get("last_backup")
+    if backup:
+        lines.append(
+            f"last backup: {backup['object']} (revision {backup['revision']},"
+            f" {mib(backup['size'])}), {backup['age']:g}s old"
+        )
+    else:
+        lines.append("last backup: none")
     return "\n".join(lines)
 
 

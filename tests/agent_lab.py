@@ -117,6 +117,8 @@ class Lab:
         self.etcd_bin = etcd_bin
         self.etcd: dict[str, object] = {}
         """More of every node's etcd settings (set before the nodes are made)."""
+        self.backup: dict[str, object] = {}
+        """Every node's backup settings (agent/backup.py; set before the nodes are made)."""
         self.scaling = {
             "capacity": 3,
             "min_cluster": 3,
@@ -189,6 +191,7 @@ class Lab:
                 "metric": {"threshold": 90, "comparator": ">", "window": 0},
                 "scaling": self.scaling,
                 "hooks": {**self.hooks, "timeout": 30},
+                "backup": self.backup,
                 "cloud": cloud.model_dump(context={"reveal_secrets": True}),
                 "state_dir": str(node_dir / "state"),
                 "log_level": "DEBUG",
