@@ -32,6 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--endpoints", help="comma-separated etcd client URLs (no config needed)")
     status.add_argument("--cluster", help="cluster name, for the lock keys (default: all)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    restore = sub.add_parser(
+        "restore", help="a lost cluster made again from a snapshot in Swift (agent/restore.py)"
+    )
+    which = restore.add_mutually_exclusive_group(required=True)
+    which.add_argument("--latest", action="store_true", help="the newest snapshot")
+    which.add_argument("--object", help="the snapshot object's name (snapshots/...)")
+    which.add_argument(
+        "--join",
+        action="store_true",
+        help="on each other node: set its old data aside, so its agent joins the restored one",
+    )
+    restore.add_argument(
+        "--force", action="store_true", help="restore even though a cluster with quorum answers"
+    )
     metric = sub.add_parser("metric", help="read one netdata metric as the agent does")
     metric.add_argument("name", help="netdata allmetrics name, e.g. NETDATA_SYSTEM_CPU_IDLE")
     metric.add_argument("--netdata", required=True, help="netdata URL, e.g. http://127.0.0.1:19999")
@@ -78,6 +92,42 @@ def _agent(settings: AgentSettings, path: str):  # imports stay lazy for `metric
     )
 
 
+def _restore(settings: AgentSettings, args: argparse.Namespace) -> int:
+    from agent.cloud import CloudError, make_cloud
+    from agent.etcd_server import client_url, make_service
+    from agent.restore import RestoreError, join_restored, restore_here
+    from agent.swift import SwiftError, SwiftStore
+
+    service = make_service(settings.etcd)
+    if args.join:
+        print(join_restored(settings, service=service))
+        return 0
+    if settings.backup.kind != "swift":
+        print(
+            "restore: this node's settings have no Swift backups (backups: none)", file=sys.stderr
+        )
+        return 2
+    cloud = make_cloud(settings)
+    try:
+        me = cloud.whoami()
+        endpoints = [client_url(n.ip, settings.etcd) for n in cloud.group_members() if n.ip]
+        store = SwiftStore.for_cloud(cloud, settings)
+        done = restore_here(
+            settings,
+            me=me,
+            group_endpoints=endpoints,
+            store=store,
+            service=service,
+            name=None if args.latest else args.object,
+            force=args.force,
+        )
+    except (RestoreError, CloudError, SwiftError) as error:
+        print(f"restore: {error}", file=sys.stderr)
+        return 1
+    print(done)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "metric":
@@ -95,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             as_json=args.json,
         )
     settings = _load(args.config)
+    if args.command == "restore":
+        _logging(settings.log_level)
+        return _restore(settings, args)
     if args.command == "bootstrap" and settings.role == "proxy":
         print("a proxy has nothing to bootstrap (it is not a member); use run", file=sys.stderr)
         return 2

@@ -530,6 +530,11 @@ class EtcdClient:
             if "lease not found" not in error.detail:
                 raise
 
+    def leases(self) -> list[int]:
+        """Every lease the cluster holds (Lease "LeaseLeases")."""
+        answer = self._post("lease/leases", {})
+        return [int(lease["ID"]) for lease in answer.get("leases") or []]
+
     def txn(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return self._post("kv/txn", body)
 

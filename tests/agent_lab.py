@@ -287,3 +287,25 @@ def start_initial(lab: Lab, count: int = 3) -> list[Node]:
     # every agent is done bootstrapping (a crash before that is retried by its bootstrap)
     assert wait_until(lambda: all(lab.state(n.name).phase == "member" for n in nodes), timeout=30)
     return nodes
+
+
+def power_off(node: Node) -> None:
+    """The server loses power: its agent and etcd die at once (kill -9)."""
+    node.agent.stopped.set()
+    node.service.kill()
+    if node.thread is not None:
+        node.thread.join(timeout=10)
+
+
+def boot(lab: Lab, node: Node) -> Node:
+    """The server boots on the same disk: systemd starts a new agent on the same dirs."""
+    agent = Agent(
+        node.agent.settings,
+        cloud=node.agent.cloud,
+        service=node.service,
+        metric_reader=node.agent.read_metric,
+    )
+    fresh = Node(node.name, node.server_id, node.ip, agent, node.service)
+    lab.nodes[node.name] = fresh
+    fresh.start()
+    return fresh

@@ -17,34 +17,10 @@ import pytest
 from agent.bootstrap import Bootstrap
 from agent.etcd import EtcdClient
 from agent.loop import etcd_client_factory
-from tests.agent_lab import PERIOD, Lab, Node, start_initial
+from tests.agent_lab import PERIOD, Lab, boot, power_off, start_initial
 from tests.etcd_cluster import corrupt_db, wait_until
 
 pytestmark = pytest.mark.etcd
-
-
-def power_off(node: Node) -> None:
-    """The server loses power: its agent and etcd die at once (kill -9)."""
-    node.agent.stopped.set()
-    node.service.kill()
-    if node.thread is not None:
-        node.thread.join(timeout=10)
-
-
-def boot(lab: Lab, node: Node) -> Node:
-    """The server boots on the same disk: systemd starts a new agent on the same dirs."""
-    from agent.loop import Agent
-
-    agent = Agent(
-        node.agent.settings,
-        cloud=node.agent.cloud,
-        service=node.service,
-        metric_reader=node.agent.read_metric,
-    )
-    fresh = Node(node.name, node.server_id, node.ip, agent, node.service)
-    lab.nodes[node.name] = fresh
-    fresh.start()
-    return fresh
 
 
 def member_ids(client: EtcdClient) -> dict[str, int]:
