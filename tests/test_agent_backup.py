@@ -4,8 +4,12 @@
   follower's), the newest `backup.keep` kept. Checked from outside: the newest object,
   downloaded with a plain GET, has the sha256 its metadata names and restores (etcdutl)
   into a cluster holding every key written before it.
+- The program's access rules (infra.access_rules) in the lab's Keystone allow exactly the
+  agents' Swift calls: a static large object up, verified, listed, down, deleted; the
+  container itself and another container refused.
 - Swift away: the backup fails, is said at ERROR, no member is marked, removed or
   replaced and no record names a snapshot that is not there; Swift back: snapshots again.
+- A lost cluster made again: one node restores the newest snapshot, the others join.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def test_snapshots_go_to_swift_from_one_follower_and_restore_every_key(swift_lab
     lab = swift_lab
     binary = need_etcd("3.5")
     caplog.set_level(logging.INFO)
+    the_programs_access_rules_allow_exactly_the_agents_calls(lab, tmp_path)
     nodes = start_initial(lab, 3)
     client = lab.client()
     client.timeout = 5.0
@@ -138,33 +143,7 @@ def test_snapshots_go_to_swift_from_one_follower_and_restore_every_key(swift_lab
     assert not lab.record.deleted and not lab.record.calls_of("mark_unhealthy")
 
 
-@pytest.mark.etcd
-@pytest.mark.swift
-def test_swift_away_fails_the_backup_loudly_and_costs_no_member(swift_lab, caplog):
-    lab = swift_lab
-    caplog.set_level(logging.INFO)
-    start_initial(lab, 3)
-    client = lab.client()
-    client.timeout = 5.0
-    wait_until(lambda: said(caplog, "backup: snapshots/"), timeout=30)
-    lab.swift.stop()
-    stopped = time.time()
-    wait_until(lambda: said(caplog, "backup failed"), timeout=30)
-    time.sleep(3)
-    last = BackupRecord.from_json(client.get(client.key("backup/last")) or "")
-    assert last is not None and last.time < stopped  # no record of a snapshot not stored
-    assert {m.name for m in client.members() if m.healthy} == set(lab.nodes)
-    assert not lab.record.deleted and not lab.record.calls_of("mark_unhealthy")
-    assert "swift" in said(caplog, "backup failed")[0].lower()
-    # Swift back (its data kept): the next attempt stores a snapshot again
-    lab.swift.start()
-    count = len(said(caplog, "backup: snapshots/"))
-    wait_until(lambda: len(said(caplog, "backup: snapshots/")) > count, timeout=90)
-
-
-@pytest.mark.etcd
-@pytest.mark.swift
-def test_the_programs_access_rules_let_the_agent_do_exactly_its_swift_calls(swift_lab, tmp_path):
+def the_programs_access_rules_allow_exactly_the_agents_calls(lab, tmp_path) -> None:
     """The credential the program makes (infra.access_rules from the catalog's URLs), in
     the lab's Keystone, through the real Swift: a static large object of three segments
     uploaded, verified, listed, downloaded byte for byte, deleted with its segments; and
@@ -175,7 +154,6 @@ def test_the_programs_access_rules_let_the_agent_do_exactly_its_swift_calls(swif
     from infra.access_rules import access_rules
     from lab.cloud.keystone import AccessRule as LabRule
 
-    lab = swift_lab
     urls = {e.service_type: e.url for e in lab.cloud.keystone.endpoints}
     rules = access_rules(urls["orchestration"], urls["compute"], urls["object-store"], CONTAINER)
     credential = lab.cloud.keystone.add_credential(
@@ -215,9 +193,28 @@ def test_the_programs_access_rules_let_the_agent_do_exactly_its_swift_calls(swif
     assert answer.status_code == 401
 
 
+def swift_away(lab, caplog, client) -> None:
+    """Swift stopped: the backup fails loudly, costs no member, records nothing; Swift
+    back (its data kept): a snapshot is stored again."""
+    lab.swift.stop()
+    stopped = time.time()
+    wait_until(lambda: said(caplog, "backup failed"), timeout=30)
+    time.sleep(3)
+    last = BackupRecord.from_json(client.get(client.key("backup/last")) or "")
+    assert last is not None and last.time < stopped  # no record of a snapshot not stored
+    assert {m.name for m in client.members() if m.healthy} == set(lab.nodes)
+    assert not lab.record.deleted and not lab.record.calls_of("mark_unhealthy")
+    assert "swift" in said(caplog, "backup failed")[0].lower()
+    # Swift back (its data kept): the next attempt stores a snapshot again
+    lab.swift.start()
+    count = len(said(caplog, "backup: snapshots/"))
+    wait_until(lambda: len(said(caplog, "backup: snapshots/")) > count, timeout=90)
+
+
 @pytest.mark.etcd
 @pytest.mark.swift
-def test_a_lost_cluster_is_made_again_from_the_newest_snapshot(swift_lab):
+def test_swift_away_costs_nothing_and_a_lost_cluster_is_made_again(swift_lab, caplog):
+    caplog.set_level(logging.INFO)
     """Every server loses its etcd for good (power off, data unusable); one node restores
     the newest snapshot (`restore --latest`), the others set theirs aside (`restore
     --join`) and join. Checked from outside with etcdctl: one cluster (a new id), three
@@ -249,6 +246,7 @@ def test_a_lost_cluster_is_made_again_from_the_newest_snapshot(swift_lab):
         return record if record and record.revision >= revision else None
 
     wait_until(after_the_writes, timeout=30, message="a snapshot after the writes")
+    swift_away(lab, caplog, client)
     old_cluster = client.cluster_id()
     settings = nodes[0].agent.settings
     store = SwiftStore.for_cloud(OpenStackGroup(settings.cloud, timeout=5), settings)
