@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.backup import bench_backups
 from bench.cluster import JOINERS, QUICK_JOINERS, Setup, bench_cluster
 from bench.rows import Row, table
 from bench.userdata import bench_userdata
@@ -87,6 +88,12 @@ def run(quick: bool, root: Path, factor: float | None = None) -> tuple[list[Row]
     info = {"mode": "quick" if quick else "full", "factor": setup.factor}
     rows = bench_cluster(stack, setup, shout=lambda text: print(f"  .. {text}", flush=True))
     rows += bench_userdata(render_runs=1 if quick else 3)
+    binary = find_etcd_binary()
+    if binary is None:
+        raise RuntimeError("no etcd binary for the backup rows")
+    sizes = (10 * 10**6,) if quick else (10 * 10**6, 200 * 10**6)
+    print("  .. backups: snapshot, upload, restore, defragmentation", flush=True)
+    rows += bench_backups(root / "backups", binary, sizes)
     return rows, info
 
 

@@ -149,3 +149,50 @@ def test_commands_that_need_a_config_say_so(tmp_path: Path):
     done = agent_cli("--config", str(broken), "run")
     assert done.returncode != 0
     assert "cannot read agent settings" in done.stderr and "kind" in done.stderr
+
+
+def _node_settings(tmp_path: Path, backups: str) -> Path:
+    """A node's settings file (its cloud never asked by these commands)."""
+    from agent.settings import AgentSettings
+
+    settings = AgentSettings.model_validate(
+        {
+            "cluster_name": "cli",
+            "etcd": {"data_dir": str(tmp_path / "data"), "service": "subprocess"},
+            "backup": (
+                {"kind": "swift", "container": "cli-etcd-backups"}
+                if backups == "swift"
+                else {"kind": "none"}
+            ),
+            "cloud": {
+                "auth_url": "http://127.0.0.1:9/identity/v3",
+                "application_credential_id": "x",
+                "application_credential_secret": "y",
+                "stack_id": "s/1",
+            },
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+    path = tmp_path / "agent.json"
+    settings.write(path)
+    return path
+
+
+def test_restore_needs_swift_backups_and_join_sets_the_old_data_aside(tmp_path):
+    config = _node_settings(tmp_path, "none")
+    refused = agent_cli("--config", str(config), "restore", "--latest")
+    assert refused.returncode == 2 and "no Swift backups" in refused.stderr
+    both = agent_cli("--config", str(config), "restore", "--latest", "--join")
+    assert both.returncode == 2 and "not allowed with" in both.stderr  # one of the three
+    # --join: the old member's data moved aside (kept), the agent's state reset
+    (tmp_path / "data" / "member").mkdir(parents=True)
+    (tmp_path / "data" / "member" / "x").write_text("old")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text(json.dumps({"phase": "member", "member_id": 7}))
+    joined = agent_cli("--config", str(config), "restore", "--join")
+    assert joined.returncode == 0, joined.stderr
+    assert not (tmp_path / "data").exists()
+    (aside,) = tmp_path.glob("data.before-restore-*")
+    assert (aside / "member" / "x").read_text() == "old"
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert state["phase"] == "starting" and state["member_id"] is None

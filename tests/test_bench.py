@@ -175,6 +175,16 @@ EXPECTED = [
     "agent CPU at the default period (10 s), busiest agent",
     "agent CPU per cycle, busiest agent",
     "processes left running once a lab stopped",
+    # backups (bench/backup.py): the quick run's database is 10 MB (the full run also 200 MB)
+    "10 MB: snapshot of a follower, hash checked",
+    "10 MB: upload to Swift, verified",
+    "10 MB: restore (download, check, etcdutl, etcd serving)",
+    "10 MB: keys in the restored member, of those written",
+    "10 MB: longest write, quiet baseline",
+    "10 MB: longest write during the snapshot",
+    "10 MB: longest write while follower 1 is defragmented",
+    "10 MB: longest write while follower 2 is defragmented",
+    "10 MB: longest write while the leader is defragmented",
 ]
 
 
@@ -222,6 +232,7 @@ def test_quick_bench_produces_every_row_with_a_number(etcd_bin, tmp_path):
     assert rows["processes left running once a lab stopped"]["value"] == 0
     assert rows["spacing of removals, by the fenced-removal records"]["value"] > 0
     assert 5 < rows["agent RSS, largest of 3"]["value"] < 1000
+    assert rows["10 MB: keys in the restored member, of those written"]["met"] is True
     # the table printed is the JSON's rows, each with its verdict
     for name in EXPECTED:
         assert f"| {name}" in stdout
