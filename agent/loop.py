@@ -7,6 +7,7 @@ the model: one cycle, each action a small method, each returns its sentence.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from agent.snapshot import (
 )
 from agent.state import AgentState
 from agent.swift import SwiftError, SwiftStore
-from agent.upgrade import EXIT_UPGRADE, BundleError, file_sha256, install, unpack
+from agent.upgrade import EXIT_UPGRADE, BundleError, file_sha256, install, running_bundle, unpack
 from agent.upkeep import (
     DEFRAG_LOCK,
     DEFRAG_TIMEOUT,
@@ -59,6 +60,9 @@ from agent.upkeep import (
 )
 
 log = logging.getLogger("agent.loop")
+
+DISASTER_SAY_CYCLES = 30
+"""Cycles between two sentences of the restore commands while no quorum answers."""
 
 UPGRADE_LOCK = "upgrade"
 UPGRADE_TTL = 120.0
@@ -136,6 +140,8 @@ class Agent:
         self._nospace_cleared: int | None = None
         """The cycle this agent last cleared a NOSPACE (agent/upkeep.py NOSPACE_BACK_CYCLES)."""
         self.store_factory = store_factory
+        self._no_quorum_since: float | None = None
+        self._disaster_said: int | None = None
         self._backup_thread: threading.Thread | None = None
         self._backup_failed: float | None = None
         """When this agent's last snapshot failed (the next waits min(period, 60 s))."""
@@ -321,6 +327,7 @@ class Agent:
             self.follow_stack()
         snapshot = self.observe()
         action = decide(snapshot, self.settings)
+        self._watch_quorum(snapshot)
         try:
             result = self.act(action, snapshot)
             if self.state.upgrade_lease is not None:
@@ -675,6 +682,54 @@ class Agent:
     # --- helpers -------------------------------------------------------------------------
 
     # --- backups to Swift (agent/backup.py) ----------------------------------------------
+
+    def _watch_quorum(self, snapshot: Snapshot) -> None:
+        """No etcd member answered for the dead-member window, with backups on: say, at
+        ERROR every DISASTER_SAY_CYCLES cycles, what the cloud shows of the group and the
+        exact commands that restore the newest snapshot (agent/restore.py). Never done by
+        itself: a member that may hold newer data could still come back."""
+        if snapshot.members is not None or self.state.phase != "member":
+            self._no_quorum_since = None
+            return
+        now = self.clock()
+        if self._no_quorum_since is None:
+            self._no_quorum_since = now
+        scaling = self.settings.scaling
+        lost_for = now - self._no_quorum_since
+        if (
+            self.settings.backup.kind != "swift"
+            or lost_for < scaling.dead_member_periods * scaling.lockattemptperiod
+            or (
+                self._disaster_said is not None
+                and self._cycles - self._disaster_said < DISASTER_SAY_CYCLES
+            )
+        ):
+            return
+        self._disaster_said = self._cycles
+        try:
+            servers = ", ".join(
+                f"{n.name} {n.status}" for n in self.cloud.group_members() if n.id != self.me.id
+            )
+        except CloudError as error:
+            servers = f"unknown ({error})"
+        bundle = running_bundle()
+        program = f"{sys.executable} {bundle}" if bundle else f"{sys.executable} -m agent"
+        config = self.settings_path or "/etc/autoscale-etcd/agent.json"
+        log.error(
+            "no etcd member has answered with a quorum for %.0f s; the other"
+            " servers of the group: %s. If they are gone for good (deleted, ERROR, their"
+            " disks lost) and will not come back with newer data, make the cluster again"
+            " from the newest snapshot in Swift: on every node `systemctl stop"
+            " autoscale-agent`; on this one `%s --config %s restore --latest`; on each"
+            " other node that still has its disk `%s --config %s restore --join`; then"
+            " `systemctl start autoscale-agent` everywhere (README, Backups and recovery)",
+            lost_for,
+            servers or "none",
+            program,
+            config,
+            program,
+            config,
+        )
 
     def _backup(self, snapshot: Snapshot) -> str:
         """The first healthy follower's agent starts a snapshot to Swift in the background

@@ -6,7 +6,7 @@ into a new data dir makes a new cluster (a new cluster id) holding the snapshot'
 Here one node restores and the others join it as new members, the way a replacement
 joins:
 
-1. On every node of the group: stop the agent (`systemctl stop autoscale-etcd-agent`).
+1. On every node of the group: stop the agent (`systemctl stop autoscale-agent`).
 2. On one node: `python -m agent --config F restore --latest` (or `--object NAME`). It
    refuses while any server of the group answers as a cluster with quorum (restoring then
    would make a second cluster beside a live one; `--force` overrides, for a cluster

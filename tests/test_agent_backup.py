@@ -285,3 +285,35 @@ def test_swift_away_costs_nothing_and_a_lost_cluster_is_made_again(swift_lab, ca
     # the old data is kept, set aside
     aside = list(Path(settings.etcd.data_dir).parent.glob("data.before-restore-*"))
     assert len(aside) == 1
+
+
+@pytest.mark.etcd
+def test_a_lost_quorum_with_backups_on_says_the_restore_commands_and_does_nothing(
+    make_agent_lab, caplog
+):
+    """Two of three servers powered off for good: the survivor's agent keeps its member
+    and data, and says, at ERROR, what the cloud shows of the other servers and the exact
+    commands that restore the newest snapshot. The control: with backups off it says
+    nothing of the kind."""
+    from tests.agent_lab import PERIOD, power_off
+
+    caplog.set_level(logging.INFO)
+    lab = make_agent_lab(retries=3)
+    lab.backup = {"kind": "swift", "period": 3600.0, "container": CONTAINER}
+    nodes = start_initial(lab, 3)
+    survivor = nodes[0]
+    for node in nodes[1:]:
+        power_off(node)
+    line = wait_until(lambda: said(caplog, "restore --latest"), timeout=30)[0]
+    assert "--config" in line and "restore --join" in line and "systemctl stop" in line
+    for node in nodes[1:]:
+        assert f"{node.name} ACTIVE" in line  # their servers are up: they may come back
+    assert lab.state(survivor.name).phase == "member"
+    assert Path(survivor.agent.settings.etcd.data_dir, "member").is_dir()
+    # the control: backups off, the sentence is due again at once and not said
+    agent = survivor.agent
+    agent.settings = agent.settings.with_changes(backup={"kind": "none"})
+    count = len(said(caplog, "restore --latest"))
+    agent._disaster_said = None
+    time.sleep(5 * PERIOD)
+    assert len(said(caplog, "restore --latest")) == count
