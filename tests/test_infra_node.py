@@ -406,7 +406,7 @@ def fake_etcd_tarball(downloads: Path, version: str, arch: str = "amd64") -> str
     name = f"etcd-v{version}-linux-{arch}"
     staging = downloads / "staging" / name
     staging.mkdir(parents=True)
-    for tool in ("etcd", "etcdctl"):
+    for tool in ("etcd", "etcdctl", "etcdutl"):
         (staging / tool).write_text(f'#!/bin/sh\necho "{tool} Version: {version}"\n')
         (staging / tool).chmod(0o755)
     tarball = downloads / f"{name}.tar.gz"
@@ -497,6 +497,7 @@ def test_el9_uses_python3_11_and_installs_etcd_whose_sha256_is_listed(tmp_path):
     assert subprocess.run([etcd, "--version"], capture_output=True, text=True).stdout == (
         "etcd Version: 3.5.17\n"
     )
+    assert (image.root / "usr/local/bin/etcdutl").exists()  # the agent's snapshots and restore
     # a second boot step finds etcd and the venv in place: no download, no new venv
     before = len(calls)
     assert image.run(sums=image.own).returncode == 0

@@ -51,7 +51,8 @@ if ! "${bin}/etcd" --version 2>/dev/null | grep -q "^etcd Version: ${etcd_versio
         die "sha256 mismatch for ${name}.tar.gz (expected ${expected}): not installed"
     tar -xzf "${tmp}/${name}.tar.gz" -C "${tmp}"
     mkdir -p "${bin}"
-    install -m 0755 "${tmp}/${name}/etcd" "${tmp}/${name}/etcdctl" "${bin}/"
+    # etcdutl: the agent's snapshot checks and `restore` (agent/backup.py)
+    install -m 0755 "${tmp}/${name}/etcd" "${tmp}/${name}/etcdctl" "${tmp}/${name}/etcdutl" "${bin}/"
 fi
 venv="${root}/opt/autoscale-etcd/venv"
 # A venv of an older Python (a first try with python3 on EL9) is made again.
