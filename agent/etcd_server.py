@@ -12,6 +12,7 @@ back to classify a failed start with `classify_start_failure`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -273,6 +274,20 @@ class SubprocessEtcd:
         return "" if self._child is None else self._child.read_log(since_start=True)
 
 
+def hand_to_data_dir_owner(config_path: Path) -> None:
+    """The unit runs etcd as its own user (User=etcd), the owner of its data dir; the agent
+    writes the config as root, mode 0600 (it names the TLS key's path): the file goes to
+    the data dir's owner, or etcd could not read it."""
+    try:
+        data_dir = Path(read_config(config_path)["data-dir"])
+        owner = data_dir.stat()
+        mine = Path(config_path).stat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if os.geteuid() == 0 and (mine.st_uid, mine.st_gid) != (owner.st_uid, owner.st_gid):
+        os.chown(config_path, owner.st_uid, owner.st_gid)
+
+
 class SystemdEtcd:
     """etcd as the node's systemd unit, which reads `/etc/autoscale-etcd/etcd.yaml`."""
 
@@ -293,6 +308,7 @@ class SystemdEtcd:
             raise ValueError(
                 f"{self.unit} reads {self.config_path}; write the config there, not {config_path}"
             )
+        hand_to_data_dir_owner(self.config_path)
         self._started_at = time.time()
         # not blocking: etcd's unit is Type=notify, and etcd notifies only once it serves,
         # after a catch-up that takes as long as the cluster's data takes to arrive

@@ -11,12 +11,14 @@ joins:
    refuses while any server of the group answers as a cluster with quorum (restoring then
    would make a second cluster beside a live one; `--force` overrides, for a cluster
    known to be wrong). It downloads the snapshot, checks its sha256 against the object's
-   metadata and etcd's own hash, moves this node's data dir aside (never deleted:
-   `<data dir>.before-restore-<UTC time>`), runs `etcdutl snapshot restore` with this
-   node as the only member, starts etcd on it and records the member in the agent's
-   state. Then start its agent: it resumes on the restored member.
-3. On each other node: `python -m agent --config F restore --join`: its data dir is moved
-   aside the same way and its state reset, so its agent joins the restored cluster as a
+   metadata and etcd's own hash, runs `etcdutl snapshot restore` with this node as the
+   only member into a staging dir, and only then stops etcd, moves the old member dir
+   aside (never deleted: `<data dir>/member.before-restore-<UTC time>`), puts the restored
+   one in its place (owned as the data dir is: the unit runs etcd as its own user),
+   starts etcd on it and records the member in the agent's state. Then start its agent:
+   it resumes on the restored member.
+3. On each other node: `python -m agent --config F restore --join`: its member dir is
+   moved aside the same way and its state reset, so its agent joins the restored cluster as a
    new member (the old data would otherwise bring back the lost cluster's member). Start
    its agent.
 
@@ -25,7 +27,10 @@ Servers the group replaced have no old data: their agents join without step 3.
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -67,14 +72,62 @@ def live_cluster(settings: AgentSettings, endpoints: list[str], timeout: float =
     return None
 
 
+def _stamp(now: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
 def set_aside(data_dir: Path, now: float) -> Path | None:
-    """Moves the data dir out of etcd's way (kept); where it went, None if there was none."""
-    if not data_dir.exists():
+    """etcd's member dir moved out of its way, inside the data dir (which stays, with its
+    owner and mode: it may be a mounted volume, and the etcd unit's ReadWritePaths names
+    it); where it went, None if there was none. Nothing is deleted."""
+    member = data_dir / "member"
+    if not member.exists():
         return None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    aside = data_dir.with_name(f"{data_dir.name}.before-restore-{stamp}")
-    data_dir.rename(aside)
+    aside = data_dir / f"member.before-restore-{_stamp(now)}"
+    member.rename(aside)
     return aside
+
+
+def _own_like(path: Path, model: Path) -> None:
+    """`path` and everything under it owned as `model` is (the etcd unit runs etcd as the
+    user who owns its data dir; a restore runs as root)."""
+    found = model.stat()
+    if os.geteuid() != 0:
+        return
+    for root, dirs, files in os.walk(path):
+        for entry in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            os.chown(entry, found.st_uid, found.st_gid)
+
+
+def _agent_leases(client: EtcdClient) -> list[int]:
+    """The leases of the agents' keys (their locks and readings) in the restored data: etcd
+    starts their TTLs again on the new leader, and a lock of a server that is gone would
+    hold the joins back for a whole TTL. Users' leases (their own locks, registrations)
+    are theirs: kept."""
+    prefix = client.prefix + "/"
+    answer = client.txn(
+        {
+            "success": [
+                {
+                    "request_range": {
+                        "key": base64.b64encode(prefix.encode()).decode(),
+                        "range_end": base64.b64encode(_prefix_end(prefix).encode()).decode(),
+                        "keys_only": True,
+                    }
+                }
+            ]
+        }
+    )
+    leases: set[int] = set()
+    for response in answer.get("responses") or []:
+        for kv in (response.get("response_range") or {}).get("kvs") or []:
+            if int(kv.get("lease", 0)):
+                leases.add(int(kv["lease"]))
+    return sorted(leases)
+
+
+def _prefix_end(prefix: str) -> str:
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def restore_here(
@@ -89,40 +142,54 @@ def restore_here(
     clock: Any = time.time,
     start_timeout: float = 60.0,
 ) -> str:
-    """Step 2 above; returns what was done. Raises RestoreError."""
-    others = [u for u in group_endpoints if u != client_url(me.ip, settings.etcd)]
-    answering = live_cluster(settings, others)
-    if answering is not None and not force:
-        raise RestoreError(
-            f"a cluster with quorum answers at {answering}: restoring would make a second"
-            " cluster beside it (stop its members first, or --force)"
-        )
+    """Step 2 above; returns what was done. Raises RestoreError, with this node's data
+    where it was unless the sentence says where it went."""
+    own = client_url(me.ip, settings.etcd)
+    everyone = [own, *(u for u in group_endpoints if u != own)]
+
+    def refuse_a_live_cluster() -> None:
+        answering = live_cluster(settings, everyone)
+        if answering is not None and not force:
+            raise RestoreError(
+                f"a cluster with quorum answers at {answering}: restoring would make a"
+                " second cluster beside it (stop its members first, or --force)"
+            )
+
+    refuse_a_live_cluster()
     state_dir = Path(settings.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "restore.db"
-    backups = Backups(
-        settings.backup, store, state_dir / "backup", etcd_binary=settings.etcd.binary
-    )
-    try:
-        chosen = backups.fetch(name, path)
-    except (BackupError, SwiftError) as error:
-        raise RestoreError(f"fetching the snapshot: {error}") from None
-    if service.is_running():
-        service.stop()
+    work = state_dir / "restore"
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(work, 0o700)  # the snapshot is the whole keyspace
+    path = work / "restore.db"
+    backups = Backups(settings.backup, store, work, etcd_binary=settings.etcd.binary)
     data_dir = Path(settings.etcd.data_dir)
-    aside = set_aside(data_dir, clock())
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = data_dir / f".restoring-{_stamp(clock())}"
     own_peer = peer_url(me.ip, settings.etcd)
     try:
+        chosen = backups.fetch(name, path)
+        # etcdutl into a staging dir first: this node's data moves only once it worked
         restore_data_dir(
             path,
-            data_dir,
+            staging,
             name=me.name,
             peer_url=own_peer,
             cluster_token=settings.etcd.cluster_token,
             etcd_binary=settings.etcd.binary,
         )
-    except BackupError as error:
-        raise RestoreError(f"{error}; this node's data is in {aside}") from None
+    except (BackupError, SwiftError, OSError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RestoreError(f"nothing changed on this node: {error}") from None
+    finally:
+        path.unlink(missing_ok=True)
+    refuse_a_live_cluster()  # again, after a download that may have taken long
+    was_running = service.is_running()
+    if was_running:
+        service.stop()
+    aside = set_aside(data_dir, clock())
+    (staging / "member").rename(data_dir / "member")
+    shutil.rmtree(staging, ignore_errors=True)
+    _own_like(data_dir / "member", data_dir)
     config = etcd_config(
         name=me.name,
         ip=me.ip,
@@ -133,8 +200,9 @@ def restore_here(
     target = config_path(settings)
     write_config(target, config)
     service.start(target)
-    own = client_url(me.ip, settings.etcd)
-    client = EtcdClient([own], timeout=3.0, tls=settings.etcd.tls)
+    client = EtcdClient(
+        [own], timeout=3.0, tls=settings.etcd.tls, prefix=f"/autoscale-etcd/{settings.cluster_name}"
+    )
     deadline = time.monotonic() + start_timeout
     members = []
     while time.monotonic() < deadline:
@@ -147,16 +215,12 @@ def restore_here(
         time.sleep(0.5)
     if not members:
         raise RestoreError(
-            f"etcd did not answer on the restored data within {start_timeout:.0f} s:"
-            f" {service.recent_log()[-600:]}"
+            f"etcd did not answer on the restored data within {start_timeout:.0f} s (the old"
+            f" member data is in {aside or '(there was none)'}): {service.recent_log()[-600:]}"
         )
     member = members[0]
-    # the snapshot holds the lost cluster's leases (its agents' locks, their readings):
-    # etcd starts their TTLs again on the new leader, and a lock of a server that is gone
-    # would hold the joins back for its whole TTL. Every lease goes, with its keys.
-    stale = client.leases()
-    for lease in stale:
-        client.revoke_lease(lease)
+    # the agent's state names the restored member before anything else can fail: its agent
+    # then resumes on it (a state naming no member would make it join elsewhere)
     state = AgentState.load(state_dir)
     state.phase = "member"
     state.member_id = member.id
@@ -164,21 +228,33 @@ def restore_here(
     state.configured = False
     state.unhealthy_since = {}
     state.leave_via = None
+    state.upgrade_lease = None
     state.save(state_dir)
-    path.unlink(missing_ok=True)
-    cluster = client.cluster_id()
-    client.close()
+    notes: list[str] = []
+    try:
+        stale = _agent_leases(client)
+        for lease in stale:
+            client.revoke_lease(lease)
+        notes.append(f"{len(stale)} lease(s) of the lost cluster's agents revoked")
+        # an upgrade marker of the lost cluster would hold every rolling upgrade back
+        client.delete(client.key("upgrading"))
+        cluster = client.cluster_id()
+    except EtcdError as error:
+        notes.append(f"the lost cluster's locks not cleared ({error}): they end with their TTL")
+        cluster = "?"
+    finally:
+        client.close()
     return (
         f"restored {chosen.name} into {data_dir}: a new cluster {cluster}, member"
-        f" {member.id:x} ({me.name}), {len(stale)} lease(s) of the lost cluster revoked;"
-        f" the old data dir is {aside or '(there was none)'};"
-        " start this node's agent, then run `restore --join` on every other node that"
-        " holds old data"
+        f" {member.id:x} ({me.name}); {'; '.join(notes)}; the old member data is in"
+        f" {aside or '(there was none)'}; start this node's agent, then run `restore"
+        " --join` on every other node that holds old data"
     )
 
 
 def join_restored(settings: AgentSettings, *, service: EtcdService, clock: Any = time.time) -> str:
-    """Step 3 above: this node's old member data set aside, its state reset."""
+    """Step 3 above: this node's old member data set aside (inside its data dir), its
+    state reset."""
     if service.is_running():
         service.stop()
     aside = set_aside(Path(settings.etcd.data_dir), clock())

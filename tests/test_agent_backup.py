@@ -240,6 +240,8 @@ def test_swift_away_costs_nothing_and_a_lost_cluster_is_made_again(swift_lab, ca
     client.timeout = 5.0
     written = {f"/data/{n:03d}": f"value {n}" for n in range(100)}
     revision = max(client.put(k, v) for k, v in written.items())
+    # a user's leased key (their own lock, a registration): theirs, kept by the restore
+    revision = max(revision, client.put("/user/lock", "mine", lease=client.grant_lease(600)))
 
     def after_the_writes() -> BackupRecord | None:
         record = BackupRecord.from_json(client.get(client.key("backup/last")) or "")
@@ -261,7 +263,7 @@ def test_swift_away_costs_nothing_and_a_lost_cluster_is_made_again(swift_lab, ca
     done = restore_here(
         settings, me=me, group_endpoints=urls, store=store, service=nodes[0].service
     )
-    assert "restored snapshots/" in done and "lease(s) of the lost cluster revoked" in done
+    assert "restored snapshots/" in done and "lease(s) of the lost cluster's agents revoked" in done
     for node in nodes[1:]:
         join_restored(node.agent.settings, service=node.service)
     for node in nodes:
@@ -282,9 +284,11 @@ def test_swift_away_costs_nothing_and_a_lost_cluster_is_made_again(swift_lab, ca
         got = outside.run(urls, "get", key, "--print-value-only")
         assert got.strip() == written[key]
     assert lab.client().get_prefix("/data/") == written
-    # the old data is kept, set aside
-    aside = list(Path(settings.etcd.data_dir).parent.glob("data.before-restore-*"))
-    assert len(aside) == 1
+    assert outside.run(urls, "get", "/user/lock", "--print-value-only").strip() == "mine"
+    # the old member data is kept, set aside in each data dir
+    for node in nodes:
+        data_dir = Path(node.agent.settings.etcd.data_dir)
+        assert len(list(data_dir.glob("member.before-restore-*"))) == 1, node.name
 
 
 @pytest.mark.etcd

@@ -191,8 +191,8 @@ def test_restore_needs_swift_backups_and_join_sets_the_old_data_aside(tmp_path):
     (tmp_path / "state" / "state.json").write_text(json.dumps({"phase": "member", "member_id": 7}))
     joined = agent_cli("--config", str(config), "restore", "--join")
     assert joined.returncode == 0, joined.stderr
-    assert not (tmp_path / "data").exists()
-    (aside,) = tmp_path.glob("data.before-restore-*")
-    assert (aside / "member" / "x").read_text() == "old"
+    assert not (tmp_path / "data" / "member").exists()  # the data dir itself stays
+    (aside,) = (tmp_path / "data").glob("member.before-restore-*")
+    assert (aside / "x").read_text() == "old"
     state = json.loads((tmp_path / "state" / "state.json").read_text())
     assert state["phase"] == "starting" and state["member_id"] is None

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from agent.backup import (
@@ -104,3 +106,22 @@ def test_names_sort_by_time_then_revision_and_the_taker_is_the_first_healthy_fol
     record = BackupRecord("snapshots/x.db", 1.5, 7, 100, "ab" * 32, "node3")
     assert BackupRecord.from_json(record.to_json()) == record
     assert BackupRecord.from_json("{not json") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
+def test_restored_member_data_is_owned_as_the_data_dir_and_old_data_set_aside_inside(tmp_path):
+    from agent.restore import _own_like, set_aside
+
+    data_dir = tmp_path / "data"
+    (data_dir / "member" / "wal").mkdir(parents=True)
+    (data_dir / "member" / "wal" / "0.wal").write_text("old")
+    os.chown(data_dir, 54321, 54321)
+    aside = set_aside(data_dir, 1_800_000_000)
+    assert aside == data_dir / "member.before-restore-20270115T080000Z"
+    assert (aside / "wal" / "0.wal").read_text() == "old" and data_dir.is_dir()
+    assert set_aside(data_dir, 1_800_000_001) is None  # nothing left to move
+    (data_dir / "member" / "snap").mkdir(parents=True)
+    (data_dir / "member" / "snap" / "db").write_text("restored")
+    _own_like(data_dir / "member", data_dir)
+    for path in [data_dir / "member", data_dir / "member" / "snap", data_dir / "member/snap/db"]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (54321, 54321), path

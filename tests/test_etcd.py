@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import stat
 import subprocess
@@ -697,3 +698,24 @@ def test_only_the_line_etcd_exits_with_on_its_own_data_is_corrupt():
         '{"level":"info","msg":"starting an etcd server","initial-corrupt-check":false}',
     ):
         assert classify_start_failure(line) == "other", line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (CI runs as root)")
+def test_the_systemd_units_config_goes_to_the_data_dirs_owner(tmp_path):
+    """The unit runs etcd as User=etcd, the owner of its data dir; the agent writes the
+    config as root, 0600: before the unit starts, the file is handed to that owner."""
+    from agent.etcd_server import write_config
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    os.chown(data_dir, 54321, 54321)
+    config = tmp_path / "etcd.yaml"
+    write_config(config, {"data-dir": str(data_dir), "name": "n"})
+    assert config.stat().st_uid == 0
+
+    def runner(command):
+        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
+
+    SystemdEtcd(config_path=config, runner=runner).start(config)
+    found = config.stat()
+    assert (found.st_uid, found.st_gid, found.st_mode & 0o777) == (54321, 54321, 0o600)
