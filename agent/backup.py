@@ -7,7 +7,7 @@
 - **When.** Once the last good snapshot (the etcd key `backup/last`, written after the
   upload was verified) is `backup.period` old, or when there is none.
 - **How.** Maintenance "Snapshot" from the agent's own member, streamed to a file under
-  the state dir; etcd 3.5 ends the stream with the sha256 of the db, which is checked
+  the state dir; etcd ends the stream with the sha256 of the db, which is checked
   (and kept at the end of the file, where `etcdutl snapshot restore` checks it again);
   `etcdutl snapshot status` gives the revision where etcdutl is found, else the revision
   the member answered just before. Then the upload (agent/swift.py: its MD5 as the ETag,
@@ -28,10 +28,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.etcd import EtcdClient, EtcdError
@@ -44,7 +46,19 @@ log = logging.getLogger(__name__)
 BACKUP_LOCK = "backup"
 LAST_KEY = "backup/last"
 PREFIX = "snapshots/"
+SEGMENTS = "segments/"
+NAME = re.compile(r"snapshots/\d{8}T\d{6}Z-r\d{16}-[^/]+\.db")
 HASH_BYTES = 32
+SPACE_MARGIN = 256 * 2**20
+"""Free space a snapshot must leave on the disk it is written to (etcd's, too)."""
+
+
+def _listed_time(text: str) -> float:
+    """Swift's listing `last_modified` (ISO 8601, UTC, no zone); 0 when unreadable."""
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return 0.0
 
 
 class BackupError(Exception):
@@ -129,7 +143,7 @@ def check_snapshot(path: Path) -> str:
     if db.digest() != trailer:
         raise BackupError(
             f"snapshot {path.name}: the sha256 etcd appended does not match the db"
-            " (a stream cut short, or an etcd before 3.5 that appends none)"
+            " (a stream cut short, or a file that is not an etcd snapshot)"
         )
     return whole.hexdigest()
 
@@ -215,13 +229,24 @@ class Backups:
     def take(self, client: EtcdClient, member: Member, now: float) -> BackupRecord:
         """A snapshot of `member` to Swift, verified there, recorded in etcd; then the
         retention. Raises BackupError or SwiftError (the step, the cause)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)  # a snapshot is the whole keyspace
         path = self.workdir / "snapshot.db"
         path.unlink(missing_ok=True)
         url = member.client_urls[0]
-        before = int(client.status(url).get("header", {}).get("revision", 0))
+        status = client.status(url)
+        before = int(status.get("header", {}).get("revision", 0))
+        # the file sits beside etcd's own data: never fill that disk
+        need = int(status.get("dbSize", 0)) + SPACE_MARGIN
+        free = shutil.disk_usage(self.workdir).free
+        if free - need < SPACE_MARGIN:
+            raise BackupError(
+                f"snapshot of {member.name}: {free // 2**20} MiB free in {self.workdir}, a"
+                f" {need // 2**20} MiB snapshot would leave less than"
+                f" {SPACE_MARGIN // 2**20} MiB beside etcd's data"
+            )
         try:
-            with path.open("wb") as out:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
                 client.snapshot(url, out, self.read_timeout)
             sha256 = check_snapshot(path)
             revision = snapshot_revision(etcdutl_for(self.etcd_binary), path) or before
@@ -240,23 +265,42 @@ class Backups:
             path.unlink(missing_ok=True)
         record = BackupRecord(name, now, revision, size, sha256, member.name)
         client.put(client.key(LAST_KEY), record.to_json())
-        self.prune()
+        self.prune(keep_name=name, now=time.time())
         return record
 
     def snapshots(self) -> list[StoredObject]:
-        """The container's snapshots, oldest first."""
-        return sorted(self.store.list(PREFIX), key=lambda o: o.name)
+        """The container's snapshots (names as `object_name` makes them; anything else in
+        the container is not ours), oldest first."""
+        return sorted(
+            (o for o in self.store.list(PREFIX) if NAME.fullmatch(o.name)), key=lambda o: o.name
+        )
 
-    def prune(self) -> list[str]:
-        """Deletes all but the newest `keep` snapshots (with their segments); the names."""
+    def prune(self, keep_name: str | None = None, now: float | None = None) -> list[str]:
+        """Deletes all but the newest `keep` snapshots (with their segments), never
+        `keep_name` (the one just recorded); then segments no manifest names, older than
+        a backup's lease (an upload cut short: a dead agent, an upgrade). The names."""
         found = self.snapshots()
-        old = found[: max(0, len(found) - self.settings.keep)]
+        old = [o for o in found[: max(0, len(found) - self.settings.keep)] if o.name != keep_name]
         for stored in old:
             try:
                 self.store.delete(stored.name, large=stored.large)
             except SwiftError as error:
                 log.warning("backup retention: %s", error)
-        return [o.name for o in old]
+        gone = [o.name for o in old]
+        if now is None:
+            return gone
+        kept = {o.name for o in found} - set(gone)
+        cutoff = now - self.settings.timeout - 120
+        for segment in self.store.list(SEGMENTS):
+            manifest = segment.name[len(SEGMENTS) :].rsplit("/", 1)[0]
+            if manifest in kept or _listed_time(segment.last_modified) > cutoff:
+                continue
+            try:
+                self.store.delete(segment.name)
+                gone.append(segment.name)
+            except SwiftError as error:
+                log.warning("backup retention: %s", error)
+        return gone
 
     def fetch(self, name: str | None, path: Path) -> StoredObject:
         """Snapshot `name` (None: the newest) into `path`, its sha256 checked against the

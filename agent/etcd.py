@@ -377,8 +377,8 @@ class EtcdClient:
 
     def snapshot(self, client_url: str, out: BinaryIO, timeout: float) -> int:
         """Maintenance "Snapshot" from one member into `out`: the gateway streams one JSON
-        object a line, each a base64 `blob`; etcd 3.5 ends the stream with the sha256 of
-        what it sent before (kept in the file: `etcdutl snapshot restore` checks it).
+        object a line, each a base64 `blob`; etcd (3.4 and 3.5) ends the stream with the
+        sha256 of what it sent before (kept in the file: `etcdutl snapshot restore` checks it).
         Returns the bytes written. `timeout`: for each read, not the whole stream."""
         url = f"{client_url.rstrip('/')}/v3/maintenance/snapshot"
         written = 0

@@ -144,6 +144,7 @@ class Agent:
         self._disaster_said: int | None = None
         self._backup_thread: threading.Thread | None = None
         self._backup_failed: float | None = None
+        self._backup_failures = 0
         """When this agent's last snapshot failed (the next waits min(period, 60 s))."""
 
     # --- identity and config ---------------------------------------------------------
@@ -335,7 +336,8 @@ class Agent:
             elif action.kind == "wait":
                 # the leader's upkeep first: a NOSPACE refuses the upgrade's lock anyway
                 done = self._upkeep(snapshot) if self._leads(snapshot) else ""
-                if not done and self._upgrade_due(snapshot):
+                backing_up = self._backup_thread is not None and self._backup_thread.is_alive()
+                if not done and not backing_up and self._upgrade_due(snapshot):
                     done = self._upgrade(snapshot)
                 if not done:
                     done = self._backup(snapshot)
@@ -745,12 +747,13 @@ class Agent:
             return ""
         now = self.clock()
         if self._backup_failed is not None and now - self._backup_failed < min(
-            settings.period, 60.0
+            settings.period, 60.0 * 2 ** min(self._backup_failures - 1, 10)
         ):
-            return ""
+            return ""  # 60 s after a failure, doubling up to the period
         client = self._client(snapshot)
         last = last_backup(client)
-        if last is not None and now - last.time < settings.period:
+        # a record from a clock ahead of this one (now - time < 0) is not a fresh snapshot
+        if last is not None and 0 <= now - last.time < settings.period:
             return ""
         lock = client.acquire_lock(BACKUP_LOCK, self.me.name, settings.timeout + 60)
         if lock is None:
@@ -777,6 +780,7 @@ class Agent:
             )
             record = backups.take(client, me, now)
             self._backup_failed = None
+            self._backup_failures = 0
             log.info(
                 "backup: %s, revision %d, %s, in %.1f s",
                 record.object,
@@ -786,7 +790,12 @@ class Agent:
             )
         except (BackupError, SwiftError, EtcdError, CloudError) as error:
             self._backup_failed = self.clock()
+            self._backup_failures += 1
             log.error("backup failed: %s", error)
+        except Exception as error:  # a full disk, an answer not as documented: not the loop's
+            self._backup_failed = self.clock()
+            self._backup_failures += 1
+            log.error("backup failed: %s: %s", type(error).__name__, error, exc_info=True)
         finally:
             try:
                 client.release_lock(lock)
@@ -812,6 +821,9 @@ class Agent:
         if self._cycles % SETTINGS_POLL_CYCLES or not whole(snapshot):
             return ""  # free pages are looked at once a minute, not each cycle
         if snapshot.join_lock_holder is not None:
+            return ""
+        if client.lock_holder(BACKUP_LOCK) is not None:
+            # a defragmentation waits for the snapshot's read to end, the member frozen
             return ""
         statuses = db_statuses(client, snapshot.voters)
         if len(statuses) < len(snapshot.voters):

@@ -147,23 +147,32 @@ class SwiftStore:
             self._put_file(name, path, 0, size, etag, headers)
             return etag
         segments: list[dict[str, Any]] = []
-        for number, offset in enumerate(range(0, size, segment_bytes)):
-            length = min(segment_bytes, size - offset)
-            segment = f"segments/{name}/{number:08d}"
-            etag = md5_of(path, offset, length)
-            self._put_file(segment, path, offset, length, etag, {})
-            segments.append(
-                {"path": f"/{self.container}/{segment}", "etag": etag, "size_bytes": length}
+        try:
+            for number, offset in enumerate(range(0, size, segment_bytes)):
+                length = min(segment_bytes, size - offset)
+                segment = f"segments/{name}/{number:08d}"
+                etag = md5_of(path, offset, length)
+                self._put_file(segment, path, offset, length, etag, {})
+                segments.append(
+                    {"path": f"/{self.container}/{segment}", "etag": etag, "size_bytes": length}
+                )
+            self._call(
+                "put manifest",
+                "PUT",
+                name,
+                params={"multipart-manifest": "put"},
+                data=json.dumps(segments).encode(),
+                headers={"Content-Type": "application/octet-stream", **headers},
+                ok=(201,),
             )
-        self._call(
-            "put manifest",
-            "PUT",
-            name,
-            params={"multipart-manifest": "put"},
-            data=json.dumps(segments).encode(),
-            headers={"Content-Type": "application/octet-stream", **headers},
-            ok=(201,),
-        )
+        except BaseException:
+            # this attempt's segments go with it (a dead agent's are the retention's)
+            for uploaded in segments:
+                try:
+                    self.delete(str(uploaded["path"]).split("/", 2)[2])
+                except SwiftError:
+                    pass
+            raise
         return hashlib.md5(
             "".join(s["etag"] for s in segments).encode(), usedforsecurity=False
         ).hexdigest()
@@ -237,7 +246,11 @@ class SwiftStore:
                     out.flush()
                     os.fsync(out.fileno())
             except HttpError as error:
+                partial.unlink(missing_ok=True)
                 raise SwiftError(self.cloud.scrub(f"swift get object {name}: {error}")) from None
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
             os.replace(partial, path)
             return written
         raise SwiftError(f"swift get object {self.container}/{name}: HTTP 401 with a new token")
@@ -263,7 +276,7 @@ class SwiftStore:
         except ValueError:
             result = {}
         status = str(result.get("Response Status", ""))
-        if not status.startswith("200") or result.get("Errors"):
+        if not status.startswith(("200", "404")) or result.get("Errors"):
             raise SwiftError(
                 f"swift delete large object {self.container}/{name}: {status or '?'}"
                 f" {self._excerpt(answer.content)}"

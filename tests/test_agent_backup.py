@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent.backup import BackupRecord, check_snapshot, restore_data_dir
+from agent.backup import BackupRecord, Backups, check_snapshot, restore_data_dir
+from agent.settings import BackupSettings
 from agent.status import cluster_status, render
+from agent.swift import SwiftStore
 from lab.cloud.keystone import Endpoint
 from lab.swift import SwiftServer
 from tests.agent_lab import start_initial
@@ -58,6 +60,19 @@ def swift_lab(make_agent_lab, tmp_path):
         yield lab
     finally:
         swift.stop()
+
+
+class TokenAccess:
+    """A token and the endpoint, as agent.swift.Access (an operator's, unrestricted)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+
+    def access(self, service_type: str, *, renew: bool = False) -> tuple[str, str]:
+        return self.url, self.token
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self.token, "***")
 
 
 def listing(lab) -> list[dict]:
@@ -136,6 +151,23 @@ def test_snapshots_go_to_swift_from_one_follower_and_restore_every_key(swift_lab
         assert restored.get_prefix("/data/") == written
     finally:
         cluster.close()
+
+    # the retention: a foreign object is never ours, an upload's segments left by a dead
+    # agent go once older than a backup's lease
+    headers = {"X-Auth-Token": lab.swift_token}
+    orphan = "segments/snapshots/20200101T000000Z-r0000000000000001-gone.db/00000000"
+    for name in ("snapshots/manual.db", orphan):
+        put = requests.put(f"{lab.swift_url}/{CONTAINER}/{name}", data=b"x", headers=headers)
+        assert put.status_code == 201, put.text
+    backups = Backups(
+        BackupSettings(kind="swift", container=CONTAINER, keep=2),
+        SwiftStore(TokenAccess(lab.swift_url, lab.swift_token), CONTAINER),
+        tmp_path / "prune",
+    )
+    assert orphan not in backups.prune(now=time.time())  # recent: maybe an upload under way
+    assert orphan in backups.prune(now=time.time() + 3600)
+    assert all(o.name != "snapshots/manual.db" for o in backups.snapshots())
+    assert "snapshots/manual.db" in {o["name"] for o in listing(lab)}
 
     status = cluster_status(client, "itest")
     assert status["last_backup"]["object"] in names
