@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.backup import Backups, check_snapshot, restore_data_dir
+from agent.backup import Backups, check_snapshot, object_name, restore_data_dir
 from agent.cloud_openstack import OpenStackGroup
 from agent.etcd import EtcdClient, EtcdError
 from agent.etcd_server import SubprocessEtcd, client_url, etcd_config, peer_url, write_config
@@ -144,6 +144,10 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(f"bench backups: {what} not ready in {timeout:.0f} s")
 
 
+def status_revision(client: EtcdClient) -> int:
+    return int(client.status().get("header", {}).get("revision", 0))
+
+
 def _fill(client: EtcdClient, url: str, size: int) -> tuple[int, int]:
     """Random values until the member's db is `size` bytes; (the db size, keys written)."""
     n = 0
@@ -226,7 +230,7 @@ def _one_size(root: Path, binary: str, size: int) -> list[Row]:
         sha256 = check_snapshot(path)
         t1 = time.monotonic()
         during_snapshot = writer.longest(t0, t1)
-        name = f"snapshots/bench-{size}.db"
+        name = object_name(time.time(), int(status_revision(client)), followers[0].name)
         etag = store.upload(
             name, path, meta={"Sha256": sha256}, segment_bytes=settings.segment_bytes
         )
