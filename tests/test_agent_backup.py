@@ -232,7 +232,7 @@ def swift_away(lab, caplog, client) -> None:
     lab.swift.stop()
     stopped = time.time()
     wait_until(lambda: said(caplog, "backup failed"), timeout=30)
-    time.sleep(3)
+    time.sleep(1)
     last = BackupRecord.from_json(client.get(client.key("backup/last")) or "")
     assert last is not None and last.time < stopped  # no record of a snapshot not stored
     assert {m.name for m in client.members() if m.healthy} == set(lab.nodes)
