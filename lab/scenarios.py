@@ -400,9 +400,11 @@ def bad_metrics(run: Run) -> None:
     lab.nova.default_mode = "garbage"
     lab.set_metrics_mode("garbage")
     lab.cloud.update(stack.max_cluster)
+    # a precondition, not a figure: on a loaded machine (the suite's two workers) the joins
+    # took past two join times once; settle returns as soon as the group has grown
     grown = run.settle(
         stack.max_cluster,
-        (stack.max_cluster - stack.capacity + 1) * run.timings.join_time,
+        (stack.max_cluster - stack.capacity + 2) * run.timings.join_time + 10.0,
         "growth",
     )
     hold = 2 * t.scaledownperiod
