@@ -80,7 +80,11 @@ class _Writer:
             self.stop.wait(0.02)
 
     def longest(self, since: float, until: float) -> float:
-        """The longest put that overlapped [since, until], in seconds."""
+        """The longest put that overlapped [since, until], in seconds, once the writer has
+        started one after `until` (a put still hanging at `until` is counted whole)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(s > until for s, _ in list(self.puts)):
+            time.sleep(0.01)
         return max(
             (d for s, d in list(self.puts) if s <= until and s + d >= since), default=float("nan")
         )
