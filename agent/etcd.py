@@ -530,10 +530,12 @@ class EtcdClient:
             if "lease not found" not in error.detail:
                 raise
 
-    def leases(self) -> list[int]:
-        """Every lease the cluster holds (Lease "LeaseLeases")."""
-        answer = self._post("lease/leases", {})
-        return [int(lease["ID"]) for lease in answer.get("leases") or []]
+    def leases_under(self, prefix: str) -> list[int]:
+        """The leases the keys under `prefix` are attached to."""
+        answer = self._post(
+            "kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix), "keys_only": True}
+        )
+        return sorted({int(kv["lease"]) for kv in answer.get("kvs", []) if int(kv.get("lease", 0))})
 
     def txn(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return self._post("kv/txn", body)

@@ -274,6 +274,11 @@ class SubprocessEtcd:
         return "" if self._child is None else self._child.read_log(since_start=True)
 
 
+def config_path_for(settings: EtcdSettings, state_dir: str | Path) -> Path:
+    """Where etcd's config file is: the systemd unit's fixed path, else the state dir."""
+    return SYSTEMD_CONFIG if settings.service == "systemd" else Path(state_dir) / "etcd.yaml"
+
+
 def hand_to_data_dir_owner(config_path: Path) -> None:
     """The unit runs etcd as its own user (User=etcd), the owner of its data dir; the agent
     writes the config as root, mode 0600 (it names the TLS key's path): the file goes to

@@ -30,7 +30,7 @@ from agent.decide import (
     track_unhealthy,
 )
 from agent.etcd import EtcdClient, EtcdError, UnhealthyCluster
-from agent.etcd_server import EtcdService, client_url, read_config
+from agent.etcd_server import EtcdService, client_url, config_path_for, read_config
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.metrics import read_metric
 from agent.settings import AgentSettings, MetricSettings, adopt, document_sha256
@@ -108,7 +108,6 @@ class Agent:
         sleep: Callable[[float], None] = time.sleep,
         settings_path: Path | None = None,
         bundle_path: Path | None = None,
-        store_factory: Callable[[AgentSettings], SwiftStore] | None = None,
     ) -> None:
         self.settings = settings
         self.settings_path = settings_path
@@ -139,13 +138,13 @@ class Agent:
         self._known_endpoints: list[str] = []
         self._nospace_cleared: int | None = None
         """The cycle this agent last cleared a NOSPACE (agent/upkeep.py NOSPACE_BACK_CYCLES)."""
-        self.store_factory = store_factory
         self._no_quorum_since: float | None = None
         self._disaster_said: int | None = None
         self._backup_thread: threading.Thread | None = None
         self._backup_failed: float | None = None
+        """When this agent's last snapshot failed (the next waits 60 s, doubling with each
+        failure in a row up to the period)."""
         self._backup_failures = 0
-        """When this agent's last snapshot failed (the next waits min(period, 60 s))."""
 
     # --- identity and config ---------------------------------------------------------
 
@@ -156,11 +155,7 @@ class Agent:
 
     @property
     def config_path(self) -> Path:
-        if self.settings.etcd.service == "systemd":
-            from agent.etcd_server import SYSTEMD_CONFIG
-
-            return SYSTEMD_CONFIG
-        return self.state_dir / "etcd.yaml"
+        return config_path_for(self.settings.etcd, self.state_dir)
 
     def own_url(self) -> str:
         return client_url(self.me.ip, self.settings.etcd)
@@ -768,13 +763,9 @@ class Agent:
     def _take_backup(self, me: Member, lock: LockInfo, now: float) -> None:
         client = self.client_factory([self.own_url()])
         try:
-            if self.store_factory is not None:
-                store = self.store_factory(self.settings)
-            else:
-                store = SwiftStore.for_cloud(self.cloud, self.settings)
             backups = Backups(
                 self.settings.backup,
-                store,
+                SwiftStore.for_cloud(self.cloud, self.settings),
                 self.state_dir / "backup",
                 etcd_binary=self.settings.etcd.binary,
             )

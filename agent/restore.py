@@ -27,7 +27,6 @@ Servers the group replaced have no old data: their agents join without step 3.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import shutil
@@ -37,7 +36,14 @@ from typing import Any
 
 from agent.backup import BackupError, Backups, restore_data_dir
 from agent.etcd import EtcdClient, EtcdError
-from agent.etcd_server import EtcdService, client_url, etcd_config, peer_url, write_config
+from agent.etcd_server import (
+    EtcdService,
+    client_url,
+    config_path_for,
+    etcd_config,
+    peer_url,
+    write_config,
+)
 from agent.settings import AgentSettings
 from agent.snapshot import NodeIdentity
 from agent.state import AgentState
@@ -48,14 +54,6 @@ log = logging.getLogger(__name__)
 
 class RestoreError(Exception):
     """The restore did not happen; nothing of this node's data was lost (says why)."""
-
-
-def config_path(settings: AgentSettings) -> Path:
-    if settings.etcd.service == "systemd":
-        from agent.etcd_server import SYSTEMD_CONFIG
-
-        return SYSTEMD_CONFIG
-    return Path(settings.state_dir) / "etcd.yaml"
 
 
 def live_cluster(settings: AgentSettings, endpoints: list[str], timeout: float = 3.0) -> str | None:
@@ -97,37 +95,6 @@ def _own_like(path: Path, model: Path) -> None:
     for root, dirs, files in os.walk(path):
         for entry in [root, *(os.path.join(root, n) for n in dirs + files)]:
             os.chown(entry, found.st_uid, found.st_gid)
-
-
-def _agent_leases(client: EtcdClient) -> list[int]:
-    """The leases of the agents' keys (their locks and readings) in the restored data: etcd
-    starts their TTLs again on the new leader, and a lock of a server that is gone would
-    hold the joins back for a whole TTL. Users' leases (their own locks, registrations)
-    are theirs: kept."""
-    prefix = client.prefix + "/"
-    answer = client.txn(
-        {
-            "success": [
-                {
-                    "request_range": {
-                        "key": base64.b64encode(prefix.encode()).decode(),
-                        "range_end": base64.b64encode(_prefix_end(prefix).encode()).decode(),
-                        "keys_only": True,
-                    }
-                }
-            ]
-        }
-    )
-    leases: set[int] = set()
-    for response in answer.get("responses") or []:
-        for kv in (response.get("response_range") or {}).get("kvs") or []:
-            if int(kv.get("lease", 0)):
-                leases.add(int(kv["lease"]))
-    return sorted(leases)
-
-
-def _prefix_end(prefix: str) -> str:
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def restore_here(
@@ -197,7 +164,7 @@ def restore_here(
         initial_cluster={me.name: own_peer},
         state="existing",
     )
-    target = config_path(settings)
+    target = config_path_for(settings.etcd, settings.state_dir)
     write_config(target, config)
     service.start(target)
     client = EtcdClient(
@@ -232,7 +199,10 @@ def restore_here(
     state.save(state_dir)
     notes: list[str] = []
     try:
-        stale = _agent_leases(client)
+        # the snapshot holds the lost cluster's leases; etcd starts their TTLs again on the
+        # new leader, and a lock of a server that is gone would hold the joins back for a
+        # whole TTL. The agents' keys' leases go; users' leases (their own locks) are theirs.
+        stale = client.leases_under(client.prefix + "/")
         for lease in stale:
             client.revoke_lease(lease)
         notes.append(f"{len(stale)} lease(s) of the lost cluster's agents revoked")
@@ -260,7 +230,7 @@ def join_restored(settings: AgentSettings, *, service: EtcdService, clock: Any =
     aside = set_aside(Path(settings.etcd.data_dir), clock())
     state_dir = Path(settings.state_dir)
     AgentState().save(state_dir)
-    config = config_path(settings)
+    config = config_path_for(settings.etcd, settings.state_dir)
     if config.exists():
         config.unlink()
     return (
