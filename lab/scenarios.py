@@ -113,6 +113,14 @@ class Run:
     def settle(self, size: int, timeout: float, what: str) -> bool:
         return self.lab.wait_for(lambda s: self.lab.settled(s, size), timeout, what)
 
+    def grow_to(self, size: int, what: str) -> bool:
+        """A stack update's growth to `size` settled: a precondition of a scenario, not a
+        figure. The wait is generous, one join time per new member and one more, plus
+        10 s: on a loaded machine (the suite's two workers) one join time each was once
+        too short. It returns as soon as the group has grown."""
+        timeout = (size - self.stack.capacity + 2) * self.timings.join_time + 10.0
+        return self.settle(size, timeout, what)
+
 
 Scenario = Callable[[Run], None]
 
@@ -365,7 +373,7 @@ def split(run: Run) -> None:
     size = stack.max_cluster
     lab.set_demand(50.0 * size)
     lab.cloud.update(size)
-    grown = run.settle(size, (size - stack.capacity + 1) * run.timings.join_time, f"{size} members")
+    grown = run.grow_to(size, f"{size} members")
     run.check("the group grew to max_cluster for the split", grown, f"{size} members: {grown}")
     minority = (size - 1) // 2
     leader, followers = _names(run)
@@ -400,13 +408,7 @@ def bad_metrics(run: Run) -> None:
     lab.nova.default_mode = "garbage"
     lab.set_metrics_mode("garbage")
     lab.cloud.update(stack.max_cluster)
-    # a precondition, not a figure: on a loaded machine (the suite's two workers) the joins
-    # took past two join times once; settle returns as soon as the group has grown
-    grown = run.settle(
-        stack.max_cluster,
-        (stack.max_cluster - stack.capacity + 2) * run.timings.join_time + 10.0,
-        "growth",
-    )
+    grown = run.grow_to(stack.max_cluster, "growth")
     hold = 2 * t.scaledownperiod
     modes = list(each_mode())
     for mode in modes:
@@ -599,11 +601,7 @@ def skewed(run: Run) -> None:
     run.phase(f"the group grows to {stack.max_cluster} (a stack update), everyone busy")
     lab.set_demand(40.0 * stack.max_cluster)
     lab.cloud.update(stack.max_cluster)
-    grown = run.settle(
-        stack.max_cluster,
-        (stack.max_cluster - stack.capacity + 1) * run.timings.join_time,
-        "growth",
-    )
+    grown = run.grow_to(stack.max_cluster, "growth")
     oldest = min(lab.cloud.members(), key=lambda m: (m.created_at, m.name)).name
     run.phase(f"{oldest} (the oldest) {SKEWED_BUSY:g} % busy, the others idle")
     lab.pin_load(oldest, SKEWED_BUSY)
