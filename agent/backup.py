@@ -229,44 +229,55 @@ class Backups:
     def take(self, client: EtcdClient, member: Member, now: float) -> BackupRecord:
         """A snapshot of `member` to Swift, verified there, recorded in etcd; then the
         retention. Raises BackupError or SwiftError (the step, the cause)."""
-        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.workdir, 0o700)  # a snapshot is the whole keyspace
         path = self.workdir / "snapshot.db"
-        path.unlink(missing_ok=True)
-        url = member.client_urls[0]
-        status = client.status(url)
-        before = int(status.get("header", {}).get("revision", 0))
-        # the file sits beside etcd's own data: never fill that disk
-        need = int(status.get("dbSize", 0)) + SPACE_MARGIN
-        free = shutil.disk_usage(self.workdir).free
-        if free - need < SPACE_MARGIN:
-            raise BackupError(
-                f"snapshot of {member.name}: {free // 2**20} MiB free in {self.workdir}, a"
-                f" {need // 2**20} MiB snapshot would leave less than"
-                f" {SPACE_MARGIN // 2**20} MiB beside etcd's data"
-            )
         try:
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                client.snapshot(url, out, self.read_timeout)
-            sha256 = check_snapshot(path)
-            revision = snapshot_revision(etcdutl_for(self.etcd_binary), path) or before
+            sha256, revision = self.snapshot(client, member, path)
             size = path.stat().st_size
-            name = object_name(now, revision, member.name)
-            etag = self.store.upload(
-                name,
-                path,
-                meta={"Sha256": sha256, "Revision": str(revision)},
-                segment_bytes=self.settings.segment_bytes,
-            )
-            self.store.verify_object(name, etag, size)
-        except EtcdError as error:
-            raise BackupError(f"snapshot of {member.name}: {error}") from None
+            name = self.upload(path, sha256, revision, member.name, now)
         finally:
             path.unlink(missing_ok=True)
         record = BackupRecord(name, now, revision, size, sha256, member.name)
         client.put(client.key(LAST_KEY), record.to_json())
         self.prune(keep_name=name, now=time.time())
         return record
+
+    def snapshot(self, client: EtcdClient, member: Member, path: Path) -> tuple[str, int]:
+        """`member`'s snapshot into `path` (mode 0600 in a 0700 dir: the whole keyspace),
+        etcd's hash checked; (the file's sha256, its revision). Refused, before a byte is
+        written, when it would leave under SPACE_MARGIN beside etcd's data."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        path.unlink(missing_ok=True)
+        url = member.client_urls[0]
+        try:
+            status = client.status(url)
+            need = int(status.get("dbSize", 0)) + SPACE_MARGIN
+            free = shutil.disk_usage(path.parent).free
+            if free - need < SPACE_MARGIN:
+                raise BackupError(
+                    f"snapshot of {member.name}: {free // 2**20} MiB free in {path.parent}, a"
+                    f" {need // 2**20} MiB snapshot would leave less than"
+                    f" {SPACE_MARGIN // 2**20} MiB beside etcd's data"
+                )
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                client.snapshot(url, out, self.read_timeout)
+        except EtcdError as error:
+            raise BackupError(f"snapshot of {member.name}: {error}") from None
+        sha256 = check_snapshot(path)
+        before = int(status.get("header", {}).get("revision", 0))
+        return sha256, snapshot_revision(etcdutl_for(self.etcd_binary), path) or before
+
+    def upload(self, path: Path, sha256: str, revision: int, member: str, now: float) -> str:
+        """The snapshot file to Swift under its name, verified by a HEAD; the name."""
+        name = object_name(now, revision, member)
+        etag = self.store.upload(
+            name,
+            path,
+            meta={"Sha256": sha256, "Revision": str(revision)},
+            segment_bytes=self.settings.segment_bytes,
+        )
+        self.store.verify_object(name, etag, path.stat().st_size)
+        return name
 
     def snapshots(self) -> list[StoredObject]:
         """The container's snapshots (names as `object_name` makes them; anything else in

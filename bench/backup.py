@@ -7,7 +7,8 @@ agent's own code (agent/backup.py, agent/swift.py):
 - **snapshot**: Maintenance "Snapshot" of a follower into a file, etcd's hash checked;
 - **upload**: to Swift (its MD5 as the ETag, a static large object over `segment_bytes`),
   then a HEAD that Swift holds it;
-- **restore**: the newest snapshot downloaded and its sha256 checked, `etcdutl snapshot
+- **restore**: `agent.restore.restore_here`, what `python -m agent restore` runs, on a
+  node of its own: the snapshot downloaded and its sha256 checked, `etcdutl snapshot
   restore`, etcd started on it until a linearizable read goes through: the time one node
   takes to serve the data again (the recovery time before the others join);
 - **write stalls**: the longest put of a writer (one put every 20 ms) while the snapshot is
@@ -26,13 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.backup import Backups, check_snapshot, object_name, restore_data_dir
+from agent.backup import Backups
 from agent.cloud_openstack import OpenStackGroup
 from agent.etcd import EtcdClient, EtcdError
 from agent.etcd_server import SubprocessEtcd, client_url, etcd_config, peer_url, write_config
 from agent.httpclient import Http
-from agent.settings import BackupSettings, EtcdSettings, OpenStackCloud
+from agent.restore import restore_here
+from agent.settings import AgentSettings, BackupSettings, EtcdSettings, OpenStackCloud
 from agent.snapshot import Member as EtcdMember
+from agent.snapshot import NodeIdentity
 from agent.swift import SwiftStore
 from bench.rows import Row, check, figure
 from lab.cloud.heat import Member, Policy
@@ -96,35 +99,39 @@ class _Cluster:
     binary: str
     prefix: str
     services: list[SubprocessEtcd] = field(default_factory=list)
-    settings: list[EtcdSettings] = field(default_factory=list)
 
     def ip(self, n: int) -> str:
         return f"{self.prefix}.{10 + n}"
 
     def start(self, size: int = 3) -> EtcdClient:
         names = [f"b{n}" for n in range(size)]
-        initial = {name: peer_url(self.ip(n), self._settings(n)) for n, name in enumerate(names)}
+        initial = {
+            name: peer_url(self.ip(n), self.settings_of(name)) for n, name in enumerate(names)
+        }
         for n, name in enumerate(names):
-            settings = self._settings(n)
-            self.settings.append(settings)
             config = etcd_config(
-                name=name, ip=self.ip(n), settings=settings, initial_cluster=initial, state="new"
+                name=name,
+                ip=self.ip(n),
+                settings=self.settings_of(name),
+                initial_cluster=initial,
+                state="new",
             )
             path = self.root / name / "etcd.yaml"
             write_config(path, config)
             service = SubprocessEtcd(self.binary, stop_timeout=5)
             service.start(path)
             self.services.append(service)
-        urls = [client_url(self.ip(n), self.settings[n]) for n in range(size)]
+        urls = [client_url(self.ip(n), self.settings_of(name)) for n, name in enumerate(names)]
         client = EtcdClient(urls, timeout=10.0)
         _wait(lambda: all(client.url_healthy(u) for u in urls), 60, "the bench's etcd cluster")
         return client
 
-    def _settings(self, n: int) -> EtcdSettings:
+    def settings_of(self, name: str) -> EtcdSettings:
+        """A member's etcd settings (every member on the same ports of its own address)."""
         return EtcdSettings(
             client_port=CLIENT_PORT,
             peer_port=PEER_PORT,
-            data_dir=str(self.root / f"b{n}" / "data"),
+            data_dir=str(self.root / name / "data"),
             binary=self.binary,
             service="subprocess",
             cluster_token="bench-backup",
@@ -146,10 +153,6 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"bench backups: {what} not ready in {timeout:.0f} s")
-
-
-def status_revision(client: EtcdClient) -> int:
-    return int(client.status().get("header", {}).get("revision", 0))
 
 
 def _fill(client: EtcdClient, url: str, size: int) -> tuple[int, int]:
@@ -204,15 +207,13 @@ def _one_size(root: Path, binary: str, size: int) -> list[Row]:
             )
         if made.status_code not in (201, 202):
             raise RuntimeError(f"bench backups: container: HTTP {made.status_code}")
-        group = OpenStackGroup(
-            OpenStackCloud(
-                auth_url=cloud.auth_url,
-                application_credential_id=credential.id,
-                application_credential_secret=credential.secret,
-                stack_id="bench/x",
-            ),
-            timeout=30,
+        cloud_settings = OpenStackCloud(
+            auth_url=cloud.auth_url,
+            application_credential_id=credential.id,
+            application_credential_secret=credential.secret,
+            stack_id="bench/x",
         )
+        group = OpenStackGroup(cloud_settings, timeout=30)
         store = SwiftStore(group, CONTAINER, timeout=300)
         settings = BackupSettings(kind="swift", container=CONTAINER)
         backups = Backups(settings, store, root / "work", etcd_binary=binary)
@@ -229,16 +230,10 @@ def _one_size(root: Path, binary: str, size: int) -> list[Row]:
 
         path = root / "snapshot.db"
         t0 = time.monotonic()
-        with path.open("wb") as out:
-            client.snapshot(followers[0].client_urls[0], out, 120)
-        sha256 = check_snapshot(path)
+        sha256, revision = backups.snapshot(client, followers[0], path)
         t1 = time.monotonic()
         during_snapshot = writer.longest(t0, t1)
-        name = object_name(time.time(), int(status_revision(client)), followers[0].name)
-        etag = store.upload(
-            name, path, meta={"Sha256": sha256}, segment_bytes=settings.segment_bytes
-        )
-        store.verify_object(name, etag, path.stat().st_size)
+        name = backups.upload(path, sha256, revision, followers[0].name, time.time())
         t2 = time.monotonic()
 
         defrag: list[tuple[EtcdMember, float, float]] = []
@@ -249,41 +244,31 @@ def _one_size(root: Path, binary: str, size: int) -> list[Row]:
             defrag.append((member, end - start, writer.longest(start, end)))
         writer.stop.set()
 
-        t3 = time.monotonic()
-        fetched = root / "restore.db"
-        backups.fetch(name, fetched)
-        data_dir = root / "restored" / "data"
-        restore_settings = EtcdSettings(
-            client_port=CLIENT_PORT,
-            peer_port=PEER_PORT,
-            data_dir=str(data_dir),
-            binary=binary,
-            service="subprocess",
-            cluster_token="bench-restored",
-        )
+        # what an operator runs (agent/restore.py), on a node of its own
         ip = cluster.ip(9)
-        restore_data_dir(
-            fetched,
-            data_dir,
-            name="r",
-            peer_url=peer_url(ip, restore_settings),
-            cluster_token="bench-restored",
-            etcd_binary=binary,
+        node = AgentSettings.model_validate(
+            {
+                "cluster_name": "bench",
+                "etcd": cluster.settings_of("r").model_dump(),
+                "backup": settings.model_dump(),
+                "cloud": cloud_settings.model_dump(context={"reveal_secrets": True}),
+                "state_dir": str(root / "restored" / "state"),
+            }
         )
-        config = etcd_config(
-            name="r",
-            ip=ip,
-            settings=restore_settings,
-            initial_cluster={"r": peer_url(ip, restore_settings)},
-            state="existing",
-        )
-        write_config(root / "restored" / "etcd.yaml", config)
         restored = SubprocessEtcd(binary, stop_timeout=5)
-        restored.start(root / "restored" / "etcd.yaml")
-        own = client_url(ip, restore_settings)
-        probe = EtcdClient([own], timeout=5.0)
-        _wait(lambda: probe.url_healthy(own), 300, "the restored member")
+        own = client_url(ip, node.etcd)
+        t3 = time.monotonic()
+        restore_here(
+            node,
+            me=NodeIdentity(id="r", name="r", ip=ip),
+            group_endpoints=[own],
+            store=store,
+            service=restored,
+            name=name,
+            start_timeout=300,
+        )
         t4 = time.monotonic()
+        probe = EtcdClient([own], timeout=5.0)
         keys = len(probe.get_prefix("/bench/fill/"))
         probe.close()
     finally:

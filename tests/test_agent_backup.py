@@ -55,7 +55,7 @@ def swift_lab(make_agent_lab, tmp_path):
         token = keystone.issue(keystone.add_credential("operator")).id
         answer = requests.put(f"{url}/{CONTAINER}", headers={"X-Auth-Token": token}, timeout=10)
         assert answer.status_code in (201, 202), answer.text
-        lab.backup = {"kind": "swift", "period": 2.0, "keep": 2, "container": CONTAINER}
+        lab.backup = {"kind": "swift", "period": 3.0, "keep": 2, "container": CONTAINER}
         lab.swift, lab.swift_url, lab.swift_token = swift, url, token
         yield lab
     finally:
@@ -93,7 +93,6 @@ def test_snapshots_to_swift_swift_away_and_a_lost_cluster_made_again(swift_lab, 
     binary = need_etcd("3.5")
     caplog.set_level(logging.INFO)
     the_programs_access_rules_allow_exactly_the_agents_calls(lab, tmp_path)
-    lab.backup = {**lab.backup, "period": 3.0}
     # a restored cluster's raft log starts at the restore: the first member to join gets a
     # raft snapshot, and for about 5 s after its promotion the two cannot commit (etcd 3.5.1,
     # seen here). The harness's dead-member window (3 periods, 1.2 s) would remove it and
@@ -119,7 +118,6 @@ def test_snapshots_to_swift_swift_away_and_a_lost_cluster_made_again(swift_lab, 
     taken_by = {name.rsplit("-", 1)[-1].removesuffix(".db") for name in names}
     leader = next(m.name for m in client.members() if m.is_leader)
     assert len(taken_by) == 1 and leader not in taken_by, (names, leader)
-    assert all(n.name != leader for n in nodes if n.name in taken_by)
 
     # from outside: the newest object, downloaded, is what its metadata says, and restores
     newest = names[-1]
@@ -350,5 +348,6 @@ def test_a_lost_quorum_with_backups_on_says_the_restore_commands_and_does_nothin
     agent.settings = agent.settings.with_changes(backup={"kind": "none"})
     count = len(said(caplog, "restore --latest"))
     agent._disaster_said = None
-    time.sleep(5 * PERIOD)
+    cycles = agent._cycles
+    wait_until(lambda: agent._cycles >= cycles + 5, timeout=20 * PERIOD)  # it does cycle
     assert len(said(caplog, "restore --latest")) == count

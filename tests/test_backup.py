@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -42,8 +43,7 @@ def test_a_snapshot_is_checked_and_restores_into_a_new_cluster_with_every_key(
     with path.open("wb") as out:
         written = client.snapshot(follower, out, timeout=10)
     assert written == path.stat().st_size > 32
-    sha256 = check_snapshot(path)
-    assert len(sha256) == 64
+    assert check_snapshot(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert snapshot_revision(etcdutl_for(binary), path) >= revision
 
     # the judge says no: a stream cut short, a byte changed
