@@ -58,6 +58,8 @@ PART_POWER = 6
 DEVICE = "d1"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
+RINGS = ("account", "container", "object")
+
 # One /usr/bin/python3 runs swift-ring-builder's main once per command (each CLI run
 # would cost a second of imports): argv is the builder directory, then
 # `name:ip:port` per ring.
@@ -249,7 +251,8 @@ class SwiftServer:
             self.ports = dict(zip(SERVERS, _free_ports(self.host, len(SERVERS)), strict=True))
         for name in SERVERS:
             (self.etc / f"{name}-server.conf").write_text(self._config(name), encoding="utf-8")
-        self._build_rings(deadline)
+        if not (same_ports and all((self.etc / f"{r}.ring.gz").exists() for r in RINGS)):
+            self._build_rings(deadline)  # a restart on the same ports keeps its rings
         env = {
             k: v
             for k, v in os.environ.items()
@@ -303,10 +306,7 @@ class SwiftServer:
         for stale in self.etc.glob("*.ring.gz"):
             stale.unlink()
         shutil.rmtree(self.etc / "backups", ignore_errors=True)
-        specs = [
-            f"{name}:{self.host}:{self.ports[name]}:{PART_POWER}:{DEVICE}"
-            for name in ("account", "container", "object")
-        ]
+        specs = [f"{name}:{self.host}:{self.ports[name]}:{PART_POWER}:{DEVICE}" for name in RINGS]
         done = subprocess.run(
             [SYSTEM_PYTHON, "-c", _RING_SCRIPT, str(self.etc), *specs],
             capture_output=True,

@@ -82,10 +82,7 @@ def lab_swift(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSwift]:
     http = requests.Session()
     http.trust_env = False  # never a proxy of the environment: everything is on loopback
     try:
-        started = time.monotonic()
-        url = swift.start()
-        print(f"Swift started in {time.monotonic() - started:.1f} s")
-        assert url == f"http://127.0.0.1:{swift.ports['proxy']}/v1/AUTH_{PROJECT}"
+        swift.start()
         # as a cloud's catalog has it: keystonemiddleware refuses a token with access rules
         # whose catalog lacks the proxy's service type
         fake.keystone.endpoints.append(
