@@ -32,6 +32,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,6 +97,13 @@ class BackupRecord:
 def object_name(moment: float, revision: int, member: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(moment))
     return f"{PREFIX}{stamp}-r{revision:016d}-{member}.db"
+
+
+def servers_of(headers: dict[str, str]) -> list[str] | None:
+    """The cluster's servers a snapshot's metadata names (`X-Object-Meta-Server-<n>`; HEAD
+    headers, lower case); None when it names none (an older snapshot)."""
+    found = [v for k, v in headers.items() if re.fullmatch(r"x-object-meta-server-\d+", k)]
+    return sorted(found) or None
 
 
 def backup_taker(voters: list[Member]) -> Member | None:
@@ -226,14 +234,18 @@ class Backups:
     etcd_binary: str = "etcd"
     read_timeout: float = 60.0
 
-    def take(self, client: EtcdClient, member: Member, now: float) -> BackupRecord:
+    def take(
+        self, client: EtcdClient, member: Member, now: float, servers: Sequence[str] = ()
+    ) -> BackupRecord:
         """A snapshot of `member` to Swift, verified there, recorded in etcd; then the
-        retention. Raises BackupError or SwiftError (the step, the cause)."""
+        retention. `servers`: the ids of the cluster's members' servers (the object's
+        metadata: agent/disaster.py asks the cloud whether they are gone). Raises
+        BackupError or SwiftError (the step, the cause)."""
         path = self.workdir / "snapshot.db"
         try:
             sha256, revision = self.snapshot(client, member, path)
             size = path.stat().st_size
-            name = self.upload(path, sha256, revision, member.name, now)
+            name = self.upload(path, sha256, revision, member.name, now, servers)
         finally:
             path.unlink(missing_ok=True)
         record = BackupRecord(name, now, revision, size, sha256, member.name)
@@ -267,13 +279,24 @@ class Backups:
         before = int(status.get("header", {}).get("revision", 0))
         return sha256, snapshot_revision(etcdutl_for(self.etcd_binary), path) or before
 
-    def upload(self, path: Path, sha256: str, revision: int, member: str, now: float) -> str:
+    def upload(
+        self,
+        path: Path,
+        sha256: str,
+        revision: int,
+        member: str,
+        now: float,
+        servers: list[str] = (),  # type: ignore[assignment]
+    ) -> str:
         """The snapshot file to Swift under its name, verified by a HEAD; the name."""
         name = object_name(now, revision, member)
+        meta = {"Sha256": sha256, "Revision": str(revision)}
+        # one key per server: Swift allows 256 bytes per value, 90 keys per object
+        meta.update({f"Server-{n}": server for n, server in enumerate(sorted(servers), 1)})
         etag = self.store.upload(
             name,
             path,
-            meta={"Sha256": sha256, "Revision": str(revision)},
+            meta=meta,
             segment_bytes=self.settings.segment_bytes,
         )
         self.store.verify_object(name, etag, path.stat().st_size)

@@ -33,6 +33,7 @@ from typing import Literal
 
 from agent.cloud import Cloud
 from agent.decide import JOIN_LOCK, quorum
+from agent.disaster import Recovery
 from agent.etcd import EtcdClient, EtcdError, LearnerNotReady, normalize_url
 from agent.etcd_server import (
     EtcdService,
@@ -62,7 +63,7 @@ class NotYet(RuntimeError):
 @dataclass(frozen=True)
 class Joined:
     member: Member
-    how: Literal["new", "joined", "restarted", "resumed"]
+    how: Literal["new", "joined", "restarted", "resumed", "restored"]
 
 
 def data_dir_bytes(path: Path) -> int:
@@ -133,6 +134,7 @@ class Bootstrap:
         member_id: int | None = None,
         start_deadline: float | None = None,
         stall: float | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         self.settings = settings
         self.cloud = cloud
@@ -151,6 +153,10 @@ class Bootstrap:
         """A start past its deadline goes on while it made progress within this many seconds."""
         self.data_dir = Path(settings.etcd.data_dir)
         self._me: NodeIdentity | None = None
+        self.recovery = recovery
+        """The disaster path (agent/disaster.py): None without backups."""
+        self.disaster = False
+        """No cluster answers and Swift holds snapshots of it: this node does not give up."""
         self.quorum_seen = False
         """A cluster answered during the attempts (so a node giving up leaves no data behind
         that only it holds)."""
@@ -184,7 +190,14 @@ class Bootstrap:
                 last_error = "nobody to join yet and this node is not an initial member"
                 log.info("attempt %d/%d: %s", attempt, attempts, last_error)
             if attempt >= attempts:
-                if not (self._holds_member_data() and not self.quorum_seen):
+                if self.disaster:
+                    if attempt == attempts:
+                        log.warning(
+                            "%d attempts failed, but the whole cluster is gone and Swift holds"
+                            " its snapshots: a new server would do no better; not giving up",
+                            attempts,
+                        )
+                elif not (self._holds_member_data() and not self.quorum_seen):
                     break
                 if attempt == attempts:
                     log.warning(
@@ -216,7 +229,11 @@ class Bootstrap:
             except EtcdError as error:
                 log.info("no member answered at %s: %s", endpoints, error)
         if members is None:
-            return self._start_new(me, nodes)
+            started = self._start_new(me, nodes)
+            if started is not None or any(n.initial and n.id == me.id for n in nodes):
+                return started
+            return self._recover(me, nodes, endpoints)
+        self.disaster = False
         assert client is not None
         mine = self._my_entry(members, me)
         if mine is not None and mine.started and self._has_data():
@@ -246,6 +263,11 @@ class Bootstrap:
         data, and the node then joins as a new member (None)."""
         member_id = self.member_id or 0
         own = client_url(me.ip, self.settings.etcd)
+        attach = getattr(self.service, "attach", None)
+        if attach is not None and Path(self.config_path).is_file():
+            # an etcd this agent did not start (a restore, an agent restarted beside it) is
+            # found by its pid file: a second one on the same data would fail to bind
+            attach(self.config_path)
         if self.service.is_running():
             how = "etcd was already running on it"
         else:
@@ -361,6 +383,30 @@ class Bootstrap:
         own = self.client_factory([client_url(me.ip, self.settings.etcd)])
         return Joined(self._wait_member(me, own), "new")
 
+    def _recover(
+        self, me: NodeIdentity, nodes: list[CloudNode], endpoints: list[str]
+    ) -> Joined | None:
+        """No cluster, and this node may not start one: agent/disaster.py."""
+        if self.recovery is None or not self.recovery.on:
+            return None
+        chosen = self.recovery.no_cluster(me, nodes, holds_data=self._has_data())
+        self.disaster = self.recovery.started is not None
+        if chosen is None:
+            return None
+        from agent.restore import restore_here
+
+        done = restore_here(
+            self.settings,
+            me=me,
+            group_endpoints=endpoints,
+            store=self.recovery.store,
+            service=self.service,
+            name=chosen,
+        )
+        log.warning("disaster recovery: %s", done)
+        own = self.client_factory([client_url(me.ip, self.settings.etcd)])
+        return Joined(self._wait_member(me, own, voter=True), "restored")
+
     def _restart(self, me: NodeIdentity, members: list[Member]) -> Joined | None:
         own = [client_url(me.ip, self.settings.etcd)]
         if self.service.is_running():
@@ -456,16 +502,55 @@ class Bootstrap:
     def _promote(self, client: EtcdClient, member: Member) -> None:
         """Promote the learner once etcd says it caught up; while it is still catching up
         (its data dir or raft index moving) it is given time past the deadline."""
-        progress = self._progress(member.client_urls[0] if member.client_urls else None)
+        own = member.client_urls[0] if member.client_urls else None
+        progress = self._progress(own)
         deadline = self.clock() + self.start_deadline
         while True:
             try:
+                if own is not None and not self._receiving(client, own):
+                    raise LearnerNotReady(
+                        "member promote", own, "the learner does not apply new entries yet"
+                    )
                 client.promote_member(member.id)
                 return
             except LearnerNotReady:
                 if self.clock() > deadline and not progress.recent():
                     raise
                 self.sleep(0.2)
+
+    def _receiving(self, client: EtcdClient, own: str, within: float = 2.0) -> bool:
+        """The learner applies what the leader appends now: a fresh entry (a put of the
+        agents' `join/probe` key) reaches the learner's raft index within `within` s.
+
+        etcd 3.5 resets a member's peer streams when it applies a raft snapshot (every join
+        to a cluster whose log was compacted or restored gets one), and the leader's old
+        stream to it may stay unread until its 5 s timeout: etcd still calls the learner
+        ready (its match index is the snapshot's), and promoted then, it holds back every
+        commit a quorum needs it for; in a two-voter cluster (the first join to a restored
+        one) that is every commit, for about 5 s (seen on etcd 3.5.1)."""
+        try:
+            client.put(client.key("join/probe"), own)
+            leader_id = int(client.status().get("leader", 0))
+            leader = next(
+                (m for m in client.members(check_health=False) if m.id == leader_id), None
+            )
+            if leader is None or not leader.client_urls:
+                return False
+            wanted = int(client.status(leader.client_urls[0]).get("raftIndex", 0))
+            learner = self.client_factory([own])
+            end = self.clock() + within
+            try:
+                while int(learner.status(own).get("raftIndex", 0)) < wanted:
+                    if self.clock() >= end:
+                        log.info("learner at %s has not applied raft index %d yet", own, wanted)
+                        return False
+                    self.sleep(0.1)
+                return True
+            finally:
+                learner.close()
+        except (EtcdError, ValueError, TypeError) as error:
+            log.debug("learner at %s: appends not confirmed (%s)", own, error)
+            return False
 
     def _progress(self, own_url: str | None) -> Progress:
         own = self.client_factory([own_url]) if own_url else None

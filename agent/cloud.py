@@ -43,6 +43,11 @@ class Cloud(Protocol):
         """Ask for one more member (the scale-up policy's webhook)."""
         ...
 
+    def server_gone(self, server_id: str) -> str | None:
+        """How Nova lost server `server_id` for good ("deleted", "in ERROR"), or None while
+        it may come back (any other status). Any server of the project, in the group or not."""
+        ...
+
     def stack_document(self) -> dict[str, Any] | None:
         """The stack's settings document (its `agent_settings` resource's metadata:
         `sha256`, `bundle_sha256`, `roles`), or None when the stack holds none."""

@@ -279,6 +279,17 @@ class OpenStackGroup:
 
     # ---- Nova ---------------------------------------------------------------------------
 
+    def server_gone(self, server_id: str) -> str | None:
+        """Whether Nova has lost server `server_id` for good: how ("deleted": Nova does not
+        know it or says DELETED/SOFT_DELETED; "in ERROR"), None while it may come back."""
+        server = self._server(server_id)
+        status = str((server or {}).get("status", "")).upper()
+        if server is None or status in ("DELETED", "SOFT_DELETED"):
+            return "deleted"
+        if status == "ERROR":
+            return "in ERROR"
+        return None
+
     def _server(self, server_id: str) -> dict[str, Any] | None:
         """Nova "Show server details"; None when Nova does not know the server (404)."""
         response = self._call(

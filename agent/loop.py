@@ -29,6 +29,7 @@ from agent.decide import (
     starting_over,
     track_unhealthy,
 )
+from agent.disaster import Recovery
 from agent.etcd import EtcdClient, EtcdError, UnhealthyCluster
 from agent.etcd_server import EtcdService, client_url, config_path_for, read_config
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
@@ -167,6 +168,11 @@ class Agent:
             raise BootstrapError("this node has left the cluster; it does not rejoin")
         member_id = self.state.member_id
         self._save(phase="joining")
+        recovery = (
+            Recovery(self.settings, self.cloud, settings_path=self.settings_path)
+            if self.settings.backup.kind == "swift"
+            else None
+        )
         joined = Bootstrap(
             self.settings,
             cloud=self.cloud,
@@ -176,7 +182,10 @@ class Agent:
             sleep=self.sleep,
             stopping=self.stopped.is_set,
             member_id=member_id,
+            recovery=recovery,
         ).run()
+        if recovery is not None:
+            recovery.done(self.me)
         if joined.how not in ("restarted", "resumed"):
             self.state.configured = False
         self._save(phase="member", member_id=joined.member.id)
@@ -754,22 +763,34 @@ class Agent:
         if lock is None:
             return f"backup waits: {client.lock_holder(BACKUP_LOCK)} takes one"
         self._backup_thread = threading.Thread(
-            target=self._take_backup, args=(me, lock, now), name="backup", daemon=True
+            target=self._take_backup,
+            args=(me, lock, now, [m.name for m in snapshot.members or ()]),
+            name="backup",
+            daemon=True,
         )
         self._backup_thread.start()
         since = f"the last is {now - last.time:.0f} s old" if last else "none taken yet"
         return f"backup: a snapshot of {me.name} to Swift ({since})"
 
-    def _take_backup(self, me: Member, lock: LockInfo, now: float) -> None:
+    def _take_backup(self, me: Member, lock: LockInfo, now: float, names: list[str]) -> None:
         client = self.client_factory([self.own_url()])
         try:
+            try:  # the members' servers, named in the snapshot (agent/disaster.py)
+                servers = [n.id for n in self.cloud.group_members() if n.name in names]
+            except CloudError as error:
+                servers = []
+                log.warning(
+                    "backup: the members' servers unknown (%s): a lost cluster restores"
+                    " from this snapshot only by hand",
+                    error,
+                )
             backups = Backups(
                 self.settings.backup,
                 SwiftStore.for_cloud(self.cloud, self.settings),
                 self.state_dir / "backup",
                 etcd_binary=self.settings.etcd.binary,
             )
-            record = backups.take(client, me, now)
+            record = backups.take(client, me, now, servers)
             self._backup_failed = None
             self._backup_failures = 0
             log.info(

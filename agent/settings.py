@@ -142,6 +142,11 @@ class BackupSettings(_Strict):
     """A larger snapshot goes as a static large object of segments of this size."""
     timeout: PositiveSeconds = 900
     """Seconds a snapshot and its upload may take in all (the `backup` lock's lease)."""
+    recovery: Literal["manual", "auto"] = "manual"
+    """A group whose whole cluster is gone (agent/disaster.py): `manual` logs the one command
+    that restores the newest snapshot; `auto` restores it once the cloud confirms every
+    server of the snapshot's cluster gone and every server of the group says it holds no
+    member data."""
 
     @model_validator(mode="after")
     def _check(self) -> BackupSettings:

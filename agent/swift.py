@@ -177,6 +177,25 @@ class SwiftStore:
             "".join(s["etag"] for s in segments).encode(), usedforsecurity=False
         ).hexdigest()
 
+    def put_small(self, name: str, data: bytes) -> None:
+        """A small object (a roll call, agent/disaster.py), its MD5 as the ETag."""
+        self._call(
+            "create object",
+            "PUT",
+            name,
+            data=data,
+            headers={
+                "ETag": hashlib.md5(data, usedforsecurity=False).hexdigest(),
+                "Content-Type": "application/json",
+            },
+            ok=(201,),
+        )
+
+    def get_small(self, name: str) -> bytes | None:
+        """A small object's content; None when there is none."""
+        answer = self._call("get object", "GET", name, ok=(200, 404))
+        return None if answer.status_code == 404 else answer.content
+
     def head(self, name: str) -> dict[str, str]:
         answer = self._call("show object metadata", "HEAD", name, ok=(200,))
         return {k.lower(): v for k, v in answer.headers.items()}

@@ -219,6 +219,11 @@ class StackSettings(BaseModel):
     """Seconds between snapshots: the most a lost cluster loses (RPO)."""
     backup_keep: Annotated[int, Field(ge=1, le=10_000)] = 48
     """How many of the newest snapshots stay in the container (48: a day at 30 min)."""
+    disaster_recovery: Literal["manual", "auto"] = "manual"
+    """When every member of the cluster is gone for good (README, Backups and recovery):
+    manual, the agents of the rebuilt group log the one command that restores the newest
+    snapshot; auto, they restore it themselves once the cloud confirms the old servers gone
+    and no server of the group holds member data. Needs backups: swift."""
     join_timeout: Annotated[PositiveInt | None, BeforeValidator(_empty_is_none)] = None
     """Seconds from a server's creation to its joining; unset: 900 (a plain image installs
     etcd, netdata and the agent's venv at boot), 300 with prebuilt_image."""
@@ -305,6 +310,18 @@ def cross_check(values: Mapping[str, Any], base_dir: Path | None) -> list[Proble
                     f"allowed: min_cluster ({low}) <= capacity <= max_cluster ({high})",
                 )
             )
+    if (
+        have("disaster_recovery", "backups")
+        and values["disaster_recovery"] == "auto"
+        and values["backups"] != "swift"
+    ):
+        problems.append(
+            Problem(
+                "disaster_recovery",
+                "auto",
+                f"needs backups: swift (backups is {values['backups']!r}): nothing to restore from",
+            )
+        )
     if (
         have("etcdclientport", "etcdpeerport")
         and values["etcdclientport"] == values["etcdpeerport"]
@@ -623,6 +640,7 @@ def agent_settings(
             period=stack.backup_period,
             keep=stack.backup_keep,
             container=backup_container(cluster_name) if stack.backups == "swift" else "",
+            recovery=stack.disaster_recovery,
         ),
         hooks=HookSettings(
             configscript=f"{hook_dir}/configscript" if stack.configscript else None,

@@ -65,6 +65,7 @@ SCENARIO_NAMES = [
     "skewed",
     "update",
     "nospace",
+    "disaster",
 ]
 """lab.scenarios.SCENARIOS, named here so that `--help` imports no lab."""
 

@@ -28,13 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import requests
+
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdClient, EtcdError
 from agent.files import atomic_write
 from agent.settings import OpenStackCloud
 from infra import heat
 from infra.access_rules import access_rules
-from infra.settings import PROJECT_DIR, StackSettings
+from infra.settings import PROJECT_DIR, StackSettings, backup_container
 from lab.cloud.api import Recorded
 from lab.cloud.heat import Member, Policy
 from lab.cloud.keystone import AccessRule
@@ -233,6 +235,10 @@ class Lab:
         self.on_sample: list[Callable[[Sample], None]] = []
         self.acked: Callable[[], int] = lambda: 0
         self._cut_from: dict[Cut, tuple[set[str], int]] = {}
+        self.swift: Any = None
+        """The lab's Swift (lab/swift.py), with `backups: swift`."""
+        self.swift_access: tuple[str, str] | None = None
+        """Swift's account URL and an operator's token (the lab looks into the container)."""
         """Each cut's nodes' addresses and the cloud's request count when it began."""
 
     # --- life -------------------------------------------------------------------------------
@@ -287,11 +293,14 @@ class Lab:
             self.nova.cloud_url = self.cloud.serve(self.net.cloud_ip)
         else:
             self.nova.cloud_url = self.cloud.serve(f"{self.prefix}.1")
+        swift = self._start_swift() if self.stack.backups == "swift" else None
         self.cloud.keystone.credentials[self.cloud.agents.id].access_rules = tuple(
             AccessRule(r.service, r.method, r.path)
             for r in access_rules(
                 orchestration=f"{self.cloud.url}/heat-api/v1/{self.cloud.keystone.project_id}",
                 compute=f"{self.cloud.url}/compute/v2.1",
+                object_store=swift,
+                container=backup_container(self.cluster_name) if swift else None,
             )
         )
         where = f"nodes on {self.prefix}.0/24"
@@ -313,12 +322,37 @@ class Lab:
         self._watcher = threading.Thread(target=self._watch, name="watcher", daemon=True)
         self._watcher.start()
 
+    def _start_swift(self) -> str:
+        """The stack's backups go to Swift: a real one (lab/swift.py) beside the cloud, named
+        in Keystone's catalog, with the container the program creates (an operator's call,
+        as Pulumi's `openstack.objectstorage.Container` makes it). Its URL."""
+        from lab.cloud.keystone import Endpoint
+        from lab.swift import SwiftServer
+
+        host = self.net.cloud_ip if self.net is not None else f"{self.prefix}.1"
+        keystone = self.cloud.keystone
+        self.swift = SwiftServer(
+            self.root / "swift", host, self.cloud.auth_url, keystone.project_id
+        )
+        url = self.swift.start()
+        keystone.endpoints.append(Endpoint("object-store", "swift", "public", "RegionOne", url))
+        token = keystone.issue(keystone.add_credential("operator")).id
+        container = backup_container(self.cluster_name)
+        answer = requests.put(f"{url}/{container}", headers={"X-Auth-Token": token}, timeout=10)
+        if answer.status_code not in (201, 202):
+            raise RuntimeError(f"the lab's Swift: container {container}: {answer.status_code}")
+        self.swift_access = (url, token)
+        self.events.add("lab", "", f"Swift at {url}, container {container}")
+        return url
+
     def stop(self) -> None:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=10)
         self.cloud.stop()
         self.nova.shutdown()
+        if self.swift is not None:
+            self.swift.stop()
         if self.net is not None:
             self.net.remove()
         self.status = "stopped"
@@ -674,6 +708,11 @@ class Lab:
             "factor": self.timings.factor,
             "prefix": self.prefix,
             "cloud_url": self.nova.cloud_url,
+            "swift": (
+                {"url": self.swift_access[0] if self.swift_access else "", "pids": self.swift.pids}
+                if self.swift is not None
+                else None
+            ),
             "auth_url": self.cloud.auth_url,
             "operator_credential": {
                 "id": self.cloud.operator.id,

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from agent.etcd_server import LOG_FILE, PID_FILE, client_url
 from agent.settings import AgentSettings, OpenStackCloud
@@ -301,6 +302,32 @@ class Nova:
             )
         node.agent_pid = node.agent.pid
         node.exit_code = None
+
+    def stop_agent(self, node: Node, grace: float = 10.0) -> None:
+        """`systemctl stop autoscale-agent`: SIGTERM to the agent's pid (SIGKILL after
+        `grace`); its etcd, if it runs one, goes on."""
+        kill_pid(node.agent_pid, str(node.dir / "agent.json"), graceful=grace)
+        if node.agent is not None:
+            try:
+                node.exit_code = node.agent.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.events.add("agent-stop", node.name, "by the operator")
+
+    def run_on(self, node: Node, command: list[str], timeout: float = 300) -> Any:
+        """An operator's command on the node (in its namespace, if it has one), from the
+        project's dir; the finished process (its output in `stdout`)."""
+        if node.ns is not None:
+            command = [IP, "netns", "exec", node.ns, *command]
+        return subprocess.run(
+            command,
+            cwd=self.base_dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def reboot(self, member: Member, kind: str = "HARD") -> None:
         """Power off (kill -9 of the agent and etcd, netdata down), keep the disk, and after

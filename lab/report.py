@@ -196,7 +196,12 @@ def _writes_kept(facts: RunFacts) -> Invariant:
         "no acknowledged write lost",
         not writes.lost and writes.acked > 0,
         f"{writes.acked} acknowledged, {len(writes.lost)} lost"
-        f" ({writes.failed} puts refused or timed out, not acknowledged)",
+        f" ({writes.failed} puts refused or timed out, not acknowledged)"
+        + (
+            f"; {writes.given_up} acknowledged after the last snapshot, given up by the scenario"
+            if writes.given_up
+            else ""
+        ),
     )
 
 

@@ -229,6 +229,7 @@ def node_settings(
         scaling["join_timeout"] = timings.join_timeout
         scaling["dead_member_periods"] = timings.dead_member_periods
         data["hooks"]["timeout"] = timings.hook_timeout
+        data["backup"]["period"] = data["backup"]["period"] * timings.factor
 
     return agent_settings(
         stack,

@@ -30,6 +30,9 @@ class WriteResult:
     acked: int
     failed: int
     lost: list[int] = field(default_factory=list)
+    given_up: int = 0
+    """Acknowledged writes the scenario gives up (a disaster loses those after the last
+    snapshot), left out of `lost`."""
     checked: bool = False
     error: str = ""
 
@@ -37,6 +40,7 @@ class WriteResult:
         return {
             "acked": self.acked,
             "lost": len(self.lost),
+            "given_up": self.given_up,
             "failed_puts": self.failed,
             "checked": self.checked,
             "error": self.error,
@@ -59,6 +63,8 @@ class Writer:
         self.timeout = timeout
         self.clock = clock
         self.acked: list[int] = []
+        self.revisions: dict[int, int] = {}
+        """Write n -> the revision etcd answered it with."""
         self.failed = 0
         self.puts: list[tuple[float, float | None]] = []
         """(sent at, on `clock`; its latency in s, or None when it failed), one per put."""
@@ -85,11 +91,12 @@ class Writer:
             n += 1
             sent, started = self.clock(), time.monotonic()
             try:
-                client.put(f"{PREFIX}{n:08d}", str(n))
+                revision = client.put(f"{PREFIX}{n:08d}", str(n))
             except (EtcdError, ValueError, KeyError):
                 self.failed += 1
                 self.puts.append((sent, None))
             else:
+                self.revisions[n] = revision
                 self.acked.append(n)
                 self.puts.append((sent, time.monotonic() - started))
             self._stop.wait(self.interval)

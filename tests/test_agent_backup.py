@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent.backup import BackupRecord, Backups, check_snapshot, restore_data_dir
+from agent.backup import BackupRecord, Backups, check_snapshot, restore_data_dir, servers_of
 from agent.settings import BackupSettings
 from agent.status import cluster_status, render
 from agent.swift import SwiftStore
@@ -132,6 +132,9 @@ def test_snapshots_to_swift_swift_away_and_a_lost_cluster_made_again(swift_lab, 
     assert hashlib.sha256(answer.content).hexdigest() == answer.headers["X-Object-Meta-Sha256"]
     assert check_snapshot(path) == answer.headers["X-Object-Meta-Sha256"]
     assert int(answer.headers["X-Object-Meta-Revision"]) >= record.revision
+    # the cluster's servers, for the automatic restore's "are they gone" (agent/disaster.py)
+    named = servers_of({k.lower(): v for k, v in answer.headers.items()})
+    assert named == sorted(n.server_id for n in nodes)
     node_dir = tmp_path / "restored"
     restore_data_dir(
         path,

@@ -527,6 +527,7 @@ def test_metrics_stack_backups_container_rules_and_agent_settings(metrics, dev):
         "container": "autoscale-etcd-metrics-etcd-backups",
         "segment_bytes": 2**30,
         "timeout": 900.0,
+        "recovery": "manual",
     }
     # the control: a stack without backups has no container and no Swift rule
     assert not dev.of_type("openstack:objectstorage/container:Container")

@@ -96,6 +96,7 @@ def test_node_settings_are_the_infras_but_for_paths_and_periods(stack, tmp_path:
         ("hooks", "configscript"): str(tmp_path / "hooks" / "configscript"),
         ("hooks", "cleanupscript"): str(tmp_path / "hooks" / "cleanupscript"),
         ("hooks", "timeout"): timings.hook_timeout,
+        ("backup", "period"): stack.backup_period * timings.factor,
     }
     for (part, key), value in changed.items():
         assert ours[part][key] == value, (part, key)

@@ -376,6 +376,25 @@ class LabCloud:
         self._run(lambda: self._resize(outcome.resize, cooldown, True), f"resize-{policy}")
         return outcome
 
+    def check(self) -> list[Member]:
+        """`openstack stack check`: each member's `Server.handle_check` (Heat 27,
+        heat/engine/resources/openstack/nova/server.py) asks Nova for its server and expects
+        ACTIVE; a server Nova does not know (NotFound) or in any other status fails the
+        check and its resource is CHECK_FAILED, which the next update replaces. The
+        members that failed."""
+        failed = []
+        with self._lock:
+            for member in self.group.members:
+                status = member.nova_status
+                if status == "ACTIVE" or member.status == "FAILED":
+                    continue
+                why = "Server not found (HTTP 404)" if status is None else f"status {status}"
+                self.group.mark_unhealthy(member.server_id, f"CHECK: {why}")
+                failed.append(member)
+        for member in failed:
+            self.events.add("check-failed", member.name, member.reason or "")
+        return failed
+
     def update(self, desired: int | None) -> Resize:
         """A stack update by the operator: resize to `desired` (or the current capacity)."""
         with self._lock:
