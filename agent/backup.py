@@ -242,10 +242,19 @@ class Backups:
         metadata: agent/disaster.py asks the cloud whether they are gone). Raises
         BackupError or SwiftError (the step, the cause)."""
         path = self.workdir / "snapshot.db"
+        # the `backup` lock's lease is timeout + 60 s: past the timeout the work stops, so no
+        # second snapshot overlaps it and the retention's orphan cutoff never meets a live
+        # upload's segments (one segment's PUT may run past it by its own length)
+        deadline = time.monotonic() + self.settings.timeout
         try:
             sha256, revision = self.snapshot(client, member, path)
             size = path.stat().st_size
-            name = self.upload(path, sha256, revision, member.name, now, servers)
+            if time.monotonic() > deadline:
+                raise BackupError(
+                    f"snapshot of {member.name} took longer than backup.timeout"
+                    f" ({self.settings.timeout:g} s): not uploaded"
+                )
+            name = self.upload(path, sha256, revision, member.name, now, servers, deadline)
         finally:
             path.unlink(missing_ok=True)
         record = BackupRecord(name, now, revision, size, sha256, member.name)
@@ -286,7 +295,8 @@ class Backups:
         revision: int,
         member: str,
         now: float,
-        servers: list[str] = (),  # type: ignore[assignment]
+        servers: Sequence[str] = (),
+        deadline: float | None = None,
     ) -> str:
         """The snapshot file to Swift under its name, verified by a HEAD; the name."""
         name = object_name(now, revision, member)
@@ -298,6 +308,7 @@ class Backups:
             path,
             meta=meta,
             segment_bytes=self.settings.segment_bytes,
+            deadline=deadline,
         )
         self.store.verify_object(name, etag, path.stat().st_size)
         return name

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,9 +138,12 @@ class SwiftStore:
         *,
         meta: dict[str, str] | None = None,
         segment_bytes: int = SWIFT_OBJECT_LIMIT,
+        deadline: float | None = None,
     ) -> str:
         """`path` as object `name` (a static large object of `segment_bytes` segments when
-        it is larger); returns the ETag Swift keeps for it, checked against the file's."""
+        it is larger); returns the ETag Swift keeps for it, checked against the file's.
+        `deadline` (time.monotonic()): checked before each segment and the manifest; past
+        it the upload stops (its segments deleted) with SwiftError."""
         size = path.stat().st_size
         headers = {f"X-Object-Meta-{k}": v for k, v in (meta or {}).items()}
         if size <= segment_bytes:
@@ -149,6 +153,7 @@ class SwiftStore:
         segments: list[dict[str, Any]] = []
         try:
             for number, offset in enumerate(range(0, size, segment_bytes)):
+                self._in_time(name, deadline)
                 length = min(segment_bytes, size - offset)
                 segment = f"segments/{name}/{number:08d}"
                 etag = md5_of(path, offset, length)
@@ -156,6 +161,7 @@ class SwiftStore:
                 segments.append(
                     {"path": f"/{self.container}/{segment}", "etag": etag, "size_bytes": length}
                 )
+            self._in_time(name, deadline)
             self._call(
                 "put manifest",
                 "PUT",
@@ -176,6 +182,10 @@ class SwiftStore:
         return hashlib.md5(
             "".join(s["etag"] for s in segments).encode(), usedforsecurity=False
         ).hexdigest()
+
+    def _in_time(self, name: str, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise SwiftError(f"swift upload {self.container}/{name}: past its deadline")
 
     def put_small(self, name: str, data: bytes) -> None:
         """A small object (a roll call, agent/disaster.py), its MD5 as the ETag."""

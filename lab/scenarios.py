@@ -746,6 +746,9 @@ def _restore_line(lab: Lab) -> tuple[Node, str] | None:
     return None
 
 
+USER_KEY = "/lab/user/lock"
+
+
 def disaster(run: Run) -> None:
     lab, t, stack = run.lab, run.timings, run.stack
     writer = run.writer
@@ -755,6 +758,10 @@ def disaster(run: Run) -> None:
     before = outside.look(lab.endpoints())
     period = stack.backup_period * t.factor
     run.phase(f"snapshots to Swift every {period:.1f}s while the writer writes")
+    # a user's own leased key (a lock, a registration): the restore keeps it (only the
+    # agents' leases are revoked)
+    with EtcdClient(lab.endpoints(), timeout=5.0, tls=lab.client_tls) as client:
+        client.put(USER_KEY, "mine", lease=client.grant_lease(3600))
     mark = max(writer.revisions.values(), default=0)
     taken = lab.wait_for(
         lambda s: any(rev >= mark for _, rev in _snapshots(lab)),
@@ -814,6 +821,12 @@ def disaster(run: Run) -> None:
     keys = outside.keys(lab.endpoints(), WRITE_PREFIX) if back else []
     run.checks.append(writes_readable([*kept, *since], keys, WRITE_PREFIX))
     run.checks.append(one_healthy_cluster(after, stack.capacity))
+    kept_key = outside.run(lab.endpoints(), "get", USER_KEY, "--print-value-only") if back else ""
+    run.check(
+        "etcdctl: a user's leased key restored with its lease",
+        kept_key.strip() == "mine",
+        f"{USER_KEY} = {kept_key.strip()!r}",
+    )
     new_names = set(after.member_ids())
     run.check(
         "etcdctl: a new cluster of new servers, none of the lost ones",

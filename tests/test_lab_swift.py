@@ -360,3 +360,43 @@ def test_the_filter_module_imports_with_the_standard_library_only():
     import sys
 
     assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported
+
+
+class _Owner:
+    """agent.swift.Access with an unrestricted token of the account's project."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+
+    def access(self, service_type: str, *, renew: bool = False) -> tuple[str, str]:
+        return self.url, self.token
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self.token, "***")
+
+
+@pytest.mark.swift
+def test_a_large_upload_past_its_deadline_stops_and_leaves_no_segment(lab_swift, tmp_path):
+    """The snapshot upload's deadline (agent/backup.py: the `backup` lock's lease): checked
+    before each segment and the manifest; past it, SwiftError and the segments already up
+    are deleted. The control, with time left, stores the object."""
+    import time
+    from types import SimpleNamespace
+
+    from agent.swift import SwiftError, SwiftStore
+
+    http, url, auth = lab_swift.http, lab_swift.swift.url, lab_swift.owner()
+    container = f"deadline-{uuid.uuid4().hex[:8]}"
+    assert http.put(f"{url}/{container}", headers=auth).status_code == 201
+    store = SwiftStore(_Owner(url, auth["X-Auth-Token"]), container)
+    path = tmp_path / "snap.db"
+    path.write_bytes(os.urandom(3 * 2**20 + 10))
+    ticks = iter([0.0, 0.0, 100.0])  # in time for two segments, then past it
+
+    with pytest.MonkeyPatch.context() as patch:  # the agent's clock only, not urllib3's
+        patch.setattr("agent.swift.time", SimpleNamespace(monotonic=lambda: next(ticks, 100.0)))
+        with pytest.raises(SwiftError, match="past its deadline"):
+            store.upload("snapshots/late.db", path, segment_bytes=2**20, deadline=50.0)
+    assert store.list("") == []  # the two segments up were deleted
+    store.upload("snapshots/ok.db", path, segment_bytes=2**20, deadline=time.monotonic() + 60)
+    assert [o.name for o in store.list("snapshots/")] == ["snapshots/ok.db"]
