@@ -47,7 +47,7 @@ from lab.netdata_stub import NETDATA_PORT, Mode
 from lab.netns import METADATA_IP, Cut, LabNetwork
 from lab.netns import unavailable as netns_unavailable
 from lab.nodes import Node, Nova
-from lab.timings import LabTimings, group_spec, lab_template, planned_update
+from lab.timings import LabTimings, group_spec, lab_parameters, lab_template, planned_update
 from lab.tls import LabPki
 
 STATE_FILE = "lab.json"
@@ -307,7 +307,7 @@ class Lab:
         if self.net is not None:
             where += f", each in a network namespace on bridge {self.net.bridge}"
         self.events.add("lab", "", f"cloud at {self.nova.cloud_url}, {where}")
-        self.cloud.load_template(self.template())
+        self.cloud.load_template(self.template(), lab_parameters(self.stack))
         self.cloud.update_listeners.append(self._stack_updated)
         self.cloud.create(self.spec.min_size)
         if self.spec.alarm:
@@ -380,7 +380,7 @@ class Lab:
         if verdict.refused:
             raise ValueError("; ".join(verdict.refused))
         self.events.add("update", "", "; ".join(verdict.lines) or "no change")
-        return self.cloud.stack_update(new)
+        return self.cloud.stack_update(new, lab_parameters(stack))
 
     def _stack_updated(self, template: dict[str, Any]) -> None:
         """The lab's own view follows its stack: new servers get the new settings."""

@@ -79,10 +79,16 @@ class Operator:
             raise CloudCallError(f"{method} {path}: HTTP {answer.status_code} {answer.text[:200]}")
         return answer.json() if answer.text.strip() else None
 
-    def update_stack(self, stack: str, template: dict[str, Any]) -> None:
-        """Heat "Update stack (PATCH)": PATCH /stacks/{name}/{id} {"template": ...}."""
+    def update_stack(
+        self, stack: str, template: dict[str, Any], parameters: dict[str, str] | None = None
+    ) -> None:
+        """Heat "Update stack (PATCH)": PATCH /stacks/{name}/{id} {"template": ...,
+        "parameters": ...} (parameters left out are kept)."""
         name, _, stack_id = stack.partition("/")
-        self.call("orchestration", "PATCH", f"/stacks/{name}/{stack_id}", {"template": template})
+        body: dict[str, Any] = {"template": template}
+        if parameters:
+            body["parameters"] = parameters
+        self.call("orchestration", "PATCH", f"/stacks/{name}/{stack_id}", body)
 
     def reboot(self, server_id: str, kind: str = "HARD") -> None:
         """Nova "Reboot Server": POST /servers/{id}/action {"reboot": {"type": "HARD"}}."""

@@ -58,6 +58,11 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
   (agent/disaster.py). The others join. etcdctl from outside: one new cluster of new
   servers, every write acknowledged before the snapshot and since the restore readable (the
   writes of the last half period are given up: the RPO), no server gave up.
+- rolling-update: a `pulumi up` with a new image changes the members' definition; the
+  lab's Heat rolls the group (Heat's `_replace`: one member per batch, the new server up
+  before the old is deleted, `pause_time` between): every server replaced, the size kept,
+  quorum never lost, no acknowledged write lost, etcdctl sees the same cluster on new
+  servers.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ from typing import Any, TextIO
 import requests
 
 from agent.etcd import EtcdClient, EtcdError
+from infra import heat
 from infra.settings import StackSettings, backup_container
 from lab.cluster import Lab, Sample, network_for
 from lab.display import Display
@@ -746,6 +752,54 @@ def _restore_line(lab: Lab) -> tuple[Node, str] | None:
     return None
 
 
+def rolling_update(run: Run) -> None:
+    lab, t, stack = run.lab, run.timings, run.stack
+    outside = Etcdctl(tls=lab.client_tls)
+    before = outside.look(lab.endpoints())
+    originals = sorted(m.name for m in lab.cloud.members())
+    image = f"{stack.image}-next"
+    run.phase(f"a `pulumi up` with a new image ({image}): Heat replaces every member")
+    start = run.now
+    try:
+        notes = lab.update(image=image)
+    except ValueError as error:
+        run.check("the update was accepted", False, str(error)[:300])
+        return
+    run.check("the update was accepted: a rolling update", bool(notes), "; ".join(notes)[:300])
+    template = lab.template(lab.stack)
+    updates = template["resources"][heat.GROUP]["properties"]["rolling_updates"]
+    pause = float(updates["pause_time"])
+    done = lab.wait_for(
+        lambda s: (
+            not lab.cloud.group.in_progress
+            and lab.settled(s, stack.capacity)
+            and not {n.name for n in s.nodes} & set(originals)
+        ),
+        len(originals) * (pause + 2 * t.join_time) + 30.0,
+        "every member replaced",
+    )
+    after = outside.look(lab.endpoints())
+    batches = [e for e in lab.events.of("rolling-update") if e.t >= start and "batch" in e.detail]
+    run.check(
+        "every server replaced, one batch at a time, the size kept",
+        done and len(batches) >= len(originals),
+        f"{len(batches)} batches in {run.now - start:.1f}s (pause_time {pause:.1f}s):"
+        f" {[b.detail[:60] for b in batches]}",
+    )
+    new_names = set(after.member_ids())
+    run.check(
+        "etcdctl: the same cluster, its members all on new servers",
+        done
+        and len(new_names) == stack.capacity
+        and not new_names & set(originals)
+        and after.cluster_ids() == before.cluster_ids(),
+        f"before {sorted(before.cluster_ids())} {originals}; after"
+        f" {sorted(after.cluster_ids())} {sorted(new_names)}",
+    )
+    run.checks.append(one_healthy_cluster(after, stack.capacity))
+    run.outside_writes = True
+
+
 USER_KEY = "/lab/user/lock"
 
 
@@ -966,6 +1020,7 @@ SCENARIOS: dict[str, Scenario] = {
     "update": update,
     "nospace": nospace,
     "disaster": disaster,
+    "rolling-update": rolling_update,
 }
 
 

@@ -285,6 +285,9 @@ def lab_template(stack: StackSettings, timings: LabTimings, *, cluster_name: str
     template = cluster_template(stack, cluster_name).to_hot()
     resources = template["resources"]
     resources[GROUP]["properties"]["cooldown"] = timings.scaleupcooldown
+    updates = resources[GROUP]["properties"].get("rolling_updates")
+    if updates and "pause_time" in updates:
+        updates["pause_time"] = float(updates["pause_time"]) * timings.factor
     for name in (SCALE_UP, SCALE_DOWN):
         cooldown = float(resources[name]["properties"]["cooldown"])
         resources[name]["properties"]["cooldown"] = cooldown * timings.factor
@@ -305,4 +308,14 @@ def planned_update(
         return lab_template(stack, LabTimings.scaled(stack, factor), cluster_name=cluster_name)
 
     after = template(new)
-    return plan(Render(template(old), {}), Render(after, {})), after
+    verdict = plan(Render(template(old), lab_parameters(old)), Render(after, lab_parameters(new)))
+    return verdict, after
+
+
+def lab_parameters(stack: StackSettings) -> dict[str, str]:
+    """The stack parameters the program gives Heat that the lab can know (infra.cluster
+    `_parameters`): the members' image and flavor. A change of either changes the members'
+    definition, as on a real cloud (the template itself names them by `get_param`)."""
+    from infra.heat import P
+
+    return {P.IMAGE: stack.image, P.FLAVOR: stack.instance_type}

@@ -443,3 +443,82 @@ def test_nova_reboot_and_delete_through_the_api(served):
     gone = http.request("GET", url, headers=headers, timeout=5)
     assert gone.status_code == 404
     assert driver(served, served.members[0]).group_members()[2].status == "DELETED"
+
+
+# --- a rolling update: a changed member definition (issue 13) ------------------------------
+
+
+def roll_template(image: str, min_in_service: int, pause: float = 0.0) -> dict:
+    """The parts of the program's template a rolling update reads: the group's bounds,
+    cooldown, `rolling_updates` and member definition (its server's image)."""
+    return {
+        "resources": {
+            "etcd_group": {
+                "type": "OS::Heat::AutoScalingGroup",
+                "properties": {
+                    "min_size": 3,
+                    "max_size": 5,
+                    "cooldown": 60,
+                    "rolling_updates": {
+                        "max_batch_size": 1,
+                        "min_in_service": min_in_service,
+                        "pause_time": pause,
+                    },
+                    "resource": {"type": "OS::Nova::Server", "properties": {"image": image}},
+                },
+            }
+        }
+    }
+
+
+class SignalsDuringBoots(Machines):
+    """A hypervisor whose boots send the scale-up signal: what Heat does with a signal that
+    arrives while the group is updating."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cloud: LabCloud | None = None
+        self.outcomes: list[str] = []
+
+    def boot(self, member: Member) -> None:
+        super().boot(member)
+        if self.cloud is not None:
+            self.outcomes.append(self.cloud.signal("scale_up").reason)
+
+
+@pytest.mark.parametrize(
+    ("min_in_service", "batches", "replaced", "deleted_first"),
+    [
+        # capacity 3, max_batch_size 1 (the program's): three batches of (3, 1); each
+        # replaces the oldest member still on the old definition, its new server up first
+        (0, [(3, 1), (3, 1), (3, 1)], [["A"], ["B"], ["C"]], ["A", "B", "C"]),
+        # min_in_service 3: Heat grows first (4, 1), replaces two, and the last (3, 0)
+        # drops the oldest, the only original left (heat.scaling.rolling_update)
+        (3, [(4, 1), (4, 1), (4, 1), (3, 0)], [[], ["A"], ["B"], []], ["A", "B", "C"]),
+    ],
+)
+def test_a_changed_member_definition_rolls_as_heats_replace_does(
+    min_in_service, batches, replaced, deleted_first
+):
+    cloud, _, clock = make_cloud(3)
+    hypervisor = SignalsDuringBoots()
+    cloud.hypervisor = hypervisor
+    originals = {m.name: letter for m, letter in zip(cloud.group.ordered(), "ABC", strict=True)}
+    cloud.load_template(roll_template("image-1", min_in_service))
+    hypervisor.cloud = cloud
+    notes = cloud.stack_update(roll_template("image-2", min_in_service))
+    assert f"batches {batches}" in " ".join(notes)
+    done = [e.detail for e in cloud.events.of("rolling-update") if "batch" in e.detail]
+    assert [int(b.split(": ")[1].split(" ")[0]) for b in done] == [size for size, _ in batches]
+    for detail, letters in zip(done, replaced, strict=True):
+        assert sorted(originals[n] for n in originals if f"{n} by " in detail) == letters
+    # every server on the new definition at the end; the size kept; the old ones deleted,
+    # the oldest first
+    members = cloud.group.ordered()
+    assert len(members) == 3 and {m.definition for m in members} == {cloud.group.definition}
+    assert not {m.name for m in members} & set(originals)
+    assert [originals[n] for n in hypervisor.deleted] == deleted_first
+    # a signal during the update is dropped, as Heat's adjust() drops it (NoActionRequired)
+    assert hypervisor.outcomes and all("not COMPLETE" in r for r in hypervisor.outcomes)
+    assert not cloud.group.in_progress
+    assert cloud.group.cooldown_end is not None and cloud.group.cooldown_end >= clock.now

@@ -469,8 +469,9 @@ class OpenStackApi:
                 return 400, {}, {"error": {"message": f"the template does not parse: {error}"}}
         if not isinstance(template, dict):
             return 400, {}, {"error": {"message": "an update needs a template"}}
+        parameters = body.get("parameters") if isinstance(body, dict) else None
         try:
-            self.cloud.stack_update(template)
+            self.cloud.stack_update(template, parameters if isinstance(parameters, dict) else None)
         except ValueError as error:
             return 400, {}, {"error": {"type": "NotSupported", "message": str(error)}}
         return 202, {}, ""

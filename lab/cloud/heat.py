@@ -57,6 +57,14 @@ def _heat() -> Any:
     return exception, resource, cooldown, scalingutil, template
 
 
+def _instance_group() -> Any:
+    """Heat's InstanceGroup (its `_get_batches`: a rolling update's batches)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from heat.engine.resources.openstack.heat.instance_group import InstanceGroup
+    return InstanceGroup
+
+
 @dataclass
 class Member:
     """One group member: Heat's resource (`slot`, kept on replacement) and its server."""
@@ -293,16 +301,26 @@ class ScalingGroup:
         self.in_progress = True
         return self.resize(self.clamp(desired if desired else self.capacity()), now)
 
-    def resize(self, capacity: int, now: float) -> Resize:
-        """`_create_template(capacity)` through Heat's `member_definitions`; kept FAILED
-        members are replaced (a new server for the same resource)."""
+    def rolling_batches(self, batch_size: int, min_in_service: int) -> list[tuple[int, int]]:
+        """A changed member definition: Heat's `InstanceGroup._replace` batches, from its own
+        `_get_batches` (heat.scaling.rolling_update's `needs_update`/`next_batch`): each
+        (the group's size after the batch, how many members get the new definition)."""
+        capacity = len(self.members)  # `_replace`: the nested stack's size, FAILED included
+        target = min(self.capacity() or capacity, capacity)
+        return list(_instance_group()._get_batches(target, capacity, batch_size, min_in_service))
+
+    def resize(self, capacity: int, now: float, num_new: int = 0) -> Resize:
+        """`_create_template(capacity, num_new)` through Heat's `member_definitions`: kept
+        FAILED members, and members given the new definition (`num_new` of them, the
+        oldest first, in a rolling update), are replaced (a new server for the same
+        resource, the old one deleted once the new one is up)."""
         _, _, _, _, template = _heat()
         before = self.capacity()
         ordered = self.ordered()
         old = [(m.slot, m.definition) for m in ordered]
         plan = Resize(capacity_before=before, capacity_after=capacity)
         wanted = list(
-            template.member_definitions(old, self.definition, capacity, 0, self._new_slot)
+            template.member_definitions(old, self.definition, capacity, num_new, self._new_slot)
         )
         kept_slots = {slot for slot, _ in wanted}
         plan.deleted = [m for m in ordered if m.slot not in kept_slots]
@@ -314,7 +332,7 @@ class ScalingGroup:
                 fresh.definition = definition
                 plan.created.append(fresh)
                 members.append(fresh)
-            elif member.status == "FAILED":
+            elif member.status == "FAILED" or member.definition != definition:
                 fresh = self._new_server(slot)
                 fresh.definition = definition
                 plan.replaced.append((member, fresh))

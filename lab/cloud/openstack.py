@@ -133,6 +133,8 @@ class LabCloud:
         self.update_listeners: list[Callable[[dict[str, Any]], None]] = []
         """Called with the template after each stack update."""
         self.member_definition: str | None = None
+        self.parameters: dict[str, str] = {}
+        """The stack's parameters as the lab knows them (lab.timings.lab_parameters)."""
         """A digest of the group's member definition in the template the stack was made
         from (None: not known); an update changing it is one the lab does not model."""
         self.wait_handles: dict[str, WaitHandle] = {}
@@ -233,36 +235,42 @@ class LabCloud:
 
     # --- Heat: a stack update ---------------------------------------------------------------
 
-    def load_template(self, template: dict[str, Any]) -> None:
+    def load_template(
+        self, template: dict[str, Any], parameters: dict[str, str] | None = None
+    ) -> None:
         """What the stack was created from, as far as the lab keeps it: the settings
-        document and the members' definition (its digest)."""
+        document and the members' definition (the digest of its resource and the stack's
+        parameters: a new image is a new parameter value, not a new template)."""
         resources = template.get("resources") or {}
         self.settings_document = dict((resources.get(SETTINGS) or {}).get("metadata") or {})
         group = (resources.get(GROUP) or {}).get("properties") or {}
         member = group.get("resource")
-        self.member_definition = _digest(member) if member is not None else None
+        self.parameters = dict(parameters or {})
+        self.member_definition = _digest([member, self.parameters]) if member is not None else None
         self.group.group_cooldown = float(group.get("cooldown", self.group.group_cooldown))
 
-    def stack_update(self, template: dict[str, Any]) -> list[str]:
+    def stack_update(
+        self, template: dict[str, Any], parameters: dict[str, str] | None = None
+    ) -> list[str]:
         """Heat's "Update stack" with a new template, for what the lab models: the settings
         document (its RandomString replaced: new metadata), the group's sizes and cooldown
         (the group's `handle_update`: resized to its current size within the new bounds,
         no desired_capacity, and its cooldown starts after, `_finished_scaling`), the
-        policies' cooldowns. A changed member definition would make Heat replace every
-        member (a rolling update), which the lab does not model: refused, nothing changed.
+        policies' cooldowns. A changed member definition (its resource, or a parameter it
+        names: a new image) makes Heat replace every member, a rolling update (`_roll`),
+        in the background; refused while the group is already updating.
         Returns what changed, one note each."""
         resources = template.get("resources") or {}
         group_props = (resources.get(GROUP) or {}).get("properties") or {}
         member = group_props.get("resource")
-        if (
+        values = {**self.parameters, **(parameters or {})}  # PATCH: the others kept
+        rolling = (
             self.member_definition is not None
             and member is not None
-            and _digest(member) != self.member_definition
-        ):
-            raise UnsupportedUpdate(
-                "the members' definition changes: Heat would replace every member one at a"
-                " time (a rolling update), which the lab does not model"
-            )
+            and _digest([member, values]) != self.member_definition
+        )
+        if rolling and self.group.in_progress:
+            raise UnsupportedUpdate("the group is being resized or updated: Heat refuses")
         notes: list[str] = []
         document = (resources.get(SETTINGS) or {}).get("metadata")
         current = (self.settings_document or {}).get("sha256")
@@ -281,7 +289,27 @@ class LabCloud:
             int(group_props.get("max_size", g.max_size)),
         )
         cooldown = float(group_props.get("cooldown", g.group_cooldown))
-        if bounds != (g.min_size, g.max_size) or cooldown != g.group_cooldown:
+        if rolling:
+            assert member is not None
+            updates = group_props.get("rolling_updates") or {}
+            batch = int(updates.get("max_batch_size", 1))
+            least = int(updates.get("min_in_service", 0))
+            pause = float(updates.get("pause_time", 0))
+            with self._lock:
+                g.min_size, g.max_size = bounds
+                g.group_cooldown = cooldown
+                g.in_progress = True  # UPDATE_IN_PROGRESS: a policy's signal is dropped
+                self.member_definition = _digest([member, values])
+                self.parameters = values
+                g.definition = self.member_definition[:12]
+                batches = g.rolling_batches(batch, least)
+            notes.append(
+                f"{GROUP} members' definition {g.definition}: a rolling update, batches"
+                f" {batches} (max_batch_size {batch}, min_in_service {least}, pause_time"
+                f" {pause:g} s)"
+            )
+            self._run(lambda: self._roll(batches, pause, cooldown), "rolling-update")
+        elif bounds != (g.min_size, g.max_size) or cooldown != g.group_cooldown:
             with self._lock:
                 g.min_size, g.max_size = bounds
                 g.group_cooldown = cooldown
@@ -298,6 +326,37 @@ class LabCloud:
         for listener in self.update_listeners:
             listener(template)
         return notes
+
+    def _roll(self, batches: list[tuple[int, int]], pause: float, cooldown: float) -> None:
+        """Heat's `_replace`: each batch is one nested-stack update
+        (`_create_template(size, num_new)`: the oldest members not yet on the new definition
+        get it; each a new server, the old one deleted once the new one is up), waited for;
+        the group's cooldown restarts after each (`_finished_scaling`), then `pause_time`
+        before the next. Then `handle_update`'s resize to the current size. The group stays
+        UPDATE_IN_PROGRESS throughout: a policy's signal is dropped (NoActionRequired)."""
+        try:
+            for number, (size, count) in enumerate(batches, 1):
+                with self._lock:
+                    plan = self.group.resize(size, self.clock(), num_new=count)
+                self.events.add(
+                    "rolling-update",
+                    "",
+                    f"batch {number}/{len(batches)}: {size} members, {count} on the new"
+                    f" definition: {', '.join(f'{a.name} by {b.name}' for a, b in plan.replaced)}"
+                    f"{' +' + ', '.join(m.name for m in plan.created) if plan.created else ''}",
+                )
+                self._carry_out(plan)
+                with self._lock:
+                    self.group.cooldown.finished(cooldown, "rolling update", self.clock(), True)
+                if number < len(batches) and pause > 0 and self._stopping.wait(pause):
+                    return
+            with self._lock:
+                plan = self.group.resize(self.group.clamp(self.group.capacity()), self.clock())
+            self._carry_out(plan)
+            self.events.add("rolling-update", "", "done")
+        finally:
+            with self._lock:
+                self.group.finished(self.clock(), cooldown, size_changed=True)
 
     def add_wait_handle(
         self, name: str, *, condition: str, count: int, timeout: float
@@ -442,8 +501,12 @@ class LabCloud:
                     member.resource_status = "CREATE_FAILED"
                     member.reason = f"boot failed: {error}"
                 self.events.add("boot-failed", member.name, str(error))
+        replaced_by = {old.server_id: new for old, new in plan.replaced}
         for member in plan.deletes:
-            if member.status != "FAILED":
+            if member.server_id in replaced_by and member.status != "FAILED":
+                new = replaced_by[member.server_id]
+                member.reason = f"replaced by {new.name}: a new member definition"
+            elif member.status != "FAILED":
                 member.reason = "not FAILED: cut by the resize (Heat keeps the newest)"
             self.hypervisor.delete(member)
             with self._lock:
