@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.cloud import Cloud
+from agent.backup import BackupError
+from agent.cloud import Cloud, CloudError
 from agent.decide import JOIN_LOCK, quorum
 from agent.disaster import Recovery
 from agent.etcd import EtcdClient, EtcdError, LearnerNotReady, normalize_url
@@ -46,6 +47,7 @@ from agent.etcd_server import (
 )
 from agent.settings import AgentSettings
 from agent.snapshot import CloudNode, Member, NodeIdentity
+from agent.swift import SwiftError
 
 log = logging.getLogger("agent.bootstrap")
 
@@ -199,7 +201,7 @@ class Bootstrap:
                         )
                 elif not (self._holds_member_data() and not self.quorum_seen):
                     break
-                if attempt == attempts:
+                elif attempt == attempts:
                     log.warning(
                         "%d attempts failed, but this node holds member %x's data and no"
                         " quorum has answered: not giving up, still trying every period",
@@ -234,6 +236,8 @@ class Bootstrap:
                 return started
             return self._recover(me, nodes, endpoints)
         self.disaster = False
+        if self.recovery is not None:
+            self.recovery.reset()  # a cluster answered: no disaster window runs
         assert client is not None
         mine = self._my_entry(members, me)
         if mine is not None and mine.started and self._has_data():
@@ -389,7 +393,14 @@ class Bootstrap:
         """No cluster, and this node may not start one: agent/disaster.py."""
         if self.recovery is None or not self.recovery.on:
             return None
-        chosen = self.recovery.no_cluster(me, nodes, holds_data=self._has_data())
+        try:
+            chosen = self.recovery.no_cluster(me, nodes, holds_data=self._has_data())
+        except (SwiftError, CloudError, BackupError, OSError, ValueError) as error:
+            # Swift or Keystone away: whether the cluster is lost cannot be told, and a new
+            # server would know no more: this one does not give up
+            self.disaster = True
+            log.warning("no cluster answers, and Swift cannot say whether it is lost: %s", error)
+            return None
         self.disaster = self.recovery.started is not None
         if chosen is None:
             return None
@@ -518,9 +529,10 @@ class Bootstrap:
                     raise
                 self.sleep(0.2)
 
-    def _receiving(self, client: EtcdClient, own: str, within: float = 2.0) -> bool:
-        """The learner applies what the leader appends now: a fresh entry (a put of the
-        agents' `join/probe` key) reaches the learner's raft index within `within` s.
+    def _receiving(self, client: EtcdClient, own: str) -> bool:
+        """The learner applies what the leader appends now: a fresh entry (a delete of the
+        agents' `join/probe` key) reaches the learner's raft index within three election
+        timeouts (2 s at least).
 
         etcd 3.5 resets a member's peer streams when it applies a raft snapshot (every join
         to a cluster whose log was compacted or restored gets one), and the leader's old
@@ -529,7 +541,8 @@ class Bootstrap:
         commit a quorum needs it for; in a two-voter cluster (the first join to a restored
         one) that is every commit, for about 5 s (seen on etcd 3.5.1)."""
         try:
-            client.put(client.key("join/probe"), own)
+            # a delete goes through raft like a put, and etcd takes deletes under NOSPACE
+            client.delete(client.key("join/probe"))
             leader_id = int(client.status().get("leader", 0))
             leader = next(
                 (m for m in client.members(check_health=False) if m.id == leader_id), None
@@ -538,7 +551,7 @@ class Bootstrap:
                 return False
             wanted = int(client.status(leader.client_urls[0]).get("raftIndex", 0))
             learner = self.client_factory([own])
-            end = self.clock() + within
+            end = self.clock() + max(2.0, 3 * self.settings.etcd.election_ms / 1000)
             try:
                 while int(learner.status(own).get("raftIndex", 0)) < wanted:
                     if self.clock() >= end:

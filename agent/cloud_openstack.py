@@ -281,10 +281,11 @@ class OpenStackGroup:
 
     def server_gone(self, server_id: str) -> str | None:
         """Whether Nova has lost server `server_id` for good: how ("deleted": Nova does not
-        know it or says DELETED/SOFT_DELETED; "in ERROR"), None while it may come back."""
+        know it or says DELETED; "in ERROR", as the issue's rule has it), None while it may
+        come back (a SOFT_DELETED server can be restored, a SHUTOFF one started)."""
         server = self._server(server_id)
         status = str((server or {}).get("status", "")).upper()
-        if server is None or status in ("DELETED", "SOFT_DELETED"):
+        if server is None or status == "DELETED":
             return "deleted"
         if status == "ERROR":
             return "in ERROR"

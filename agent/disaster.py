@@ -8,8 +8,9 @@ this cluster; then the new servers' agents do not give up (a replacement could d
 better), and:
 
 - **Roll call.** Each of them writes `recovery/<its server id>` in the backup container,
-  every attempt: its name and whether it holds member data (an etcd `member/` dir). The
-  container's listing gives each one's `last_modified` on Swift's clock, one clock for all.
+  every attempt: its name and whether it holds member data (an etcd `member/` dir). Each
+  object's X-Timestamp (read back, not from the listing, which may lag) is when Swift
+  stored it, on Swift's clock, one clock for all.
 - **One restorer.** The first server of the group by name that Heat and Nova show ACTIVE or
   BUILD (every agent computes the same one).
 - **`disaster_recovery: manual`** (the default): the restorer's agent logs at ERROR, every
@@ -27,8 +28,13 @@ better), and:
      data. A server that is merely down (rebooting, its agent stopped, its etcd not
      answering) says nothing and holds the restore back: it may come back with data
      newer than the snapshot.
+  3. the restorer holds the claim `recovery-claim`, made with `If-None-Match: *`: two
+     servers whose views of the group differ cannot both restore (a claim whose server
+     Nova lost is removed, and claimed again).
+  "Gone" follows the issue's rule: Nova does not know the server, says DELETED, or ERROR.
   The others then join the restored cluster as any replacement joins. Each agent deletes
-  its roll call once it is a member.
+  its roll call once it is a member (and the restorer its claim). Swift or Keystone
+  unreachable during all this: the agents keep trying, none gives up.
 
 A survivor that holds member data (a lost majority, not a lost cluster) never restores by
 itself: its data may be newer than any snapshot. Its agent logs the manual commands
@@ -48,12 +54,15 @@ from pathlib import Path
 from agent.backup import Backups, servers_of
 from agent.settings import AgentSettings
 from agent.snapshot import CloudNode, NodeIdentity
-from agent.swift import SwiftError, SwiftStore
+from agent.swift import SwiftStore
 from agent.upgrade import running_bundle
 
 log = logging.getLogger(__name__)
 
 ROLL_PREFIX = "recovery/"
+CLAIM = "recovery-claim"
+"""Made with `If-None-Match: *` by the one restorer before it restores: two servers that
+see the group differently (one's Heat view lags) cannot both restore."""
 SAY_ATTEMPTS = 30
 """The restorer's ERROR line is repeated every this many attempts (the first one at once)."""
 
@@ -63,8 +72,8 @@ class RollCall:
     server: str
     name: str
     holds_data: bool
-    modified: str
-    """Swift's `last_modified` of the object (ISO 8601, UTC, microseconds: it sorts)."""
+    modified: float
+    """The object's X-Timestamp: when Swift stored it, on Swift's clock (one for all)."""
 
 
 @dataclass
@@ -76,8 +85,8 @@ class Evidence:
     snapshot: str
     snapshot_servers: list[str] | None
     rolls: dict[str, RollCall]
-    since: str
-    """Swift's `last_modified` of this node's first roll call of the episode."""
+    since: float
+    """The X-Timestamp of this node's first roll call of the episode."""
     waited: float
     window: float
     gone: Callable[[str], str | None]
@@ -139,7 +148,8 @@ class Recovery:
         self.clock = clock
         self._store = store
         self.started: float | None = None
-        self.since: str | None = None
+        self.since: float | None = None
+        self.claimed = False
         self.wrote = False
         self.attempts = 0
         self.newest: str | None = None
@@ -175,10 +185,10 @@ class Recovery:
         record = {"server": me.id, "name": me.name, "holds_data": holds_data}
         self.store.put_small(f"{ROLL_PREFIX}{me.id}", json.dumps(record).encode())
         self.wrote = True
+        if self.since is None:  # read back, not listed: a container listing may lag
+            found_mine = self.store.get_small(f"{ROLL_PREFIX}{me.id}")
+            self.since = found_mine[1] if found_mine else None
         rolls = self._rolls()
-        mine = rolls.get(me.id)
-        if self.since is None and mine is not None:
-            self.since = mine.modified
         chosen = restorer(nodes)
         if chosen is None or chosen.id != me.id:
             if self.attempts % SAY_ATTEMPTS == 1:
@@ -196,7 +206,7 @@ class Recovery:
             snapshot=self.newest,
             snapshot_servers=servers_of(head),
             rolls=rolls,
-            since=self.since or "9999",
+            since=self.since if self.since is not None else float("inf"),
             waited=now - self.started,
             window=self.window(),
             gone=self._gone,
@@ -204,6 +214,8 @@ class Recovery:
         reasons = verdict(evidence)
         if holds_data:
             reasons.append("this node's data dir holds a member dir")
+        if self.settings.backup.recovery == "auto" and not reasons:
+            reasons = self._claim(me)
         if self.settings.backup.recovery == "auto" and not reasons:
             log.warning(
                 "disaster recovery: no cluster for %.0f s, every server that held its data is"
@@ -216,29 +228,58 @@ class Recovery:
             self._say(head, reasons)
         return None
 
-    def done(self, me: NodeIdentity) -> None:
-        """This node is a member: its roll call goes."""
-        if self.wrote:
-            try:
-                self.store.delete(f"{ROLL_PREFIX}{me.id}")
-            except SwiftError as error:
-                log.info("recovery: roll call not deleted (%s)", error)
+    def reset(self) -> None:
+        """A cluster answered: the episode (its window, its `since`) ends."""
         self.started = self.since = None
-        self.wrote = False
+
+    def done(self, me: NodeIdentity) -> None:
+        """This node is a member: its roll call goes (whether this agent wrote it or one
+        before a restart did), and its claim if it restored. Never raises."""
+        names = [f"{ROLL_PREFIX}{me.id}", *([CLAIM] if self.claimed else [])]
+        for name in names:
+            try:
+                self.store.delete(name)
+            except Exception as error:  # a member is a member: Swift's answer changes nothing
+                log.info("recovery: %s not deleted (%s)", name, error)
+        self.reset()
+        self.wrote = self.claimed = False
+
+    def _claim(self, me: NodeIdentity) -> list[str]:
+        """The restore claimed for this node (why not, else)."""
+        record = json.dumps({"server": me.id, "name": me.name}).encode()
+        if self.store.put_small(CLAIM, record, only_new=True):
+            self.claimed = True
+            return []
+        found = self.store.get_small(CLAIM)
+        try:
+            holder = json.loads(found[0]) if found else {}
+            server, name = str(holder["server"]), str(holder["name"])
+        except (ValueError, KeyError, TypeError):
+            return [f"{CLAIM} is unreadable: delete it if no restore is under way"]
+        if server == me.id:
+            self.claimed = True
+            return []  # this node's own claim: a restore attempt before failed
+        gone = self._gone(server)
+        if gone is not None:  # a claimant Nova lost: its claim goes, claimed next attempt
+            self.store.delete(CLAIM)
+            return [f"{name}'s claim removed (its server is {gone})"]
+        return [f"{name} claims the restore ({CLAIM})"]
 
     # --- helpers -------------------------------------------------------------------------
 
     def _rolls(self) -> dict[str, RollCall]:
         rolls: dict[str, RollCall] = {}
         for stored in self.store.list(ROLL_PREFIX):
-            data = self.store.get_small(stored.name)
+            found = self.store.get_small(stored.name)
+            if found is None:
+                continue
             try:
-                record = json.loads(data or b"")
+                record = json.loads(found[0])
                 roll = RollCall(
                     server=str(record["server"]),
                     name=str(record["name"]),
                     holds_data=bool(record["holds_data"]),
-                    modified=stored.last_modified,
+                    modified=found[1],
                 )
             except (ValueError, KeyError, TypeError):
                 continue

@@ -776,7 +776,10 @@ class Agent:
         client = self.client_factory([self.own_url()])
         try:
             try:  # the members' servers, named in the snapshot (agent/disaster.py)
-                servers = [n.id for n in self.cloud.group_members() if n.name in names]
+                known = {n.name: n.id for n in self.cloud.group_members()}
+                # a member the group does not list: the list would be partial, and a
+                # partial list is trusted as whole: none then (the restore stays manual)
+                servers = [known[n] for n in names] if all(n in known for n in names) else []
             except CloudError as error:
                 servers = []
                 log.warning(

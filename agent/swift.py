@@ -187,24 +187,30 @@ class SwiftStore:
         if deadline is not None and time.monotonic() > deadline:
             raise SwiftError(f"swift upload {self.container}/{name}: past its deadline")
 
-    def put_small(self, name: str, data: bytes) -> None:
-        """A small object (a roll call, agent/disaster.py), its MD5 as the ETag."""
-        self._call(
-            "create object",
-            "PUT",
-            name,
-            data=data,
-            headers={
-                "ETag": hashlib.md5(data, usedforsecurity=False).hexdigest(),
-                "Content-Type": "application/json",
-            },
-            ok=(201,),
-        )
+    def put_small(self, name: str, data: bytes, *, only_new: bool = False) -> bool:
+        """A small object (agent/disaster.py's roll calls and claim), its MD5 as the ETag.
+        `only_new`: Swift's `If-None-Match: *`, the object is made only if there is none
+        (False: there was one, nothing written)."""
+        headers = {
+            "ETag": hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            "Content-Type": "application/json",
+        }
+        if only_new:
+            headers["If-None-Match"] = "*"
+        answer = self._call("create object", "PUT", name, data=data, headers=headers, ok=(201, 412))
+        return answer.status_code == 201
 
-    def get_small(self, name: str) -> bytes | None:
-        """A small object's content; None when there is none."""
+    def get_small(self, name: str) -> tuple[bytes, float] | None:
+        """A small object's content and its X-Timestamp (Swift's clock: when it was
+        written); None when there is none."""
         answer = self._call("get object", "GET", name, ok=(200, 404))
-        return None if answer.status_code == 404 else answer.content
+        if answer.status_code == 404:
+            return None
+        try:
+            stamp = float(answer.headers.get("X-Timestamp", "0"))
+        except ValueError:
+            stamp = 0.0
+        return answer.content, stamp
 
     def head(self, name: str) -> dict[str, str]:
         answer = self._call("show object metadata", "HEAD", name, ok=(200,))

@@ -67,6 +67,7 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import time
@@ -780,9 +781,13 @@ def rolling_update(run: Run) -> None:
     )
     after = outside.look(lab.endpoints())
     batches = [e for e in lab.events.of("rolling-update") if e.t >= start and "batch" in e.detail]
+    gaps = [b.t - a.t for a, b in itertools.pairwise(batches)]
     run.check(
-        "every server replaced, one batch at a time, the size kept",
-        done and len(batches) >= len(originals),
+        "every server replaced, one batch at a time, pause_time apart, the size kept",
+        done
+        and len(batches) == len(originals)
+        and all(gap >= pause - 0.5 for gap in gaps)
+        and all(f"{stack.capacity} members, 1 on" in b.detail for b in batches),
         f"{len(batches)} batches in {run.now - start:.1f}s (pause_time {pause:.1f}s):"
         f" {[b.detail[:60] for b in batches]}",
     )
@@ -892,6 +897,7 @@ def disaster(run: Run) -> None:
         f" {sorted(new_names)}; Heat's check failed {len(failed)} member(s)",
     )
     said = _agent_said(lab, "disaster recovery: no cluster")
+    restorers = _agents_saying(lab, "disaster recovery: no cluster")
     gave_up = [e for e in lab.events.of("mark-unhealthy") if e.t >= start]
     run.check(
         "no new server gave up (marked itself) while the cluster was gone",
@@ -899,9 +905,25 @@ def disaster(run: Run) -> None:
         f"{len(gave_up)} marks: {[e.detail[:80] for e in gave_up][:2]}",
     )
     if auto:
-        run.check("auto: an agent restored by itself", bool(said), said[:240] or "none said so")
+        run.check(
+            "auto: one agent restored by itself, and only one",
+            len(restorers) == 1,
+            f"{', '.join(restorers) or 'none'}: {said[:200] or 'none said so'}",
+        )
     else:
         run.check("manual: no agent restored by itself", not said, said[:240] or "none did")
+
+
+def _agents_saying(lab: Lab, text: str) -> list[str]:
+    """The live nodes whose agent log holds `text`."""
+    found = []
+    for node in lab.nova.live():
+        try:
+            if text in (node.dir / "agent.log").read_text(errors="replace"):
+                found.append(node.name)
+        except OSError:
+            continue
+    return found
 
 
 def _agent_said(lab: Lab, text: str) -> str:

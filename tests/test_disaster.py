@@ -15,9 +15,10 @@ from agent.snapshot import CloudNode, NodeIdentity
 from infra.settings import SettingsError, parse_settings
 from tests.test_settings import REQUIRED
 
-SINCE = "2026-11-30T18:00:00.000000"
-LATER = "2026-11-30T18:00:05.000000"
-EARLIER = "2026-11-30T17:59:00.000000"
+SINCE = 1796061600.0
+"""Swift's X-Timestamp of the restorer's first roll call of the episode."""
+LATER = SINCE + 5
+EARLIER = SINCE - 60
 OLD = ("old-1", "old-2", "old-3")
 """The servers of the snapshot's cluster, deleted with the zone."""
 

@@ -400,3 +400,24 @@ def test_a_large_upload_past_its_deadline_stops_and_leaves_no_segment(lab_swift,
     assert store.list("") == []  # the two segments up were deleted
     store.upload("snapshots/ok.db", path, segment_bytes=2**20, deadline=time.monotonic() + 60)
     assert [o.name for o in store.list("snapshots/")] == ["snapshots/ok.db"]
+
+
+@pytest.mark.swift
+def test_a_claim_is_made_once_and_roll_calls_carry_swifts_time(lab_swift):
+    """agent/disaster.py's claim (`If-None-Match: *`: the first PUT makes it, the second is
+    refused with 412 and changes nothing) and roll calls read back with their X-Timestamp
+    (Swift's clock), later for a later write."""
+    from agent.swift import SwiftStore
+
+    http, url, auth = lab_swift.http, lab_swift.swift.url, lab_swift.owner()
+    container = f"claim-{uuid.uuid4().hex[:8]}"
+    assert http.put(f"{url}/{container}", headers=auth).status_code == 201
+    store = SwiftStore(_Owner(url, auth["X-Auth-Token"]), container)
+    assert store.put_small("recovery-claim", b'{"server": "a"}', only_new=True) is True
+    assert store.put_small("recovery-claim", b'{"server": "b"}', only_new=True) is False
+    assert store.get_small("recovery-claim")[0] == b'{"server": "a"}'
+    store.put_small("recovery/a", b"{}")
+    first = store.get_small("recovery/a")[1]
+    store.put_small("recovery/a", b"{}")
+    assert store.get_small("recovery/a")[1] > first > 0
+    assert store.get_small("recovery/none") is None

@@ -439,13 +439,17 @@ class LabCloud:
         """`openstack stack check`: each member's `Server.handle_check` (Heat 27,
         heat/engine/resources/openstack/nova/server.py) asks Nova for its server and expects
         ACTIVE; a server Nova does not know (NotFound) or in any other status fails the
-        check and its resource is CHECK_FAILED, which the next update replaces. The
-        members that failed."""
+        check and its resource is CHECK_FAILED, which the next update replaces. A member
+        marked unhealthy whose server is ACTIVE passes (`Resource.check`: CHECK_COMPLETE),
+        so it is no longer FAILED. The members that failed."""
         failed = []
         with self._lock:
             for member in self.group.members:
                 status = member.nova_status
-                if status == "ACTIVE" or member.status == "FAILED":
+                if status == "ACTIVE":
+                    if member.status == "FAILED":
+                        member.status, member.resource_status = "ACTIVE", "CHECK_COMPLETE"
+                        member.reason = ""
                     continue
                 why = "Server not found (HTTP 404)" if status is None else f"status {status}"
                 self.group.mark_unhealthy(member.server_id, f"CHECK: {why}")
