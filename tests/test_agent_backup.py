@@ -33,7 +33,7 @@ from lab.cloud.keystone import Endpoint
 from lab.swift import SwiftServer
 from tests.agent_lab import start_initial
 from tests.etcd_cluster import wait_until
-from tests.tools import need, need_etcd
+from tests.tools import TokenAccess, need, need_etcd
 
 CONTAINER = "itest-etcd-backups"
 
@@ -62,19 +62,6 @@ def swift_lab(make_agent_lab, tmp_path):
         yield lab
     finally:
         swift.stop()
-
-
-class TokenAccess:
-    """A token and the endpoint, as agent.swift.Access (an operator's, unrestricted)."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.token = url, token
-
-    def access(self, service_type: str, *, renew: bool = False) -> tuple[str, str]:
-        return self.url, self.token
-
-    def scrub(self, text: str) -> str:
-        return text.replace(self.token, "***")
 
 
 def listing(lab) -> list[dict]:

@@ -362,19 +362,6 @@ def test_the_filter_module_imports_with_the_standard_library_only():
     assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported
 
 
-class _Owner:
-    """agent.swift.Access with an unrestricted token of the account's project."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.token = url, token
-
-    def access(self, service_type: str, *, renew: bool = False) -> tuple[str, str]:
-        return self.url, self.token
-
-    def scrub(self, text: str) -> str:
-        return text.replace(self.token, "***")
-
-
 @pytest.mark.swift
 def test_a_large_upload_past_its_deadline_stops_and_leaves_no_segment(lab_swift, tmp_path):
     """The snapshot upload's deadline (agent/backup.py: the `backup` lock's lease): checked
@@ -384,11 +371,12 @@ def test_a_large_upload_past_its_deadline_stops_and_leaves_no_segment(lab_swift,
     from types import SimpleNamespace
 
     from agent.swift import SwiftError, SwiftStore
+    from tests.tools import TokenAccess
 
     http, url, auth = lab_swift.http, lab_swift.swift.url, lab_swift.owner()
     container = f"deadline-{uuid.uuid4().hex[:8]}"
     assert http.put(f"{url}/{container}", headers=auth).status_code == 201
-    store = SwiftStore(_Owner(url, auth["X-Auth-Token"]), container)
+    store = SwiftStore(TokenAccess(url, auth["X-Auth-Token"]), container)
     path = tmp_path / "snap.db"
     path.write_bytes(os.urandom(3 * 2**20 + 10))
     ticks = iter([0.0, 0.0, 100.0])  # in time for two segments, then past it
@@ -408,11 +396,12 @@ def test_a_claim_is_made_once_and_roll_calls_carry_swifts_time(lab_swift):
     refused with 412 and changes nothing) and roll calls read back with their X-Timestamp
     (Swift's clock), later for a later write."""
     from agent.swift import SwiftStore
+    from tests.tools import TokenAccess
 
     http, url, auth = lab_swift.http, lab_swift.swift.url, lab_swift.owner()
     container = f"claim-{uuid.uuid4().hex[:8]}"
     assert http.put(f"{url}/{container}", headers=auth).status_code == 201
-    store = SwiftStore(_Owner(url, auth["X-Auth-Token"]), container)
+    store = SwiftStore(TokenAccess(url, auth["X-Auth-Token"]), container)
     assert store.put_small("recovery-claim", b'{"server": "a"}', only_new=True) is True
     assert store.put_small("recovery-claim", b'{"server": "b"}', only_new=True) is False
     assert store.get_small("recovery-claim")[0] == b'{"server": "a"}'

@@ -143,3 +143,16 @@ def report_lines() -> list[str]:
         ok = importlib.util.find_spec(module) is not None
         lines.append(f"python module {module}: {'found' if ok else f'MISSING ({source})'}")
     return lines
+
+
+class TokenAccess:
+    """A token and the endpoint, as agent.swift.Access (an operator's, unrestricted)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+
+    def access(self, service_type: str, *, renew: bool = False) -> tuple[str, str]:
+        return self.url, self.token
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self.token, "***")
