@@ -306,13 +306,17 @@ class Nova:
     def stop_agent(self, node: Node, grace: float = 10.0) -> None:
         """`systemctl stop autoscale-agent`: SIGTERM to the agent's pid (SIGKILL after
         `grace`); its etcd, if it runs one, goes on."""
-        kill_pid(node.agent_pid, str(node.dir / "agent.json"), graceful=grace)
+        self._kill_agent(node, graceful=grace)
+        self.events.add("agent-stop", node.name, "by the operator")
+
+    def _kill_agent(self, node: Node, *, graceful: float = 0.0) -> None:
+        """The node's agent stopped by its pid (SIGTERM first if `graceful`), reaped."""
+        kill_pid(node.agent_pid, str(node.dir / "agent.json"), graceful=graceful)
         if node.agent is not None:
             try:
                 node.exit_code = node.agent.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        self.events.add("agent-stop", node.name, "by the operator")
 
     def run_on(self, node: Node, command: list[str], timeout: float = 300) -> Any:
         """An operator's command on the node (in its namespace, if it has one), from the
@@ -372,12 +376,7 @@ class Nova:
             self.net.drop(node.name)
 
     def _power_off(self, node: Node, *, graceful: float = 0.0) -> None:
-        kill_pid(node.agent_pid, str(node.dir / "agent.json"), graceful=graceful)
-        if node.agent is not None:
-            try:
-                node.exit_code = node.agent.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        self._kill_agent(node, graceful=graceful)
         for pid in node.etcd_pids():
             kill_pid(pid, node.etcd_config, graceful=graceful)
         if node.stub is not None:
