@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.backup import bench_backups
 from bench.cluster import JOINERS, QUICK_JOINERS, Setup, bench_cluster
+from bench.roll import bench_roll
 from bench.rows import Row, table
 from bench.userdata import bench_userdata
 from infra.settings import load_stack_file, stack_file
@@ -71,7 +72,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(quick: bool, root: Path, factor: float | None = None) -> tuple[list[Row], dict]:
+SECTIONS = ("cluster", "userdata", "backups", "roll")
+"""What `--only` may name; the quick run has no roll (minutes of pause_time)."""
+
+
+def run(
+    quick: bool, root: Path, factor: float | None = None, only: str | None = None
+) -> tuple[list[Row], dict]:
     stack = load_stack_file(stack_file("dev"))
     setup = Setup(
         factor=factor or (FAST_FACTOR if quick else DEFAULT_FACTOR),
@@ -86,14 +93,21 @@ def run(quick: bool, root: Path, factor: float | None = None) -> tuple[list[Row]
         client_stalls=not quick,
     )
     info = {"mode": "quick" if quick else "full", "factor": setup.factor}
-    rows = bench_cluster(stack, setup, shout=lambda text: print(f"  .. {text}", flush=True))
-    rows += bench_userdata(render_runs=1 if quick else 3)
-    binary = find_etcd_binary()
-    if binary is None:
-        raise RuntimeError("no etcd binary for the backup rows")
-    sizes = (10 * 10**6,) if quick else (10 * 10**6, 200 * 10**6)
-    print("  .. backups: snapshot, upload, restore, defragmentation", flush=True)
-    rows += bench_backups(root / "backups", binary, sizes)
+    rows: list[Row] = []
+    if only in (None, "cluster"):
+        rows += bench_cluster(stack, setup, shout=lambda text: print(f"  .. {text}", flush=True))
+    if only in (None, "userdata"):
+        rows += bench_userdata(render_runs=1 if quick else 3)
+    if only in (None, "backups"):
+        binary = find_etcd_binary()
+        if binary is None:
+            raise RuntimeError("no etcd binary for the backup rows")
+        sizes = (10 * 10**6,) if quick else (10 * 10**6, 200 * 10**6)
+        print("  .. backups: snapshot, upload, restore, defragmentation", flush=True)
+        rows += bench_backups(root / "backups", binary, sizes)
+    if only == "roll" or (only is None and not quick):
+        print("  .. a rolling update: a new image through three members", flush=True)
+        rows += bench_roll(stack, setup.factor, root / "roll")
     return rows, info
 
 
@@ -107,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every figure here as JSON")
     parser.add_argument("--factor", type=float, help="the lab's time factor (override)")
     parser.add_argument("--keep", type=Path, help="run the labs here and keep their logs")
+    parser.add_argument("--only", choices=SECTIONS, help="one section's rows alone")
     args = parser.parse_args(argv)
     started = time.monotonic()
     host = machine()
@@ -118,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM is an interrupt, as Ctrl-C is: each lab's own cleanup stops its processes
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        rows, info = run(args.quick, root, args.factor)
+        rows, info = run(args.quick, root, args.factor, args.only)
     except KeyboardInterrupt:
         print("interrupted: the labs' processes were stopped", file=sys.stderr)
         return 130

@@ -68,6 +68,7 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import shlex
 import time
@@ -78,6 +79,7 @@ from typing import Any, TextIO
 
 import requests
 
+from agent.decide import quorum
 from agent.etcd import EtcdClient, EtcdError
 from infra import heat
 from infra.settings import StackSettings, backup_container
@@ -123,6 +125,8 @@ class Run:
     outside_writes: bool = False
     """Also read the acknowledged writes back with etcdctl at the end (from outside)."""
     writer: Writer | None = None
+    figures: dict[str, float] = field(default_factory=dict)
+    """Measured figures the scenario reports (bench/roll.py reads them)."""
     may_lose: Callable[[int], bool] | None = None
     """Acknowledged writes the scenario gives up (a disaster: those after the last
     snapshot); the others must all be readable."""
@@ -803,6 +807,24 @@ def rolling_update(run: Run) -> None:
     )
     run.checks.append(one_healthy_cluster(after, stack.capacity))
     run.outside_writes = True
+    # the roll's figures: per member, from its batch to its replacement a voter; what the
+    # writer felt over the whole roll; polls that saw no healthy quorum (must be none)
+    joined = [e for e in lab.events.of("joined") if e.t >= start]
+    per_member = [min((j.t for j in joined if j.t >= b.t), default=math.nan) - b.t for b in batches]
+    end = run.now
+    felt = stall(run.writer.puts, start, end, run.writer.timeout) if run.writer else None
+    polls = [s for s in lab.samples if start <= s.t <= end]
+    blind = [s for s in polls if s.members is None or s.healthy < quorum(max(1, s.voters))]
+    run.figures.update(
+        {
+            "roll_seconds": end - start,
+            "pause_time": pause,
+            "member_to_voter_longest": max(per_member, default=math.nan),
+            "longest_write_stall": felt.longest if felt else math.nan,
+            "polls": len(polls),
+            "polls_without_quorum": len(blind),
+        }
+    )
 
 
 USER_KEY = "/lab/user/lock"
@@ -1168,6 +1190,7 @@ def run_scenario(
         "network": {"mode": lab.network_mode, **(lab.net.names() if lab.net else {})},
         "logs": str(lab.nova.logs),
         "cloud_calls": lab.cloud_calls(),
+        "figures": run.figures,
     }
     extra["stalls"] = event_stalls(writer.puts, quiet, facts.events, facts.faults, writer.timeout)
     report = report_json(name, invariants, facts, extra)
