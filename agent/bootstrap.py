@@ -445,7 +445,17 @@ class Bootstrap:
         both hang until one is restarted."""
         with self._join_lock(client, me):
             wipe_data_dir(self.data_dir)
-            return self._start_existing(client, me, members)
+            try:
+                return self._start_existing(client, me, members)
+            except NotYet:
+                if not self.service.is_running():
+                    # etcd refused to start on the entry (a cluster just formed, its version
+                    # not decided yet: "incompatible with current running cluster"). The
+                    # entry never started, so the data dir it made holds nothing: without
+                    # it the next attempt starts on the same entry again, instead of
+                    # removing it and joining as a new member.
+                    wipe_data_dir(self.data_dir)
+                raise
 
     @contextmanager
     def _join_lock(self, client: EtcdClient, me: NodeIdentity) -> Iterator[None]:
