@@ -553,10 +553,7 @@ class Bootstrap:
         try:
             # a delete goes through raft like a put, and etcd takes deletes under NOSPACE
             client.delete(client.key("join/probe"))
-            leader_id = int(client.status().get("leader", 0))
-            leader = next(
-                (m for m in client.members(check_health=False) if m.id == leader_id), None
-            )
+            leader = next((m for m in client.members(check_health=False) if m.is_leader), None)
             if leader is None or not leader.client_urls:
                 return False
             wanted = int(client.status(leader.client_urls[0]).get("raftIndex", 0))

@@ -45,17 +45,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.backup import Backups, servers_of
+from agent.restore import agent_command
 from agent.settings import AgentSettings
 from agent.snapshot import CloudNode, NodeIdentity
 from agent.swift import SwiftStore
-from agent.upgrade import running_bundle
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,6 @@ class Recovery:
         self.started: float | None = None
         self.since: float | None = None
         self.claimed = False
-        self.wrote = False
         self.attempts = 0
         self.newest: str | None = None
 
@@ -184,11 +182,9 @@ class Recovery:
         self.attempts += 1
         record = {"server": me.id, "name": me.name, "holds_data": holds_data}
         self.store.put_small(f"{ROLL_PREFIX}{me.id}", json.dumps(record).encode())
-        self.wrote = True
         if self.since is None:  # read back, not listed: a container listing may lag
             found_mine = self.store.get_small(f"{ROLL_PREFIX}{me.id}")
             self.since = found_mine[1] if found_mine else None
-        rolls = self._rolls()
         chosen = restorer(nodes)
         if chosen is None or chosen.id != me.id:
             if self.attempts % SAY_ATTEMPTS == 1:
@@ -205,7 +201,7 @@ class Recovery:
             nodes=nodes,
             snapshot=self.newest,
             snapshot_servers=servers_of(head),
-            rolls=rolls,
+            rolls=self._rolls(),
             since=self.since if self.since is not None else float("inf"),
             waited=now - self.started,
             window=self.window(),
@@ -242,7 +238,7 @@ class Recovery:
             except Exception as error:  # a member is a member: Swift's answer changes nothing
                 log.info("recovery: %s not deleted (%s)", name, error)
         self.reset()
-        self.wrote = self.claimed = False
+        self.claimed = False
 
     def _claim(self, me: NodeIdentity) -> list[str]:
         """The restore claimed for this node (why not, else)."""
@@ -292,14 +288,11 @@ class Recovery:
         return ask(server) if ask is not None else None
 
     def _say(self, head: dict[str, str], reasons: list[str]) -> None:
-        bundle = running_bundle()
-        program = f"{sys.executable} {bundle}" if bundle else f"{sys.executable} -m agent"
-        config = self.settings_path or "/etc/autoscale-etcd/agent.json"
         auto = self.settings.backup.recovery == "auto"
         log.error(
             "no cluster answers in the group and Swift holds snapshots of it (the newest %s,"
             " revision %s). %s If the old cluster is gone for good, restore it on this"
-            " server: `systemctl stop autoscale-agent`, then `%s --config %s restore"
+            " server: `systemctl stop autoscale-agent`, then `%s restore"
             " --latest`, then `systemctl start autoscale-agent`; the group's other servers"
             " then join it by themselves (README, Backups and recovery)",
             self.newest,
@@ -310,6 +303,5 @@ class Recovery:
                 else "disaster_recovery is manual"
                 + (f" (auto would wait: {'; '.join(reasons)})." if reasons else ".")
             ),
-            program,
-            config,
+            agent_command(self.settings_path),
         )

@@ -7,7 +7,6 @@ the model: one cycle, each action a small method, each returns its sentence.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from agent.etcd import EtcdClient, EtcdError, UnhealthyCluster
 from agent.etcd_server import EtcdService, client_url, config_path_for, read_config
 from agent.hooks import HookResult, hook_environment, run_hook, run_hook_unit
 from agent.metrics import read_metric
+from agent.restore import agent_command
 from agent.settings import AgentSettings, MetricSettings, adopt, document_sha256
 from agent.snapshot import (
     CloudNode,
@@ -46,7 +46,7 @@ from agent.snapshot import (
 )
 from agent.state import AgentState
 from agent.swift import SwiftError, SwiftStore
-from agent.upgrade import EXIT_UPGRADE, BundleError, file_sha256, install, running_bundle, unpack
+from agent.upgrade import EXIT_UPGRADE, BundleError, file_sha256, install, unpack
 from agent.upkeep import (
     DEFRAG_LOCK,
     DEFRAG_TIMEOUT,
@@ -718,23 +718,19 @@ class Agent:
             )
         except CloudError as error:
             servers = f"unknown ({error})"
-        bundle = running_bundle()
-        program = f"{sys.executable} {bundle}" if bundle else f"{sys.executable} -m agent"
-        config = self.settings_path or "/etc/autoscale-etcd/agent.json"
+        command = agent_command(self.settings_path)
         log.error(
             "no etcd member has answered with a quorum for %.0f s; the other"
             " servers of the group: %s. If they are gone for good (deleted, ERROR, their"
             " disks lost) and will not come back with newer data, make the cluster again"
             " from the newest snapshot in Swift: on every node `systemctl stop"
-            " autoscale-agent`; on this one `%s --config %s restore --latest`; on each"
-            " other node that still has its disk `%s --config %s restore --join`; then"
+            " autoscale-agent`; on this one `%s restore --latest`; on each"
+            " other node that still has its disk `%s restore --join`; then"
             " `systemctl start autoscale-agent` everywhere (README, Backups and recovery)",
             lost_for,
             servers or "none",
-            program,
-            config,
-            program,
-            config,
+            command,
+            command,
         )
 
     def _backup(self, snapshot: Snapshot) -> str:

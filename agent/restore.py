@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,21 @@ from agent.settings import AgentSettings
 from agent.snapshot import NodeIdentity
 from agent.state import AgentState
 from agent.swift import SwiftError, SwiftStore
+from agent.upgrade import running_bundle
 
 log = logging.getLogger(__name__)
 
 
 class RestoreError(Exception):
     """The restore did not happen; nothing of this node's data was lost (says why)."""
+
+
+def agent_command(settings_path: str | Path | None) -> str:
+    """This agent as the operator runs it by hand: the bundle it runs from (or the source
+    package), with its settings file; what the logged restore commands start with."""
+    bundle = running_bundle()
+    program = f"{sys.executable} {bundle}" if bundle else f"{sys.executable} -m agent"
+    return f"{program} --config {settings_path or '/etc/autoscale-etcd/agent.json'}"
 
 
 def live_cluster(settings: AgentSettings, endpoints: list[str], timeout: float = 3.0) -> str | None:

@@ -873,13 +873,14 @@ def disaster(run: Run) -> None:
     command_ok = True
     if not auto:
         found: list[tuple[Node, str]] = []
-        lab.wait_for(
-            lambda s: (
-                bool(found.append(line) if (line := _restore_line(lab)) else False) or bool(found)
-            ),
-            4 * t.join_time + 10.0,
-            "the logged restore command",
-        )
+
+        def logged(_: Sample) -> bool:
+            line = _restore_line(lab)
+            if line is not None:
+                found.append(line)
+            return line is not None
+
+        lab.wait_for(logged, 4 * t.join_time + 10.0, "the logged restore command")
         command_ok = bool(found)
         detail = "no agent logged a restore command"
         if found:
