@@ -129,7 +129,8 @@ class OpenStackGroup:
           first creation is the nested stack's CREATE; any later change of the group
           (scale up, scale down, replacement) is an UPDATE of it, after which no member
           counts as initial, so a node that finds no cluster later joins, never bootstraps.
-        - created_at: the member resource's `creation_time` (UTC) as a Unix time.
+        - created_at: the member resource's `creation_time` (UTC) as a Unix time;
+          resource: its `resource_name` (with it, Heat's order of removal).
         Members whose server does not exist yet (no `physical_resource_id`) are left out.
         """
         nested = self._nested_stack()
@@ -150,6 +151,7 @@ class OpenStackGroup:
                     status=_status(str(resource.get("resource_status", "")), server),
                     created_at=_unix_time(resource.get("creation_time")),
                     initial=initial,
+                    resource=str(resource.get("resource_name", "")),
                 )
             )
         return nodes

@@ -435,6 +435,34 @@ def _scale_down(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
     )
 
 
+def heat_order(nodes: tuple[CloudNode, ...] | list[CloudNode]) -> list[CloudNode]:
+    """The group's servers in the order Heat removes and replaces its members.
+
+    `grouputils.get_members`: FAILED members first, then by the resource's created_time,
+    then by resource name. A scale-down's resize keeps the last ones; a rolling update's
+    `member_definitions` gives the new definition to the first ones still on the old one
+    (a replaced member gets a new created_time, so it goes to the end). Heat's API shows
+    `creation_time` to the second (and a MySQL DATETIME keeps no more), so two members made
+    in the same second are ordered by resource name, as Heat orders them.
+    """
+    return sorted(
+        nodes,
+        key=lambda n: (n.status != "FAILED", int(n.created_at), n.resource or n.name, n.name),
+    )
+
+
+def heats_next(snapshot: Snapshot) -> CloudNode | None:
+    """The running server Heat deletes next: the oldest ACTIVE one, unless a member is
+    FAILED (that one goes first). A scale-down removes it; a rolling update replaces it
+    next (every member not yet replaced is older than every replaced one), deleting its
+    server as soon as the replacement is ACTIVE."""
+    nodes = snapshot.cloud_nodes
+    if not nodes or any(n.status == "FAILED" for n in nodes):
+        return None
+    active = heat_order([n for n in nodes if n.status == "ACTIVE"])
+    return active[0] if active else None
+
+
 def _not_heats_next(snapshot: Snapshot) -> str | None:
     """Why this node is not the server a scale-down signal makes Heat delete (or None).
 
@@ -448,10 +476,7 @@ def _not_heats_next(snapshot: Snapshot) -> str | None:
     others = [n for n in snapshot.cloud_nodes if n.status in ("FAILED", "BUILD")]
     if others:
         return f"{others[0].name} is {others[0].status}; the group settles first"
-    active = sorted(
-        (n for n in snapshot.cloud_nodes if n.status == "ACTIVE"),
-        key=lambda n: (n.created_at, n.name),
-    )
+    active = heat_order([n for n in snapshot.cloud_nodes if n.status == "ACTIVE"])
     if not active or active[0].name != snapshot.me.name:
         oldest = active[0].name if active else "none"
         return f"Heat removes the oldest server ({oldest}) first, not this one"

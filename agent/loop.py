@@ -23,6 +23,8 @@ from agent.decide import (
     MAKE_LOCK,
     Action,
     decide,
+    heat_order,
+    heats_next,
     next_failmarker,
     reading_fresh_for,
     starting_over,
@@ -84,6 +86,10 @@ ETCD_HEALTH_INTERVAL = 5.0
 connection as too fresh to rely on (3.4, 3.5)."""
 
 MetricReader = Callable[[MetricSettings], MetricReading]
+
+
+UNAVAILABLE_RETRY = 0.3
+"""s before an "unavailable" answer (no leader yet, a leader changed) is asked again."""
 
 
 def etcd_client_factory(settings: AgentSettings) -> ClientFactory:
@@ -211,14 +217,22 @@ class Agent:
             if not endpoints:
                 continue
             client = self.client_factory(endpoints)
-            try:
-                members = client.members(check_health=True)
-                holder = client.lock_holder(KILL_LOCK)
-                joiner = client.lock_holder(JOIN_LOCK)
-                defragmenting = client.lock_holder(DEFRAG_LOCK)
-            except EtcdError as error:
-                log.debug("etcd at %s: %s", endpoints, error)
-                members = None
+            for again in (False, True):
+                try:
+                    members = client.members(check_health=True)
+                    holder = client.lock_holder(KILL_LOCK)
+                    joiner = client.lock_holder(JOIN_LOCK)
+                    defragmenting = client.lock_holder(DEFRAG_LOCK)
+                    break
+                except EtcdError as error:
+                    log.debug("etcd at %s: %s", endpoints, error)
+                    members = None
+                    # etcd answered "unavailable" (a leader changed: a planned transfer takes
+                    # a moment): asked once more before it counts against this node
+                    if again or not error.unavailable:
+                        break
+                    time.sleep(UNAVAILABLE_RETRY)
+            if members is None:
                 continue
             own_ok = endpoints == [self.own_url()]
             break
@@ -339,7 +353,11 @@ class Agent:
                 result = " | ".join(x for x in (result, self._upgraded(snapshot)) if x)
             elif action.kind == "wait":
                 # the leader's upkeep first: a NOSPACE refuses the upgrade's lock anyway
-                done = self._upkeep(snapshot) if self._leads(snapshot) else ""
+                done = (
+                    (self._upkeep(snapshot) or self._off_heats_next(snapshot))
+                    if self._leads(snapshot)
+                    else ""
+                )
                 backing_up = self._backup_thread is not None and self._backup_thread.is_alive()
                 if not done and not backing_up and self._upgrade_due(snapshot):
                     done = self._upgrade(snapshot)
@@ -627,10 +645,19 @@ class Agent:
         target = max(
             (m for m in snapshot.voters if m.id in indexes), key=lambda m: (indexes[m.id], m.name)
         )
+        return self._move_leadership(
+            target, f" (raft index {indexes[target.id]}) before the removal", "the removal"
+        )
+
+    def _move_leadership(self, target: Member, moved: str, otherwise: str) -> str:
+        """etcd's MoveLeader, asked of this node's own etcd (the leader), then watched until
+        `target` says it leads (two election timeouts and a second)."""
+        own = self.own_url()
+        client = self.client_factory([own])
         try:
             client.move_leader(own, target.id)
         except EtcdError as error:
-            return f"leadership not moved to {target.name} ({error}); the removal elects a leader"
+            return f"leadership not moved to {target.name} ({error}); {otherwise} elects a leader"
         deadline = time.monotonic() + 2 * self.settings.etcd.election_ms / 1000 + 1.0
         while time.monotonic() < deadline:
             try:
@@ -638,14 +665,48 @@ class Agent:
                     str(target.id),
                     target.id,
                 ):
-                    return (
-                        f"leadership moved to {target.name} (raft index {indexes[target.id]})"
-                        " before the removal"
-                    )
+                    return f"leadership moved to {target.name}{moved}"
             except EtcdError:
                 pass
             time.sleep(0.05)
-        return f"leadership move to {target.name} not seen in time; the removal elects a leader"
+        return f"leadership move to {target.name} not seen in time; {otherwise} elects a leader"
+
+    def _lasting(self, snapshot: Snapshot, statuses: list[DbStatus]) -> DbStatus | None:
+        """The follower whose server Heat deletes last (None: the group unread): where the
+        upkeep hands leadership, so that `_off_heats_next` has no reason to move it on (and
+        back to the member waiting for its defragmentation)."""
+        running = [n for n in snapshot.cloud_nodes or () if n.status == "ACTIVE"]
+        rank = {n.name: i for i, n in enumerate(heat_order(running))}
+        followers = [s for s in statuses if not s.is_leader and s.name in rank]
+        return max(followers, key=lambda s: rank[s.name]) if followers else None
+
+    def _off_heats_next(self, snapshot: Snapshot) -> str:
+        """The leader's agent, while the cluster is whole: when its own server is the one
+        Heat deletes next (`heats_next`: a rolling update replaces it next, a scale-down
+        removes it), leadership moves to the voter on the server Heat deletes last.
+
+        A rolling update deletes the old server as soon as its replacement is ACTIVE, with
+        a hard power-off no agent hears of first; were the leader there, every client would
+        wait out an election. Moved between batches (during `pause_time`), it is not."""
+        me = snapshot.my_member
+        upcoming = heats_next(snapshot)
+        if me is None or upcoming is None or upcoming.name != self.me.name:
+            return ""
+        if not whole(snapshot) or snapshot.defragmenting or snapshot.join_lock_holder:
+            return ""
+        voters = {
+            m.name: m for m in snapshot.voters if m.id != me.id and m.healthy and m.client_urls
+        }
+        running = [n for n in snapshot.cloud_nodes or () if n.status == "ACTIVE"]
+        last_first = reversed(heat_order(running))
+        target = next((voters[n.name] for n in last_first if n.name in voters), None)
+        if target is None:
+            return ""
+        return self._move_leadership(
+            target,
+            " (on the server Heat deletes last): this server is the one Heat deletes next",
+            "Heat's delete",
+        )
 
     def _ask_group_to_delete_me(self) -> str:
         """One try of the cloud side of leaving; repeated until the server is gone."""
@@ -841,6 +902,7 @@ class Agent:
             return ""
         step = plan(statuses, self.settings.etcd)
         if step.kind == "hand-over":
+            step = replace(step, target=self._lasting(snapshot, statuses) or step.target)
             assert step.member is not None and step.target is not None
             client.move_leader(step.member.url, step.target.member_id)
             return (

@@ -97,6 +97,8 @@ class CloudNode:
     created_at: float
     initial: bool = False
     """True for the servers made by the group's first creation (they may bootstrap)."""
+    resource: str = ""
+    """Heat's member resource name: the tie-break of Heat's order (`heat_order`)."""
 
 
 @dataclass(frozen=True)

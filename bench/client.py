@@ -6,8 +6,10 @@ retry) for the whole run, and in that run, one after the other:
 - quiet: a window with nothing happening, the baseline;
 - scale-down of a follower: the group grown by two (busy), leadership moved off the
   oldest server, then the load falls and the oldest leaves (Heat's -1 deletes it);
-- scale-down of the leader: the next oldest made the leader, then it leaves: its agent
-  moves leadership first (no election);
+- scale-down of the leader: the next oldest made the leader, then it leaves. Its agent
+  moves leadership off it within a cycle (the leader is never left on the server Heat
+  deletes next), so the window holds that move and then a follower's leave; a leader that
+  still leads when it leaves moves leadership first the same way (no election either);
 - a replacement joining: a follower killed (kill -9) and its replacement's join, from its
   boot to a healthy voter (the node loss itself is the next row);
 - node loss of a follower: kill -9 of a follower's node, until its member is removed;
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from agent.etcd import EtcdClient, EtcdError
 from bench import probe
 from bench.rows import Row, check, figure
+from lab.cloud.heat import Member
 from lab.cluster import Lab
 from lab.stalls import Stall, stall
 from lab.writer import Writer
@@ -68,7 +71,7 @@ def _make_leader(lab: Lab, name: str) -> bool:
 
 
 def _oldest(lab: Lab) -> str:
-    return min(lab.cloud.members(), key=lambda m: (m.created_at, m.name)).name
+    return min(lab.cloud.members(), key=Member.sort_key).name
 
 
 def _leave(lab: Lab, leader_first: bool, writer: Writer) -> tuple[Stall, str]:

@@ -67,6 +67,7 @@ from typing import Any, TextIO
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdError
 from infra.settings import PROJECT_DIR, StackSettings
+from lab.cloud.heat import Member
 from lab.cluster import Lab, Sample, network_for
 from lab.display import Display
 from lab.events import Event
@@ -496,7 +497,7 @@ class Chaos:
 
     def oldest(self) -> str:
         active = [m for m in self.lab.cloud.members() if m.status == "ACTIVE"]
-        return min(active, key=lambda m: (m.created_at, m.name)).name
+        return min(active, key=Member.sort_key).name
 
     def resolve(self, target: str, rng: random.Random) -> str:
         sample = self.lab.latest()

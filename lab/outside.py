@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +102,20 @@ class Etcdctl:
             raise RuntimeError(f"etcdctl {' '.join(args)}: {result.stderr.strip()[-300:]}")
         return result.stdout
 
-    def look(self, endpoints: Sequence[str]) -> OutsideView:
+    def look(self, endpoints: Sequence[str], *, tries: int = 3) -> OutsideView:
+        """The members, each endpoint's status and health. Endpoints of one cluster that
+        name different leaders are asked again (up to `tries` looks, a second apart): a
+        leadership transfer in flight (the agents move leadership off the server Heat
+        deletes next) shows so for a moment; two leaders that stay are what is reported."""
+        view = self._look(endpoints)
+        for _ in range(tries - 1):
+            if len(view.cluster_ids()) != 1 or len(view.leaders()) <= 1:
+                break
+            time.sleep(1.0)
+            view = self._look(endpoints)
+        return view
+
+    def _look(self, endpoints: Sequence[str]) -> OutsideView:
         view = OutsideView(list(endpoints))
         if not endpoints:
             view.errors.append("no endpoint to ask")

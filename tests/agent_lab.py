@@ -251,11 +251,19 @@ class Lab:
         return EtcdClient(urls, timeout=1.0, prefix="/autoscale-etcd/itest")
 
     def voters(self) -> list[str]:
-        try:
-            members = self.client().members(check_health=True)
-        except EtcdError:
-            return []
-        return sorted(m.name for m in members if m.started and not m.is_learner and m.healthy)
+        """The started, healthy voters; none when etcd cannot say. An "unavailable" answer
+        (a leader change under way, as the agents' leadership moves make) is asked again
+        once, as the agents do (agent/loop.py, UNAVAILABLE_RETRY)."""
+        for again in (False, True):
+            try:
+                members = self.client().members(check_health=True)
+            except EtcdError as error:
+                if again or not error.unavailable:
+                    return []
+                time.sleep(0.3)
+                continue
+            return sorted(m.name for m in members if m.started and not m.is_learner and m.healthy)
+        return []
 
     def state(self, name: str) -> AgentState:
         return AgentState.load(self.nodes[name].agent.state_dir)

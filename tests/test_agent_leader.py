@@ -16,7 +16,7 @@ import pytest
 from agent.etcd import EtcdClient
 from lab.stalls import stall
 from lab.writer import Writer
-from tests.agent_lab import ELECTION_MS, start_initial
+from tests.agent_lab import ELECTION_MS, PERIOD, start_initial
 from tests.etcd_cluster import wait_until
 
 pytestmark = pytest.mark.etcd
@@ -36,6 +36,8 @@ def test_a_leaving_leader_hands_leadership_over_first(make_agent_lab, handover, 
     lab = make_agent_lab(scaledownperiod=15.0)  # the lock outlasts etcd's 5 s after a transfer
     nodes = start_initial(lab, 4)
     oldest = nodes[0]
+    for node in nodes:  # the leader stays on the oldest server until it leaves (see below)
+        monkeypatch.setattr(node.agent, "_off_heats_next", lambda snapshot: "")
     if not handover:
         monkeypatch.setattr(oldest.agent, "_hand_over_leadership", lambda snapshot: "")
     client = lab.client()
@@ -78,3 +80,33 @@ def test_a_leaving_leader_hands_leadership_over_first(make_agent_lab, handover, 
         assert elections >= 1, figures  # the control: the removal of the leader elects one
         assert during.longest >= ELECTION_S, figures
     assert writer.acked and not writer.verify().lost
+
+
+def _leader_name(client: EtcdClient) -> str | None:
+    return next((m.name for m in client.members() if m.is_leader), None)
+
+
+def test_the_leader_moves_off_the_server_heat_deletes_next(make_agent_lab, monkeypatch):
+    """A rolling update replaces the oldest member first and deletes its server, a hard
+    power-off, as soon as the new one is ACTIVE; a scale-down deletes it too. The leader's
+    agent on that server moves leadership, while the cluster idles, to the voter on the
+    newest server. First the control: with the rule off, the leader stays there."""
+    lab = make_agent_lab()
+    nodes = start_initial(lab, 3)
+    oldest, newest = nodes[0], nodes[-1]
+    with monkeypatch.context() as off:
+        for node in nodes:
+            off.setattr(node.agent, "_off_heats_next", lambda snapshot: "")
+        client = lab.client()
+        ids = {m.name: m for m in client.members()}
+        leader = _leader_name(client)
+        if leader is not None and leader != oldest.name:
+            client.move_leader(ids[leader].client_urls[0], ids[oldest.name].id)
+        assert wait_until(lambda: _leader_name(client) == oldest.name, timeout=5)
+        time.sleep(10 * PERIOD)  # ten cycles of every agent
+        assert _leader_name(client) == oldest.name
+    # the rule on: within a few cycles, on the newest server, and it stays there
+    assert wait_until(lambda: _leader_name(client) == newest.name, timeout=15)
+    time.sleep(5 * PERIOD)
+    assert _leader_name(client) == newest.name
+    assert lab.record.deleted == []

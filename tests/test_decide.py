@@ -14,6 +14,8 @@ from agent.decide import (
     MAKE_LOCK,
     Action,
     decide,
+    heat_order,
+    heats_next,
     next_failmarker,
     quorum,
     starting_over,
@@ -28,6 +30,7 @@ from agent.snapshot import (
     PeerReading,
     Snapshot,
 )
+from tests.tools import need_module
 
 SETTINGS = AgentSettings(
     cluster_name="t",
@@ -694,3 +697,76 @@ def test_never_two_removals_inside_one_scaledownperiod(idle, offsets):
     # Heat's order: the oldest leaves first, so the idle ones leave only while the oldest is
     if idle[0] and idle[1]:
         assert len(removals) == 2
+
+
+# --- Heat's order: which server Heat deletes next ------------------------------------------
+
+
+class _HeatResource:
+    """What heat.common.grouputils.get_members reads of a member resource."""
+
+    FAILED = "FAILED"
+
+    def __init__(self, name: str, status: str, created_time: int) -> None:
+        self.name, self.status, self.created_time = name, status, created_time
+
+
+class _HeatGroup:
+    def __init__(self, resources: list[_HeatResource]) -> None:
+        self._resources = {r.name: r for r in resources}
+
+    def nested(self) -> dict[str, _HeatResource]:
+        return self._resources
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ACTIVE", "FAILED", "BUILD"]),
+            st.floats(0, 5, allow_nan=False),
+            st.text("abcxyz", min_size=4, max_size=4),
+        ),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda t: t[2],
+    )
+)
+def test_heat_order_is_heats_own_order_of_members(members):
+    """heat_order against grouputils.get_members on the same members, as Heat's API shows
+    them: `creation_time` to the second (so several share a second), the resource name as
+    the tie-break, and server names that sort otherwise."""
+    need_module("heat")
+    from heat.common import grouputils
+
+    nodes = [
+        CloudNode(
+            id=f"id-{res}",
+            name=f"server-{9 - i}",
+            ip=None,
+            status=status,  # type: ignore[arg-type]
+            created_at=1_000.0 + created,
+            resource=res,
+        )
+        for i, (status, created, res) in enumerate(members)
+    ]
+    heat = _HeatGroup(
+        [
+            _HeatResource(res, "FAILED" if status == "FAILED" else "COMPLETE", int(1_000 + c))
+            for status, c, res in members
+        ]
+    )
+    expected = [r.name for r in grouputils.get_members(heat, include_failed=True)]
+    assert [n.resource for n in heat_order(nodes)] == expected
+
+
+def test_heats_next_is_the_oldest_running_server_unless_one_failed():
+    nodes = group(4, oldest_first=3)
+    assert heats_next(snap(4, me=1, leader=1, cloud_nodes=nodes)).name == "node3"
+    # a server still building (a roll's new one) does not change which old one goes next
+    building = group(4, oldest_first=3, node1="BUILD")
+    assert heats_next(snap(4, me=1, leader=1, cloud_nodes=building)).name == "node3"
+    # Heat replaces or removes a FAILED member first: no running server is next
+    failed = group(4, oldest_first=3, node2="FAILED")
+    assert heats_next(snap(4, me=1, leader=1, cloud_nodes=failed)) is None
+    assert heats_next(snap(4, me=1, leader=1, cloud_nodes=None)) is None

@@ -84,9 +84,13 @@ class Member:
     nova_status: str | None = "BUILD"
     """Nova's server status: BUILD, ACTIVE, HARD_REBOOT, ERROR; None once Nova forgot it."""
 
-    def sort_key(self) -> tuple[bool, float, str]:
-        """grouputils.get_members: FAILED first, then by created_time, then by name."""
-        return (self.status != "FAILED", self.created_at, self.slot)
+    def sort_key(self) -> tuple[bool, int, str]:
+        """grouputils.get_members: FAILED first, then by created_time, then by name.
+
+        Heat keeps `created_at` in a DateTime column (heat/db/models.py), a MySQL DATETIME
+        of whole seconds, and its API shows whole seconds: members made in the same second
+        are ordered by name, here as on such a cloud (and as the agents see it)."""
+        return (self.status != "FAILED", int(self.created_at), self.slot)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ class LabCloud:
         """Resizes run behind the signal (Heat's engine); False: before it returns (tests)."""
         self._rng = random.Random(seed)
         self._seq = itertools.count(1)
+        self._slots = itertools.count()
         self._lock = threading.RLock()
         self.stack_name = stack_name
         self.stack_id = str(uuid.UUID(int=self._rng.getrandbits(128)))
@@ -124,7 +125,7 @@ class LabCloud:
             max_size=max_size,
             policies=policies,
             new_server=self._new_server,
-            new_slot=lambda: _short_id(self._rng, 12),
+            new_slot=self._new_slot,
         )
         self.extra_resources: list[StackResource] = []
         """Resources of the parent stack besides the group and policies (agent_bundle)."""
@@ -185,6 +186,14 @@ class LabCloud:
 
     # --- Nova: new servers ----------------------------------------------------------------
 
+    def _new_slot(self) -> str:
+        """A member's resource name, 12 characters as Heat's `short_id`s. Heat's are
+        random; members made in the same second are ordered by them (grouputils), so the
+        lab's begin with a counter: its same-second members go in the order they were made,
+        the order its tests and scenarios name them in. The agents order by these names
+        (agent.decide.heat_order) as Heat does, whatever they are."""
+        return f"{next(self._slots):03x}{_short_id(self._rng, 9)}"
+
     def _new_server(self, slot: str) -> Member:
         seq = next(self._seq)
         return Member(
@@ -192,8 +201,7 @@ class LabCloud:
             server_id=str(uuid.UUID(int=self._rng.getrandbits(128))),
             name=f"{self.name_prefix}-{seq:02d}-{_short_id(self._rng)}",
             ip=self.addresses.take(),
-            # the resource's creation time; a counter breaks ties the way time would
-            created_at=self.clock() + seq * 1e-6,
+            created_at=self.clock(),  # the resource's creation time
             status="BUILD",
         )
 
@@ -343,7 +351,8 @@ class LabCloud:
                     "",
                     f"batch {number}/{len(batches)}: {size} members, {count} on the new"
                     f" definition: {', '.join(f'{a.name} by {b.name}' for a, b in plan.replaced)}"
-                    f"{' +' + ', '.join(m.name for m in plan.created) if plan.created else ''}",
+                    f"{' +' + ', '.join(m.name for m in plan.created) if plan.created else ''}"
+                    f"{' -' + ', '.join(m.name for m in plan.deleted) if plan.deleted else ''}",
                 )
                 self._carry_out(plan)
                 with self._lock:
