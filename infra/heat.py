@@ -245,9 +245,13 @@ class AutoScalingGroup:
     `resize(desired_capacity or current size)`, so a set value would shrink a group the
     alarm had grown, deleting members without a leave, at every stack update; without it
     the group starts at `min_size`, the agents grow it to `capacity`, and an update keeps
-    its size. `min_in_service` 0 with batches of one: a rolling update replaces one member
-    at a time without first growing the group by one (which, at capacity = min_in_service,
-    Heat does, and ends deleting a member)."""
+    its size. Batches of one with `min_in_service` at `max_size` (any size the group may
+    have): Heat's `next_batch` then grows the group by one new member first, replaces one
+    old member per batch after it, and ends by deleting the last original (batches (4, 1),
+    (4, 1), (4, 1), (3, 0) for three). While a replacement installs and joins (minutes
+    with a plain image), the cluster so keeps three voters of three or four, and can lose
+    one more member; with `min_in_service` 0 (batches (3, 1) x 3) it runs on two voters
+    from the removal of the deleted member until the replacement votes, and cannot."""
 
     member: Server
     min_size: int
@@ -491,7 +495,7 @@ class ClusterTemplate:
                 max_size=s.max_cluster,
                 cooldown=s.scaleupcooldown,
                 max_batch_size=1,
-                min_in_service=0,
+                min_in_service=s.max_cluster,
                 pause_time=rolling_pause(s),
                 depends_on=bundle,
             ).to_hot(),

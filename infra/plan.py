@@ -169,7 +169,8 @@ def plan(old: Render, new: Render) -> Plan:
         out.replaces_members = True
         out.lines.append(
             f"members: every member replaced, one at a time, {pause} s apart (Heat's rolling"
-            f" update; {size} members: about {int(new_group.get('max_size', 1)) * pause // 60}"
+            " update: one new member first, then each old one replaced, the last original"
+            f" deleted; {size} members: about {int(new_group.get('max_size', 1)) * pause // 60}"
             f" minutes at most), for {' and '.join(reasons)}"
         )
     for key in ("min_size", "max_size", "cooldown"):

@@ -67,6 +67,8 @@ SCENARIO_NAMES = [
     "nospace",
     "disaster",
     "rolling-update",
+    "rolling-update-grown",
+    "rolling-update-fault",
 ]
 """lab.scenarios.SCENARIOS, named here so that `--help` imports no lab."""
 

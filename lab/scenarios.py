@@ -62,7 +62,12 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
   lab's Heat rolls the group (Heat's `_replace`: one member per batch, the new server up
   before the old is deleted, `pause_time` between): every server replaced, the size kept,
   quorum never lost, no acknowledged write lost, etcdctl sees the same cluster on new
-  servers.
+  servers. The leader is never on the server Heat deletes next (its agent moves it).
+- rolling-update-grown: the same roll of a group the load grew to `max_cluster`: the
+  grown size is kept through the roll.
+- rolling-update-fault: the same roll with an original member's node killed (kill -9; a
+  follower if one is, not the next Heat replaces) once the first new member votes: quorum
+  kept through the batches that follow.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from agent.decide import quorum
 from agent.etcd import EtcdClient, EtcdError
 from infra import heat
 from infra.settings import StackSettings, backup_container
+from lab.cloud.heat import Member
 from lab.cluster import Lab, Sample, network_for
 from lab.display import Display
 from lab.events import Event
@@ -633,7 +639,7 @@ def skewed(run: Run) -> None:
     lab.set_demand(40.0 * stack.max_cluster)
     lab.cloud.update(stack.max_cluster)
     grown = run.grow_to(stack.max_cluster, "growth")
-    oldest = min(lab.cloud.members(), key=lambda m: (m.created_at, m.name)).name
+    oldest = min(lab.cloud.members(), key=Member.sort_key).name
     run.phase(f"{oldest} (the oldest) {SKEWED_BUSY:g} % busy, the others idle")
     lab.pin_load(oldest, SKEWED_BUSY)
     lab.set_demand(0)
@@ -757,8 +763,68 @@ def _restore_line(lab: Lab) -> tuple[Node, str] | None:
     return None
 
 
-def rolling_update(run: Run) -> None:
+def rolling_update_grown(run: Run) -> None:
+    """The roll of a group the load grew past `capacity` (to `max_cluster`): every member
+    replaced, and the group keeps its grown size (no `desired_capacity` to reset it to)."""
+    grown = run.stack.max_cluster
+    run.phase(f"the group grows to {grown} (max_cluster), everyone busy")
+    run.lab.set_demand(40.0 * grown)
+    run.lab.cloud.update(grown)
+    ok = run.settle(grown, 2 * run.timings.join_time, f"{grown} members")
+    run.check("the group grew to max_cluster", ok, f"{grown} members: {ok}")
+    if not ok:
+        return
+    rolling_update(run, size=grown)
+    t = run.timings
+    run.phase("the load falls: back to capacity")
+    run.lab.set_demand(5.0 * run.stack.capacity)
+    back = run.settle(
+        run.stack.capacity,
+        t.downmetric_window + (grown - run.stack.capacity + 1) * 1.6 * t.scaledownperiod + 30,
+        "back to capacity",
+    )
+    run.check("the group shrank back to capacity", back, f"{run.stack.capacity} members: {back}")
+
+
+def rolling_update_fault(run: Run) -> None:
+    """The roll with a member lost during it: once the first batch's new member votes, the
+    node of an original member (not the next Heat replaces; a follower if one is) is
+    killed (kill -9). Heat's next batches delete live old servers all the same: the extra member
+    the roll starts with keeps a quorum through each delete."""
+    rolling_update(run, fault=True)
+
+
+def _crash_during_roll(run: Run, start: float, originals: list[str]) -> None:
+    lab, t = run.lab, run.timings
+    joined = lab.wait_for(
+        lambda s: any(e.t >= start for e in lab.events.of("joined")),
+        2 * t.join_time + 30.0,
+        "the first batch's member a voter",
+    )
+    sample = lab.latest()
+    ordered = [m.name for m in sorted(lab.cloud.members(), key=Member.sort_key)]
+    old = [n for n in ordered if n in originals]
+    # not the next Heat replaces (its delete would follow anyway); a follower if one is
+    leader = sample.leader if sample is not None else None
+    victims = sorted(old[1:], key=lambda n: n == leader)
+    if not joined or not victims:
+        run.check("a member was lost during the roll", False, f"joined {joined}; {old}")
+        return
+    victim = victims[0]
+    role = "the leader" if victim == leader else "a follower"
+    run.phase(f"kill -9 of {victim}'s node during the roll (an original member, {role})")
+    at = run.now
+    lab.crash(victim)
+    removed = lab.wait_removed(
+        [victim], (t.dead_member_periods + 4) * t.lockattemptperiod + 10.0, "removal"
+    )
+    run.faults.append(Fault("kill", at, run.now, (victim,)))
+    run.check("the lost member was removed during the roll", removed, f"{victim}: {removed}")
+
+
+def rolling_update(run: Run, size: int | None = None, *, fault: bool = False) -> None:
     lab, t, stack = run.lab, run.timings, run.stack
+    size = size or stack.capacity
     outside = Etcdctl(tls=lab.client_tls)
     before = outside.look(lab.endpoints())
     originals = sorted(m.name for m in lab.cloud.members())
@@ -774,10 +840,12 @@ def rolling_update(run: Run) -> None:
     template = lab.template(lab.stack)
     updates = template["resources"][heat.GROUP]["properties"]["rolling_updates"]
     pause = float(updates["pause_time"])
+    if fault:
+        _crash_during_roll(run, start, originals)
     done = lab.wait_for(
         lambda s: (
             not lab.cloud.group.in_progress
-            and lab.settled(s, stack.capacity)
+            and lab.settled(s, size)
             and not {n.name for n in s.nodes} & set(originals)
         ),
         len(originals) * (pause + 2 * t.join_time) + 30.0,
@@ -786,12 +854,16 @@ def rolling_update(run: Run) -> None:
     after = outside.look(lab.endpoints())
     batches = [e for e in lab.events.of("rolling-update") if e.t >= start and "batch" in e.detail]
     gaps = [b.t - a.t for a, b in itertools.pairwise(batches)]
+    # Heat's batches at min_in_service >= size: one new member first, each old one replaced
+    # after it, the last original deleted: (size + 1, 1) x size, then (size, 0)
+    planned = [f"{size + 1} members, 1 on"] * len(originals) + [f"{size} members, 0 on"]
     run.check(
         "every server replaced, one batch at a time, pause_time apart, the size kept",
         done
-        and len(batches) == len(originals)
         and all(gap >= pause - 0.5 for gap in gaps)
-        and all(f"{stack.capacity} members, 1 on" in b.detail for b in batches),
+        # a member lost meanwhile changes Heat's batches (it goes first): not counted then
+        and (fault or len(batches) == len(planned))
+        and (fault or all(want in b.detail for want, b in zip(planned, batches, strict=False))),
         f"{len(batches)} batches in {run.now - start:.1f}s (pause_time {pause:.1f}s):"
         f" {[b.detail[:60] for b in batches]}",
     )
@@ -799,18 +871,22 @@ def rolling_update(run: Run) -> None:
     run.check(
         "etcdctl: the same cluster, its members all on new servers",
         done
-        and len(new_names) == stack.capacity
+        and len(new_names) == size
         and not new_names & set(originals)
         and after.cluster_ids() == before.cluster_ids(),
         f"before {sorted(before.cluster_ids())} {originals}; after"
         f" {sorted(after.cluster_ids())} {sorted(new_names)}",
     )
-    run.checks.append(one_healthy_cluster(after, stack.capacity))
+    run.checks.append(one_healthy_cluster(after, size))
     run.outside_writes = True
     # the roll's figures: per member, from its batch to its replacement a voter; what the
     # writer felt over the whole roll; polls that saw no healthy quorum (must be none)
     joined = [e for e in lab.events.of("joined") if e.t >= start]
-    per_member = [min((j.t for j in joined if j.t >= b.t), default=math.nan) - b.t for b in batches]
+    per_member = [
+        min((j.t for j in joined if j.t >= b.t), default=math.nan) - b.t
+        for b in batches
+        if ", 0 on" not in b.detail  # the last batch only deletes
+    ]
     end = run.now
     felt = stall(run.writer.puts, start, end, run.writer.timeout) if run.writer else None
     polls = [s for s in lab.samples if start <= s.t <= end]
@@ -1067,6 +1143,8 @@ SCENARIOS: dict[str, Scenario] = {
     "nospace": nospace,
     "disaster": disaster,
     "rolling-update": rolling_update,
+    "rolling-update-grown": rolling_update_grown,
+    "rolling-update-fault": rolling_update_fault,
 }
 
 

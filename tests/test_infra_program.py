@@ -201,7 +201,8 @@ def test_dev_group_sizes_cooldowns_and_policies_follow_the_settings(dev):
     # a new group to `capacity`)
     assert "desired_capacity" not in group
     rolling = group["rolling_updates"]
-    assert (rolling["max_batch_size"], rolling["min_in_service"]) == (1, 0)
+    # a roll grows the group by one first, whatever its size (min_in_service >= max_size)
+    assert (rolling["max_batch_size"], rolling["min_in_service"]) == (1, group["max_size"])
     assert rolling["pause_time"] == heat.rolling_pause(s) >= 900 + 6 * 10
     assert group["cooldown"] == s.scaleupcooldown
     up = dev.template["resources"][heat.SCALE_UP]["properties"]

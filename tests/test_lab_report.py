@@ -110,6 +110,19 @@ GROUP = "the group holds exactly the members"
 ONE = "one cluster at the end (no split brain)"
 
 
+def _roll(start: float, end: float) -> list[Event]:
+    """A roll from `start` whose last deleted member the agents removed at `end`."""
+    return [
+        Event(start, "rolling-update", "", "batch 1/4: 6 members, 1 on the new definition"),
+        Event(end - 0.2, "rolling-update", "", "done"),
+        Event(end, "removed", "n0", "6 members"),
+    ]
+
+
+def test_max_cluster_plus_one_inside_a_rolling_update_is_within_bounds():
+    assert verdicts(facts(samples=_grown(6), events=_roll(1.5, 2.5)))[BOUNDS]
+
+
 def _grown(n: int) -> list[Sample]:
     names = tuple(f"n{i}" for i in range(n))
     return [sample(2.0, names), sample(3.0)]
@@ -119,6 +132,10 @@ def _grown(n: int) -> list[Sample]:
     ("changes", "broken"),
     [
         ({"samples": _grown(6)}, BOUNDS),  # six voters with max_cluster 5
+        # one more only inside a rolling update (Heat adds it): seven is too many even then
+        ({"samples": _grown(7), "events": _roll(1.5, 2.5)}, BOUNDS),
+        # six after the roll's end is the agents' doing again
+        ({"samples": _grown(6), "events": _roll(0.5, 1.5)}, BOUNDS),
         ({"samples": [sample(2.0, ("a", "b"))]}, BOUNDS),  # ends below capacity
         ({"final_settled": False}, BOUNDS),
         (
