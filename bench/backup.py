@@ -31,7 +31,6 @@ from agent.backup import Backups
 from agent.cloud_openstack import OpenStackGroup
 from agent.etcd import EtcdClient, EtcdError
 from agent.etcd_server import SubprocessEtcd, client_url, etcd_config, peer_url, write_config
-from agent.httpclient import Http
 from agent.restore import restore_here
 from agent.settings import AgentSettings, BackupSettings, EtcdSettings, OpenStackCloud
 from agent.snapshot import Member as EtcdMember
@@ -39,11 +38,10 @@ from agent.snapshot import NodeIdentity
 from agent.swift import SwiftStore
 from bench.rows import Row, check, figure
 from lab.cloud.heat import Member, Policy
-from lab.cloud.keystone import Endpoint
 from lab.cloud.openstack import SCALE_DOWN, SCALE_UP, AddressPool, LabCloud
 from lab.cluster import pick_prefix
 from lab.events import EventLog
-from lab.swift import SwiftServer
+from lab.swift import SwiftServer, start_beside
 
 SECTION = "backups (snapshot to Swift, restore, defragmentation)"
 CONTAINER = "bench-etcd-backups"
@@ -190,23 +188,15 @@ def _one_size(root: Path, binary: str, size: int) -> list[Row]:
         background=False,
     )
     cloud.serve(f"{prefix}.1")
-    swift = SwiftServer(root / "swift", f"{prefix}.1", cloud.auth_url, cloud.keystone.project_id)
+    swift: SwiftServer | None = None
     cluster = _Cluster(root, binary, prefix)
     writer: _Writer | None = None
     restored: SubprocessEtcd | None = None
     try:
-        url = swift.start()
-        cloud.keystone.endpoints.append(
-            Endpoint("object-store", "swift", "public", "RegionOne", url)
+        started = start_beside(
+            cloud.keystone, cloud.auth_url, root / "swift", f"{prefix}.1", CONTAINER, "bench"
         )
-        credential = cloud.keystone.add_credential("bench")
-        token = cloud.keystone.issue(credential).id
-        with Http() as http:
-            made = http.request(
-                "PUT", f"{url}/{CONTAINER}", headers={"X-Auth-Token": token}, timeout=10
-            )
-        if made.status_code not in (201, 202):
-            raise RuntimeError(f"bench backups: container: HTTP {made.status_code}")
+        swift, credential = started.server, started.credential
         cloud_settings = OpenStackCloud(
             auth_url=cloud.auth_url,
             application_credential_id=credential.id,
@@ -276,7 +266,8 @@ def _one_size(root: Path, binary: str, size: int) -> list[Row]:
             writer.stop.set()
         # every one stopped, whatever another's stop raised (Swift's servers run in
         # sessions of their own: nothing else would stop them)
-        for stop in (restored.stop if restored else None, cluster.stop, swift.stop, cloud.stop):
+        stops = (restored.stop if restored else None, cluster.stop, swift and swift.stop)
+        for stop in (*stops, cloud.stop):
             if stop is None:
                 continue
             try:

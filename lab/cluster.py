@@ -28,8 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import requests
-
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdClient, EtcdError
 from agent.files import atomic_write
@@ -326,21 +324,20 @@ class Lab:
         """The stack's backups go to Swift: a real one (lab/swift.py) beside the cloud, named
         in Keystone's catalog, with the container the program creates (an operator's call,
         as Pulumi's `openstack.objectstorage.Container` makes it). Its URL."""
-        from lab.cloud.keystone import Endpoint
-        from lab.swift import SwiftServer
+        from lab.swift import start_beside
 
         host = self.net.cloud_ip if self.net is not None else f"{self.prefix}.1"
-        keystone = self.cloud.keystone
-        self.swift = SwiftServer(
-            self.root / "swift", host, self.cloud.auth_url, keystone.project_id
-        )
-        url = self.swift.start()
-        keystone.endpoints.append(Endpoint("object-store", "swift", "public", "RegionOne", url))
-        token = keystone.issue(keystone.add_credential("operator")).id
         container = backup_container(self.cluster_name)
-        answer = requests.put(f"{url}/{container}", headers={"X-Auth-Token": token}, timeout=10)
-        if answer.status_code not in (201, 202):
-            raise RuntimeError(f"the lab's Swift: container {container}: {answer.status_code}")
+        swift = start_beside(
+            self.cloud.keystone,
+            self.cloud.auth_url,
+            self.root / "swift",
+            host,
+            container,
+            "operator",
+        )
+        self.swift = swift.server
+        url, token = swift.url, swift.token
         self.swift_access = (url, token)
         self.events.add("lab", "", f"Swift at {url}, container {container}")
         return url

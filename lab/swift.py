@@ -46,7 +46,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+from lab.cloud.keystone import AppCredential, Endpoint, Keystone
 
 SWIFT_CONF = Path("/etc/swift/swift.conf")
 SERVERS = ("account", "container", "object", "proxy")
@@ -379,3 +382,45 @@ class SwiftServer:
 
 class _PortTaken(RuntimeError):
     pass
+
+
+@dataclass
+class CatalogedSwift:
+    """A started Swift that a lab cloud's Keystone names (`start_beside`)."""
+
+    server: SwiftServer
+    url: str
+    """The project's account, http://<host>:<port>/v1/AUTH_<project>."""
+    credential: AppCredential
+    """The credential that made the container (an operator's, unrestricted)."""
+    token: str
+    """A token of `credential`."""
+
+
+def start_beside(
+    keystone: Keystone, auth_url: str, workdir: Path, host: str, container: str, who: str
+) -> CatalogedSwift:
+    """A real Swift beside a lab cloud: started on `host`, named in its Keystone's catalog
+    (`object-store`, as a cloud's is), and `container` made with a token of a new
+    credential `who`, as the program's `openstack.objectstorage.Container` makes it. Stop
+    it with `.server.stop()` (it is stopped here if the container cannot be made)."""
+    server = SwiftServer(workdir, host, auth_url, keystone.project_id)
+    url = server.start()
+    try:
+        keystone.endpoints.append(Endpoint("object-store", "swift", "public", "RegionOne", url))
+        credential = keystone.add_credential(who)
+        token = keystone.issue(credential).id
+        request = urllib.request.Request(
+            f"{url}/{container}", method="PUT", headers={"X-Auth-Token": token}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        if status not in (201, 202):
+            raise RuntimeError(f"Swift at {url}: container {container}: HTTP {status}")
+    except BaseException:
+        server.stop()
+        raise
+    return CatalogedSwift(server, url, credential, token)

@@ -29,8 +29,7 @@ from agent.backup import BackupRecord, Backups, check_snapshot, restore_data_dir
 from agent.settings import BackupSettings
 from agent.status import cluster_status, render
 from agent.swift import SwiftStore
-from lab.cloud.keystone import Endpoint
-from lab.swift import SwiftServer
+from lab.swift import start_beside
 from tests.agent_lab import start_initial
 from tests.etcd_cluster import wait_until
 from tests.tools import TokenAccess, need, need_etcd
@@ -49,19 +48,20 @@ def swift_lab(make_agent_lab, tmp_path):
     for server in ("swift-proxy-server", "swift-object-server"):
         need(server)
     lab = make_agent_lab()
-    keystone = lab.cloud.keystone
-    swift = SwiftServer(tmp_path / "swift", "127.0.0.1", lab.cloud.auth_url, keystone.project_id)
-    url = swift.start()
+    swift = start_beside(
+        lab.cloud.keystone,
+        lab.cloud.auth_url,
+        tmp_path / "swift",
+        "127.0.0.1",
+        CONTAINER,
+        "operator",
+    )
     try:
-        keystone.endpoints.append(Endpoint("object-store", "swift", "public", "RegionOne", url))
-        token = keystone.issue(keystone.add_credential("operator")).id
-        answer = requests.put(f"{url}/{CONTAINER}", headers={"X-Auth-Token": token}, timeout=10)
-        assert answer.status_code in (201, 202), answer.text
         lab.backup = {"kind": "swift", "period": 3.0, "keep": 2, "container": CONTAINER}
-        lab.swift, lab.swift_url, lab.swift_token = swift, url, token
+        lab.swift, lab.swift_url, lab.swift_token = swift.server, swift.url, swift.token
         yield lab
     finally:
-        swift.stop()
+        swift.server.stop()
 
 
 def listing(lab) -> list[dict]:
