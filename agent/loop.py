@@ -231,7 +231,7 @@ class Agent:
                     # a moment): asked once more before it counts against this node
                     if again or not error.unavailable:
                         break
-                    time.sleep(UNAVAILABLE_RETRY)
+                    self.sleep(UNAVAILABLE_RETRY)
             if members is None:
                 continue
             own_ok = endpoints == [self.own_url()]
@@ -693,6 +693,10 @@ class Agent:
         if me is None or upcoming is None or upcoming.name != self.me.name:
             return ""
         if not whole(snapshot) or snapshot.defragmenting or snapshot.join_lock_holder:
+            return ""
+        if len(snapshot.voters) < 3:
+            # two voters lose quorum with either server, and the one follower may be the
+            # member the upkeep handed leadership to, waiting for its defragmentation
             return ""
         voters = {
             m.name: m for m in snapshot.voters if m.id != me.id and m.healthy and m.client_urls

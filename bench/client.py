@@ -99,7 +99,9 @@ def _leave(lab: Lab, leader_first: bool, writer: Writer) -> tuple[Stall, str]:
     offset = time.time() - lab.events.now()
     start = float(record["lock_time"]) - offset
     probe.wait_until(lab, lambda: lab.events.now() > start + 3.0, 5.0)
-    role = "leader" if leader_first else "follower"
+    # its agent moves leadership off the server Heat deletes next within a cycle: the
+    # leave itself is then a follower's (README, "The agent")
+    role = "made the leader first" if leader_first else "follower"
     note = f"{oldest} ({role}{'' if moved else ', not arranged'}): {record['reason'][:80]}"
     return stall(writer.puts, start, start + 3.0, PUT_TIMEOUT), note
 

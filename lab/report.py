@@ -72,22 +72,33 @@ class RunFacts:
         return any(f.start <= t <= f.end + grace for f in self.faults)
 
     def rolling(self, t: float) -> bool:
-        """Inside a rolling update: from its first batch to the agents' removal of the
-        member whose server its last batch deleted. Heat's batches add a member before
-        they replace one (`min_in_service` at `max_cluster`), so the cluster may hold
-        `max_cluster` + 1 voters then, by Heat's doing, not the agents'."""
+        """Inside a rolling update: from its first batch until it is done and the agents
+        have removed the member whose server its last batch deleted (at `done` if that one
+        had left already). Heat's batches add a member before they replace one
+        (`min_in_service` at `max_cluster`), so the cluster may hold `max_cluster` + 1
+        voters then, by Heat's doing, not the agents'."""
+        return any(start <= t <= end for start, end in self._rolls())
+
+    def _rolls(self) -> list[tuple[float, float]]:
+        rolls: list[tuple[float, float]] = []
         start: float | None = None
-        ended = False
+        last_deleted: list[str] = []
         for event in self.events:
-            if event.kind == "rolling-update" and event.detail.startswith("batch 1/"):
-                start, ended = event.t, False
-            elif event.kind == "rolling-update" and event.detail == "done":
-                ended = True
-            elif event.kind == "removed" and ended and start is not None:
-                if start <= t <= event.t:
-                    return True
-                start, ended = None, False
-        return start is not None and t >= start
+            if event.kind != "rolling-update":
+                continue
+            if event.detail.startswith("batch 1/"):
+                start = event.t
+            if event.detail.startswith("batch ") and " -" in event.detail:
+                last_deleted = [n.strip() for n in event.detail.split(" -", 1)[1].split(",")]
+            if event.detail == "done" and start is not None:
+                removed = [
+                    e.t for e in self.events if e.kind == "removed" and e.node in last_deleted
+                ]
+                rolls.append((start, max([event.t, *(r for r in removed if r >= start)])))
+                start, last_deleted = None, []
+        if start is not None:
+            rolls.append((start, float("inf")))
+        return rolls
 
 
 def quorum(voters: int) -> int:

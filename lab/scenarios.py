@@ -764,8 +764,9 @@ def _restore_line(lab: Lab) -> tuple[Node, str] | None:
 
 
 def rolling_update_grown(run: Run) -> None:
-    """The roll of a group the load grew past `capacity` (to `max_cluster`): every member
-    replaced, and the group keeps its grown size (no `desired_capacity` to reset it to)."""
+    """The roll of a group grown past `capacity` to `max_cluster` (an operator's resize,
+    the load kept high so that nobody leaves): every member replaced, and the group keeps
+    its grown size (no `desired_capacity` to reset it to), then shrinks back."""
     grown = run.stack.max_cluster
     run.phase(f"the group grows to {grown} (max_cluster), everyone busy")
     run.lab.set_demand(40.0 * grown)
@@ -879,6 +880,19 @@ def rolling_update(run: Run, size: int | None = None, *, fault: bool = False) ->
     )
     run.checks.append(one_healthy_cluster(after, size))
     run.outside_writes = True
+    # Heat's deletes are hard power-offs: the leader's agent moved leadership off each of
+    # those servers first (the last sample before each delete names another leader)
+    deletes = [e for e in lab.events.of("delete") if e.t >= start]
+    led = []
+    for event in deletes:
+        seen = [s for s in lab.samples if s.t < event.t and s.leader]
+        if seen and seen[-1].leader == event.node:
+            led.append(event.node)
+    run.check(
+        "no server Heat deleted led the cluster",
+        bool(deletes) and not led,
+        f"{len(deletes)} deletes; the leader's: {led or 'none'}",
+    )
     # the roll's figures: per member, from its batch to its replacement a voter; what the
     # writer felt over the whole roll; polls that saw no healthy quorum (must be none)
     joined = [e for e in lab.events.of("joined") if e.t >= start]

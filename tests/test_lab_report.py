@@ -110,17 +110,24 @@ GROUP = "the group holds exactly the members"
 ONE = "one cluster at the end (no split brain)"
 
 
-def _roll(start: float, end: float) -> list[Event]:
-    """A roll from `start` whose last deleted member the agents removed at `end`."""
+def _roll(start: float, end: float, done: float | None = None) -> list[Event]:
+    """A roll from `start`, done at `done` (`end` by default); the agents removed the member
+    whose server its last batch deleted at `end`."""
+    done = end if done is None else done
     return [
         Event(start, "rolling-update", "", "batch 1/4: 6 members, 1 on the new definition"),
-        Event(end - 0.2, "rolling-update", "", "done"),
-        Event(end, "removed", "n0", "6 members"),
+        Event(
+            done - 0.1, "rolling-update", "", "batch 4/4: 5 members, 0 on the new definition: -n0"
+        ),
+        Event(done, "rolling-update", "", "done"),
+        Event(end, "removed", "n0", "5 members"),
     ]
 
 
 def test_max_cluster_plus_one_inside_a_rolling_update_is_within_bounds():
     assert verdicts(facts(samples=_grown(6), events=_roll(1.5, 2.5)))[BOUNDS]
+    # and after `done`, until the member whose server the last batch deleted is removed
+    assert verdicts(facts(samples=_grown(6), events=_roll(0.5, 2.5, done=1.5)))[BOUNDS]
 
 
 def _grown(n: int) -> list[Sample]:
