@@ -690,7 +690,7 @@ class Agent:
         wait out an election. Moved between batches (during `pause_time`), it is not."""
         me = snapshot.my_member
         upcoming = heats_next(snapshot)
-        if me is None or upcoming is None or upcoming.name != self.me.name:
+        if me is None or not me.is_leader or upcoming is None or upcoming.name != self.me.name:
             return ""
         if not whole(snapshot) or snapshot.defragmenting or snapshot.join_lock_holder:
             return ""
