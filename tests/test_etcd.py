@@ -629,8 +629,15 @@ def test_nospace_is_seen_excluded_from_health_and_cleared_by_compact_defrag_disa
     alarms = client.alarms()
     assert alarms and {a for _, a in alarms} == {"NOSPACE"}
     for node in cluster.nodes:
-        plain = requests.get(node.client_url + "/health", timeout=2)
-        assert plain.status_code == 503  # etcd's own /health: false while an alarm is raised
+        # etcd's own /health: false while an alarm is raised, on each member once it has
+        # applied the alarm (a follower may answer a moment after the leader)
+        assert wait_until(
+            lambda node=node: (
+                requests.get(node.client_url + "/health", timeout=2).status_code == 503
+            ),
+            timeout=5,
+            message=f"{node.client_url}/health 503",
+        )
         assert client.url_healthy(node.client_url)  # the agent's: alive, a leader, reads
     # ... but not without a quorum: two of three stopped, the third is not healthy
     survivor, *stopped = cluster.nodes
