@@ -7,7 +7,7 @@ passes everything in a `Snapshot`, so every rule is a table test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -451,15 +451,27 @@ def heat_order(nodes: tuple[CloudNode, ...] | list[CloudNode]) -> list[CloudNode
     )
 
 
+def running_in_heat_order(snapshot: Snapshot) -> list[CloudNode]:
+    """The group's ACTIVE servers, in Heat's order (`heat_order`): the first is the one a
+    scale-down removes, the last the one Heat deletes last."""
+    return heat_order([n for n in snapshot.cloud_nodes or () if n.status == "ACTIVE"])
+
+
+def last_to_go(snapshot: Snapshot, names: Iterable[str]) -> str | None:
+    """Of `names`, the one whose running server Heat deletes last (None: none runs)."""
+    wanted = set(names)
+    last_first = reversed(running_in_heat_order(snapshot))
+    return next((n.name for n in last_first if n.name in wanted), None)
+
+
 def heats_next(snapshot: Snapshot) -> CloudNode | None:
     """The running server Heat deletes next: the oldest ACTIVE one, unless a member is
     FAILED (that one goes first). A scale-down removes it; a rolling update replaces it
     next (every member not yet replaced is older than every replaced one), deleting its
     server as soon as the replacement is ACTIVE."""
-    nodes = snapshot.cloud_nodes
-    if not nodes or any(n.status == "FAILED" for n in nodes):
+    if any(n.status == "FAILED" for n in snapshot.cloud_nodes or ()):
         return None
-    active = heat_order([n for n in nodes if n.status == "ACTIVE"])
+    active = running_in_heat_order(snapshot)
     return active[0] if active else None
 
 
@@ -476,7 +488,7 @@ def _not_heats_next(snapshot: Snapshot) -> str | None:
     others = [n for n in snapshot.cloud_nodes if n.status in ("FAILED", "BUILD")]
     if others:
         return f"{others[0].name} is {others[0].status}; the group settles first"
-    active = heat_order([n for n in snapshot.cloud_nodes if n.status == "ACTIVE"])
+    active = running_in_heat_order(snapshot)
     if not active or active[0].name != snapshot.me.name:
         oldest = active[0].name if active else "none"
         return f"Heat removes the oldest server ({oldest}) first, not this one"

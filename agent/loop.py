@@ -23,8 +23,8 @@ from agent.decide import (
     MAKE_LOCK,
     Action,
     decide,
-    heat_order,
     heats_next,
+    last_to_go,
     next_failmarker,
     reading_fresh_for,
     starting_over,
@@ -675,10 +675,8 @@ class Agent:
         """The follower whose server Heat deletes last (None: the group unread): where the
         upkeep hands leadership, so that `_off_heats_next` has no reason to move it on (and
         back to the member waiting for its defragmentation)."""
-        running = [n for n in snapshot.cloud_nodes or () if n.status == "ACTIVE"]
-        rank = {n.name: i for i, n in enumerate(heat_order(running))}
-        followers = [s for s in statuses if not s.is_leader and s.name in rank]
-        return max(followers, key=lambda s: rank[s.name]) if followers else None
+        name = last_to_go(snapshot, (s.name for s in statuses if not s.is_leader))
+        return next((s for s in statuses if s.name == name), None)
 
     def _off_heats_next(self, snapshot: Snapshot) -> str:
         """The leader's agent, while the cluster is whole: when its own server is the one
@@ -701,11 +699,10 @@ class Agent:
         voters = {
             m.name: m for m in snapshot.voters if m.id != me.id and m.healthy and m.client_urls
         }
-        running = [n for n in snapshot.cloud_nodes or () if n.status == "ACTIVE"]
-        last_first = reversed(heat_order(running))
-        target = next((voters[n.name] for n in last_first if n.name in voters), None)
-        if target is None:
+        name = last_to_go(snapshot, voters)
+        if name is None:
             return ""
+        target = voters[name]
         return self._move_leadership(
             target,
             " (on the server Heat deletes last): this server is the one Heat deletes next",

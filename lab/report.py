@@ -71,15 +71,12 @@ class RunFacts:
     def in_fault(self, t: float, grace: float = 0.0) -> bool:
         return any(f.start <= t <= f.end + grace for f in self.faults)
 
-    def rolling(self, t: float) -> bool:
-        """Inside a rolling update: from its first batch until it is done and the agents
+    def rolls(self) -> list[tuple[float, float]]:
+        """The rolling updates, each from its first batch until it is done and the agents
         have removed the member whose server its last batch deleted (at `done` if that one
         had left already). Heat's batches add a member before they replace one
         (`min_in_service` at `max_cluster`), so the cluster may hold `max_cluster` + 1
         voters then, by Heat's doing, not the agents'."""
-        return any(start <= t <= end for start, end in self._rolls())
-
-    def _rolls(self) -> list[tuple[float, float]]:
         rolls: list[tuple[float, float]] = []
         start: float | None = None
         last_deleted: list[str] = []
@@ -120,7 +117,12 @@ def common_invariants(facts: RunFacts) -> list[Invariant]:
 def _members_in_bounds(facts: RunFacts) -> Invariant:
     after = [s for s in facts.samples if s.t >= facts.settled_at and s.members is not None]
     most = max((s.voters for s in after), default=0)
-    over = [s for s in after if s.voters > facts.max_cluster + (1 if facts.rolling(s.t) else 0)]
+    rolls = facts.rolls()  # once, not per sample
+
+    def bound(t: float) -> int:
+        return facts.max_cluster + (1 if any(a <= t <= b for a, b in rolls) else 0)
+
+    over = [s for s in after if s.voters > bound(s.t)]
     final = after[-1].voters if after else 0
     ok = bool(after) and not over and facts.capacity <= final <= facts.max_cluster
     return Invariant(
