@@ -790,8 +790,8 @@ def rolling_update_grown(run: Run) -> None:
 def rolling_update_fault(run: Run) -> None:
     """The roll with a member lost during it: once the first batch's new member votes, the
     node of an original member (not the next Heat replaces; a follower if one is) is
-    killed (kill -9). Heat's next batches delete live old servers all the same: the extra member
-    the roll starts with keeps a quorum through each delete."""
+    killed (kill -9). Its agents remove it and mark it unhealthy, so Heat's next batch
+    replaces it first (FAILED members go first); the quorum holds through each delete."""
     rolling_update(run, fault=True)
 
 
