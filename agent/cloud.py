@@ -35,6 +35,12 @@ class Cloud(Protocol):
         """Mark the group member backed by server `node_id` unhealthy (Heat: FAILED)."""
         ...
 
+    def member_ready(self, node_id: str, reason: str) -> bool:
+        """Signal the wait condition of the member stack holding server `node_id`: its
+        server is a healthy voter (Heat then counts the member made). False when the member
+        has no wait condition (a server of an older template)."""
+        ...
+
     def scale_down(self) -> None:
         """Signal the scale-down policy (-1); Heat then deletes FAILED members first."""
         ...

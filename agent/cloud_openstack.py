@@ -39,6 +39,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ class OpenStackGroup:
         self._token_expires = 0.0
         self._catalog: list[dict[str, Any]] = []
         self._parent: tuple[str, str] | None = None
+        self._group_status = ""
+        """The group resource's status, as last read (`_nested_stack`)."""
 
     # ---- the Cloud interface -------------------------------------------------------------
 
@@ -120,54 +123,83 @@ class OpenStackGroup:
     def group_members(self) -> list[CloudNode]:
         """Every server of the group, from the group's nested stack and Nova.
 
-        - status: FAILED when Heat says `*_FAILED` (a member marked unhealthy is
-          `CHECK_FAILED`) or Nova says ERROR; DELETED when Heat is deleting it or Nova no
-          longer knows it; BUILD while Heat creates it or Nova builds, rebuilds or reboots
-          it; else ACTIVE.
+        A member is either a server (an older template) or a stack of its own holding its
+        server and the wait condition its agent signals (infra.heat.MemberStack): the
+        group's resources are listed with `nested_depth=1`, and a member stack's server
+        is the `OS::Nova::Server` row whose `parent_resource` is the member.
+
+        - status: FAILED when Heat says the member or its server is `*_FAILED` (a member
+          marked unhealthy is `CHECK_FAILED`) or Nova says ERROR; DELETED when Heat is
+          deleting it or Nova no longer knows it; BUILD while Heat creates the server or
+          Nova builds, rebuilds or reboots it; else ACTIVE. A member stack still waiting
+          for its agent's signal is ACTIVE once its server is.
         - initial: True for every member while the nested stack has never been updated
           (its `stack_status` is `CREATE_*` and it has no `updated_time`). The group's
           first creation is the nested stack's CREATE; any later change of the group
           (scale up, scale down, replacement) is an UPDATE of it, after which no member
           counts as initial, so a node that finds no cluster later joins, never bootstraps.
+        - group_updating: the group resource (in the parent stack) is not `*_COMPLETE`:
+          a stack create or update runs (a rolling update, pause_time included) or
+          failed, and Heat's `adjust` drops every scaling signal until one succeeds.
         - created_at: the member resource's `creation_time` (UTC) as a Unix time;
-          resource: its `resource_name` (with it, Heat's order of removal).
+          resource: its `resource_name` (with it, Heat's order of removal). A member stack
+          updated in place keeps both when its server is replaced.
         Members whose server does not exist yet (no `physical_resource_id`) are left out.
         """
-        nested = self._nested_stack()
+        nested, members = self._members()
         initial = str(nested.get("stack_status", "")).startswith("CREATE_") and not nested.get(
             "updated_time"
         )
+        # adjust() acts only on a COMPLETE group resource (a create or update running, or
+        # one that failed, until an update succeeds)
+        updating = bool(self._group_status) and not self._group_status.endswith("_COMPLETE")
         nodes = []
-        for resource in self._nested_resources(nested):
-            server_id = resource.get("physical_resource_id")
-            if not server_id:
-                continue
-            server = self._server(server_id)
+        for member in members:
+            server = self._server(member.server_id)
             nodes.append(
                 CloudNode(
-                    id=server_id,
-                    name=str((server or {}).get("name") or resource.get("resource_name", "")),
+                    id=member.server_id,
+                    name=str((server or {}).get("name") or member.name),
                     ip=_fixed_ipv4(server) if server else None,
-                    status=_status(str(resource.get("resource_status", "")), server),
-                    created_at=_unix_time(resource.get("creation_time")),
+                    status=_status(member.status, server),
+                    created_at=_unix_time(member.created),
                     initial=initial,
-                    resource=str(resource.get("resource_name", "")),
+                    resource=member.name,
+                    group_updating=updating,
                 )
             )
         return nodes
 
     def mark_unhealthy(self, node_id: str, reason: str) -> None:
-        """Heat "Mark a resource as unhealthy" on the group member backed by server `node_id`."""
-        nested = self._nested_stack()
-        members = self._nested_resources(nested, physical_resource_id=node_id)
-        match = [r for r in members if r.get("physical_resource_id") == node_id]
+        """Heat "Mark a resource as unhealthy" on the group member backed by server `node_id`
+        (the member resource: a member stack is replaced whole, with a new wait condition)."""
+        nested, members = self._members()
+        match = [m for m in members if m.server_id == node_id]
         if not match:
             raise CloudError(f"mark unhealthy: server {node_id} is not a member of the group")
-        resource_name = str(match[0]["resource_name"])
+        resource_name = match[0].name
         path = f"{_stack_path(nested)}/resources/{quote(resource_name, safe='')}"
         body = {"mark_unhealthy": True, "resource_status_reason": reason}
         self._call("heat", "PATCH", path, json=body, what="mark unhealthy")
         log.info("marked group member %s (server %s) unhealthy: %s", resource_name, node_id, reason)
+
+    def member_ready(self, node_id: str, reason: str) -> bool:
+        """Heat "Send a signal to a resource": SUCCESS to the wait condition handle in the
+        member stack of server `node_id` (its id is the server's, so a repeated signal
+        counts once). False when the member has no handle (a server of an older
+        template): nothing waits for it."""
+        _, members = self._members()
+        match = [m for m in members if m.server_id == node_id]
+        if not match:
+            raise CloudError(f"member ready: server {node_id} is not a member of the group")
+        member = match[0]
+        if member.handle is None or member.stack_path is None:
+            return False
+        path = f"{member.stack_path}/resources/{quote(member.handle, safe='')}/signal"
+        body = {"status": "SUCCESS", "reason": reason, "data": "", "id": node_id}
+        self._call("heat", "POST", path, json=body, what="member ready signal")
+        log.info("signalled %s of group member %s: %s", member.handle, member.name, reason)
+        return True
 
     def scale_down(self) -> None:
         """Heat "Send a signal to a resource": the scale-down policy (-1, FAILED first)."""
@@ -260,6 +292,7 @@ class OpenStackGroup:
         group = quote(self.settings.group_resource, safe="")
         path = f"/stacks/{quote(name, safe='')}/{stack_id}/resources/{group}"
         resource = _body(self._call("heat", "GET", path, what="show group"), "heat show group")
+        self._group_status = str((resource.get("resource") or {}).get("resource_status", ""))
         nested_id = (resource.get("resource") or {}).get("physical_resource_id")
         if not nested_id:
             raise CloudError(
@@ -278,6 +311,57 @@ class OpenStackGroup:
         if not isinstance(resources, list):
             raise CloudError("heat list group members: no resources list in the answer")
         return [r for r in resources if isinstance(r, dict) and r.get("resource_name")]
+
+    def _members(self) -> tuple[dict[str, Any], list[_GroupMember]]:
+        """The group's nested stack, and its members with their servers (Heat "List
+        resources" with `nested_depth=1`: a member stack's own resources come with
+        `parent_resource`, the member's name, and a `stack` link to that stack)."""
+        nested = self._nested_stack()
+        rows = self._nested_resources(nested, nested_depth="1")
+        group_id = str(nested["id"])
+        top = [r for r in rows if _stack_link(r)[1] in (None, group_id)]
+        inner: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            if _stack_link(row)[1] not in (None, group_id) and row.get("parent_resource"):
+                inner.setdefault(str(row["parent_resource"]), []).append(row)
+        members = []
+        for row in top:
+            name = str(row["resource_name"])
+            status = str(row.get("resource_status", ""))
+            if row.get("resource_type") == "OS::Nova::Server":  # a server of an older template
+                if row.get("physical_resource_id"):
+                    members.append(
+                        _GroupMember(
+                            name,
+                            str(row["physical_resource_id"]),
+                            status,
+                            row.get("creation_time"),
+                            None,
+                            None,
+                        )
+                    )
+                continue
+            own = inner.get(name, [])
+            server = next((r for r in own if r.get("resource_type") == "OS::Nova::Server"), None)
+            if server is None or not server.get("physical_resource_id"):
+                continue
+            handle = next(
+                (r for r in own if r.get("resource_type") == "OS::Heat::WaitConditionHandle"),
+                None,
+            )
+            if not status.endswith("_FAILED") and not status.startswith("DELETE_"):
+                status = str(server.get("resource_status", ""))
+            members.append(
+                _GroupMember(
+                    name,
+                    str(server["physical_resource_id"]),
+                    status,
+                    row.get("creation_time"),
+                    str(handle["resource_name"]) if handle else None,
+                    _stack_link(server)[0],
+                )
+            )
+        return nested, members
 
     # ---- Nova ---------------------------------------------------------------------------
 
@@ -475,6 +559,35 @@ def _body(response: Response, name: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise CloudError(f"{name}: the answer is not a JSON object")
     return body
+
+
+@dataclass(frozen=True)
+class _GroupMember:
+    """A member of the group as Heat lists it: its resource, its server, its handle."""
+
+    name: str
+    server_id: str
+    status: str
+    """Heat's status of the member, or of its server while the member stack is not failed."""
+    created: object
+    """The member resource's `creation_time`."""
+    handle: str | None
+    """The member stack's wait condition handle (None: a server of an older template)."""
+    stack_path: str | None
+    """`/stacks/{name}/{id}` of the member stack."""
+
+
+def _stack_link(row: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(`/stacks/{name}/{id}`, id) of the stack a listed resource is in, from its `stack`
+    link; (None, None) without one."""
+    for link in row.get("links") or []:
+        if isinstance(link, dict) and link.get("rel") == "stack":
+            path = urlsplit(str(link.get("href", ""))).path
+            if "/stacks/" in path:
+                tail = path.rsplit("/stacks/", 1)[1].strip("/").split("/")
+                if len(tail) >= 2:
+                    return f"/stacks/{tail[0]}/{tail[1]}", tail[1]
+    return None, None
 
 
 def _stack_path(stack: dict[str, Any]) -> str:

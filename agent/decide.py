@@ -441,7 +441,8 @@ def heat_order(nodes: tuple[CloudNode, ...] | list[CloudNode]) -> list[CloudNode
     `grouputils.get_members`: FAILED members first, then by the resource's created_time,
     then by resource name. A scale-down's resize keeps the last ones; a rolling update's
     `member_definitions` gives the new definition to the first ones still on the old one
-    (a replaced member gets a new created_time, so it goes to the end). Heat's API shows
+    (a replaced server gets a new created_time, so it goes to the end; a member stack is
+    updated in place and keeps its own, the new server inside it). Heat's API shows
     `creation_time` to the second (and a MySQL DATETIME keeps no more), so two members made
     in the same second are ordered by resource name, as Heat orders them.
     """
@@ -480,11 +481,16 @@ def _not_heats_next(snapshot: Snapshot) -> str | None:
 
     Heat's adjust() counts only members that are not FAILED, and resize() drops
     FAILED members first, then the oldest (grouputils.get_members). So a node can
-    shrink the group by exactly itself only when it is the oldest server and no
-    member is FAILED or still building.
+    shrink the group by exactly itself only when it is the oldest server, no member is
+    FAILED or still building, and the group itself is not being updated (adjust() drops
+    the signal then).
     """
     if snapshot.cloud_nodes is None:
         return "the group's servers could not be listed"
+    if any(n.group_updating for n in snapshot.cloud_nodes):
+        # adjust() refuses while the group is not COMPLETE: the signal would be dropped,
+        # and a roll updates the oldest member in place (its new server is the oldest)
+        return "the group is being updated (a rolling update): Heat drops a scale-down signal"
     others = [n for n in snapshot.cloud_nodes if n.status in ("FAILED", "BUILD")]
     if others:
         return f"{others[0].name} is {others[0].status}; the group settles first"

@@ -91,6 +91,10 @@ MetricReader = Callable[[MetricSettings], MetricReading]
 UNAVAILABLE_RETRY = 0.3
 """s before an "unavailable" answer (no leader yet, a leader changed) is asked again."""
 
+READY_LEADER_WAITS = 3
+"""Cycles a new member's agent holds its ready signal while the leader is on a server
+Heat deletes once it is given (the leader's agent moves leadership off meanwhile)."""
+
 
 def etcd_client_factory(settings: AgentSettings) -> ClientFactory:
     prefix = f"/autoscale-etcd/{settings.cluster_name}"
@@ -152,6 +156,9 @@ class Agent:
         """When this agent's last snapshot failed (the next waits 60 s, doubling with each
         failure in a row up to the period)."""
         self._backup_failures = 0
+        self._ready_said = False
+        """Whether this agent has signalled its member stack's wait condition."""
+        self._ready_waits = 0
 
     # --- identity and config ---------------------------------------------------------
 
@@ -358,6 +365,8 @@ class Agent:
                     if self._leads(snapshot)
                     else ""
                 )
+                if not done and not self._ready_said:
+                    done = self._say_ready(snapshot)
                 backing_up = self._backup_thread is not None and self._backup_thread.is_alive()
                 if not done and not backing_up and self._upgrade_due(snapshot):
                     done = self._upgrade(snapshot)
@@ -688,7 +697,14 @@ class Agent:
         wait out an election. Moved between batches (during `pause_time`), it is not."""
         me = snapshot.my_member
         upcoming = heats_next(snapshot)
-        if me is None or not me.is_leader or upcoming is None or upcoming.name != self.me.name:
+        # a member stack whose server is being replaced lists the new server only: the old
+        # one, this, is deleted once the new one's agent signals (`_say_ready`)
+        replaced = bool(snapshot.cloud_nodes) and not any(
+            n.id == self.me.id for n in snapshot.cloud_nodes or ()
+        )
+        if me is None or not me.is_leader:
+            return ""
+        if not replaced and (upcoming is None or upcoming.name != self.me.name):
             return ""
         if not whole(snapshot) or snapshot.defragmenting or snapshot.join_lock_holder:
             return ""
@@ -703,11 +719,52 @@ class Agent:
         if name is None:
             return ""
         target = voters[name]
-        return self._move_leadership(
-            target,
-            " (on the server Heat deletes last): this server is the one Heat deletes next",
-            "Heat's delete",
+        why = (
+            "this server's member has a new server: Heat deletes this one once that votes"
+            if replaced
+            else "this server is the one Heat deletes next"
         )
+        return self._move_leadership(
+            target, f" (on the server Heat deletes last): {why}", "Heat's delete"
+        )
+
+    def _say_ready(self, snapshot: Snapshot) -> str:
+        """Signal this server's member stack (infra.heat.MemberStack): its wait condition
+        holds the member unfinished until its agent says the server is a healthy voter in
+        a whole cluster. Heat then counts the member made (a batch of a rolling update
+        ends, the old server of a replaced member is deleted). Once per agent life: a
+        repeat after a restart carries the same id (the server's) and counts once.
+
+        Not while the leader is on a server the group no longer lists (the old server of
+        a member being replaced, this signal's to delete): its agent moves leadership off
+        first (`_off_heats_next`); after READY_LEADER_WAITS cycles the signal goes anyway
+        (an election then, not a roll stopped by a timeout)."""
+        me = snapshot.my_member
+        if me is None or me.is_learner or not me.healthy:
+            return ""
+        # whole for this purpose: every voter healthy, a leader, no learner, no removal
+        # under way (the kill lock); a node that left earlier (`snapshot.leaving`, recorded
+        # for join_timeout) does not count, its server goes by Heat's doing
+        if not whole(replace(snapshot, leaving=frozenset())):
+            return ""
+        try:
+            nodes = (
+                snapshot.cloud_nodes
+                if snapshot.cloud_nodes is not None
+                else tuple(self.cloud.group_members())
+            )
+        except CloudError as error:
+            log.info("member ready not said yet: the group is unreadable (%s)", error)
+            return ""
+        leader = snapshot.leader
+        seen = replace(snapshot, cloud_nodes=nodes)
+        if leader is not None and leader.id != me.id and seen.server_of(leader) is None:
+            self._ready_waits += 1
+            if self._ready_waits <= READY_LEADER_WAITS:
+                return f"member ready not said yet: the leader {leader.name} is on a server going"
+        said = self.cloud.member_ready(self.me.id, f"{self.me.name} votes in a whole cluster")
+        self._ready_said = True
+        return "member ready: signalled" if said else ""
 
     def _ask_group_to_delete_me(self) -> str:
         """One try of the cloud side of leaving; repeated until the server is gone."""

@@ -99,6 +99,10 @@ class CloudNode:
     """True for the servers made by the group's first creation (they may bootstrap)."""
     resource: str = ""
     """Heat's member resource name: the tie-break of Heat's order (`heat_order`)."""
+    group_updating: bool = False
+    """The group resource itself is being created or updated (a `pulumi up`'s rolling
+    update): Heat drops every scaling signal until it is done (the same for every node of
+    one listing)."""
 
 
 @dataclass(frozen=True)

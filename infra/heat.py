@@ -21,8 +21,11 @@ Reference: https://docs.openstack.org/heat/latest/template_guide/openstack.html
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -40,6 +43,18 @@ AGENT_BUNDLE = "agent_bundle"
 SETTINGS = "agent_settings"
 READY_HANDLE = "agents_ready_handle"
 READY = "agents_ready"
+MEMBER_SERVER = "server"
+"""The server inside a member's stack (`MemberStack`)."""
+MEMBER_READY = "ready"
+"""The wait condition inside a member's stack that its agent's signal completes."""
+MEMBER_READY_HANDLE_PREFIX = "ready_"
+"""The member's wait condition handle: this prefix and a digest of the server's definition."""
+MEMBER_USER_DATA = "user_data"
+MEMBER_METERING = "metering_stack"
+"""Parameters of the member template besides the parent's own (image, flavor, ...)."""
+MEMBER_TEMPLATE_DIR = "/tmp/autoscale-etcd-heat"
+"""Where the program writes the members' template for the provider to send to Heat.
+Every machine that runs `pulumi up` must name the same file (see `MemberStack`)."""
 
 # Heat's default `max_template_size` (heat.conf [DEFAULT]): the largest template text
 # it parses, in bytes. The request body around it may be up to `max_json_body_size` (1 MiB).
@@ -130,7 +145,8 @@ class Server:
     flavor: Hot | str
     network: Hot | str
     security_groups: Hot | list[Any]
-    user_data: UserData
+    user_data: UserData | Hot
+    """Its cloud-config, or a HOT value giving it (a member template's parameter)."""
     key_name: str | None = None
     server_group: Hot | str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -158,7 +174,9 @@ class Server:
         if self.metadata:
             props["metadata"] = dict(self.metadata)
         props["user_data_format"] = "RAW"
-        props["user_data"] = self.user_data.to_hot()
+        props["user_data"] = (
+            self.user_data.to_hot() if isinstance(self.user_data, UserData) else self.user_data
+        )
         # A member's disk holds its etcd data: never re-imaged (Heat's default REBUILD) nor
         # resized in place (RESIZE reboots it elsewhere); a new image or flavor is a new
         # server, one at a time. Its user-data holds only what stays for its life (its
@@ -207,13 +225,12 @@ class AgentBundle:
 
 
 def rolling_pause(s: StackSettings) -> int:
-    """s Heat waits after replacing one member before the next (`pause_time`): the new
-    server's boot and join (`join_timeout`) and the agents' removal of the member Heat
-    deleted (the dead-member window and two periods). Heat deletes the old server once the
-    new one is ACTIVE, not once it votes: until the members signal that (not built yet),
-    this time is what keeps a quorum through a roll."""
-    window = (s.dead_member_periods + 2) * s.lockattemptperiod
-    return int(join_timeout(s) + window)
+    """s Heat waits after one batch of a rolling update before the next (`pause_time`).
+    A batch ends once its new member votes (`MemberStack`'s wait condition) and Heat has
+    deleted the old server; the pause covers the agents' removal of that deleted member
+    (the dead-member window and two periods), so the next batch starts on a cluster of
+    voters only."""
+    return int((s.dead_member_periods + 2) * s.lockattemptperiod)
 
 
 @dataclass(frozen=True)
@@ -240,20 +257,138 @@ class SettingsDocument:
 
 
 @dataclass(frozen=True)
+class MemberStack:
+    """One group member as a stack of its own (a provider template): its server, and a
+    wait condition its agent signals once the server's etcd is a healthy voter in a whole
+    cluster. So Heat counts a member made only once it votes, and in a rolling update
+    deletes a member's old server only after its new one votes.
+
+    How Heat 27 carries out a changed member (read from its code):
+
+    - The group's nested stack updates the member in place (a `TemplateResource` is
+      updated, never replaced, while its class stays the same: heat/engine/resource.py
+      `update_convergence`), so the member keeps its resource name and `creation_time`
+      (Heat's order of removal, `grouputils.get_members`).
+    - Inside, the server is replaced (`image_update_policy`, `flavor_update_policy`,
+      `user_data_update_policy` REPLACE). The handle's name holds a digest of everything
+      that replaces the server, so a new server comes with a new handle: the old one's
+      signals do not count for it. The wait condition's `handle` changes and is not
+      updatable, so the condition is replaced too and waits for the new server's signal.
+    - In convergence the old server's clean-up needs the old condition's, which needs the
+      new condition complete (`Stack._compute_convg_dependencies`): the old server is
+      deleted once the new one has signalled, or never, if it does not in `timeout`
+      (the update fails there and the roll stops with the old servers kept).
+
+    Heat reads a provider template's text from the request's `files`; the provider
+    (gophercloud's `getFileContents`, terraform-provider-openstack's stack resource)
+    reads every `type:` ending in `.yaml` from its own disk and sends it there, keyed by
+    that very URL. The URL is in the template, so it must be the same on every machine
+    that runs `pulumi up` (an absolute path), and change whenever the text does (the
+    file is named by the text's sha256): a text changed under the same name would
+    reach every member at once, not in batches."""
+
+    server: Server
+    """The member's server, reading the member template's parameters."""
+    properties: Hot
+    """The group's values of those parameters (the parent stack's values)."""
+    parameters: tuple[Parameter, ...]
+    timeout: int
+    """s the wait condition waits for the signal after the server is ACTIVE."""
+    replaced_by: Hot
+    """Everything whose change replaces the server (for the handle's digest)."""
+
+    @property
+    def handle(self) -> str:
+        text = yaml.safe_dump([self.server.to_hot(), self.replaced_by], sort_keys=True)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        return f"{MEMBER_READY_HANDLE_PREFIX}{digest}"
+
+    def template(self) -> Hot:
+        return {
+            "heat_template_version": HOT_VERSION,
+            "description": (
+                "autoscale-etcd: one member of the group, complete once its etcd votes"
+            ),
+            "parameters": {p.name: p.to_hot() for p in self.parameters},
+            "resources": {
+                MEMBER_SERVER: self.server.to_hot(),
+                self.handle: {"type": "OS::Heat::WaitConditionHandle"},
+                MEMBER_READY: {
+                    "type": "OS::Heat::WaitCondition",
+                    "depends_on": [MEMBER_SERVER],
+                    "properties": {
+                        "handle": get_resource(self.handle),
+                        "count": 1,
+                        "timeout": self.timeout,
+                    },
+                },
+            },
+            "outputs": {
+                "first_address": {
+                    "description": "the server's first IPv4 address",
+                    "value": get_attr(MEMBER_SERVER, "first_address"),
+                },
+                "server_id": {
+                    "description": "the Nova server",
+                    "value": get_resource(MEMBER_SERVER),
+                },
+            },
+        }
+
+    def text(self) -> str:
+        return to_yaml(self.template())
+
+    @property
+    def url(self) -> str:
+        digest = hashlib.sha256(self.text().encode("utf-8")).hexdigest()[:16]
+        return f"file://{MEMBER_TEMPLATE_DIR}/member-{digest}.yaml"
+
+    def to_hot(self) -> Hot:
+        """The group's `resource`: this template, with the parent's values."""
+        return {"type": self.url, "properties": dict(self.properties)}
+
+
+def write_member_file(member: MemberStack) -> Path:
+    """Write the member template where its URL says, for the provider to read; the
+    directory is refused when another user owns it or others may write in it (they
+    could put another text under this name)."""
+    path = Path(member.url.removeprefix("file://"))
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise ValueError(
+            f"{directory}: the members' Heat template goes here (MEMBER_TEMPLATE_DIR), but"
+            f" the directory is owned by uid {info.st_uid} or writable by others (mode"
+            f" {oct(info.st_mode & 0o777)}); allowed: owned by this user (uid"
+            f" {os.getuid()}), not group- or world-writable"
+        )
+    text = member.text()
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        scratch = path.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(text, encoding="utf-8")
+        scratch.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
 class AutoScalingGroup:
     """Heat's group. No `desired_capacity`: Heat's `handle_update` ends in
     `resize(desired_capacity or current size)`, so a set value would shrink a group the
     alarm had grown, deleting members without a leave, at every stack update; without it
     the group starts at `min_size`, the agents grow it to `capacity`, and an update keeps
-    its size. Batches of one with `min_in_service` at `max_size` (any size the group may
-    have): Heat's `next_batch` then grows the group by one new member first, replaces one
-    old member per batch after it, and ends by deleting the last original (batches (4, 1),
-    (4, 1), (4, 1), (3, 0) for three). While a replacement installs and joins (minutes
-    with a plain image), the cluster so keeps three voters of three or four, and can lose
-    one more member; with `min_in_service` 0 (batches (3, 1) x 3) it runs on two voters
-    from the removal of the deleted member until the replacement votes, and cannot."""
+    its size.
 
-    member: Server
+    A rolling update: batches of one, `min_in_service` 0, so Heat's `next_batch` gives
+    (3, 1) x 3 for three members: each batch updates one member in place, the oldest on
+    the old definition first, and adds or deletes none. The margin is inside the member
+    (`MemberStack`): its new server joins and votes beside the old one, which Heat deletes
+    only then. `min_in_service` above 0 would add a member first and end by deleting the
+    oldest member; a member stack updated in place keeps its creation time, so that would
+    be a member already on its new server, and an original would stay on the old
+    definition (`grouputils.get_members`, `template.member_definitions`)."""
+
+    member: Hot
     min_size: int
     max_size: int
     cooldown: int
@@ -275,7 +410,7 @@ class AutoScalingGroup:
                     "min_in_service": self.min_in_service,
                     "pause_time": self.pause_time,
                 },
-                "resource": self.member.to_hot(),
+                "resource": self.member,
             },
         }
 
@@ -452,18 +587,49 @@ class ClusterTemplate:
             ]
         return params
 
-    def member(self) -> Server:
+    def member(self) -> MemberStack:
+        """The group's member: a `MemberStack` whose parameters the group fills with the
+        parent stack's values (the user-data resolved there, with its secrets)."""
         s = self.settings
-        return Server(
+        anti = s.anti_affinity != "none"
+        params = [
+            Parameter(P.IMAGE, description="Glance image of the server"),
+            Parameter(P.FLAVOR, description="Nova flavor of the server"),
+            Parameter(P.NETWORK, description="Neutron network id"),
+            Parameter(P.SECURITY_GROUPS, "comma_delimited_list", "security groups"),
+            *([Parameter(P.SERVER_GROUP, description="Nova server group id")] if anti else []),
+            Parameter(MEMBER_USER_DATA, description="the server's cloud-config"),
+            Parameter(MEMBER_METERING, description="the parent stack's id (Ceilometer's query)"),
+        ]
+        server = Server(
             image=get_param(P.IMAGE),
             flavor=get_param(P.FLAVOR),
             network=get_param(P.NETWORK),
             security_groups=get_param(P.SECURITY_GROUPS),
             key_name=s.key_name,
-            server_group=get_param(P.SERVER_GROUP) if s.anti_affinity != "none" else None,
-            metadata={"metering.server_group": STACK_ID},
-            user_data=self.member_user_data,
+            server_group=get_param(P.SERVER_GROUP) if anti else None,
+            metadata={"metering.server_group": get_param(MEMBER_METERING)},
+            user_data=get_param(MEMBER_USER_DATA),
             volume_size=s.volume_size,
+        )
+        properties: Hot = {name: get_param(name) for name in (P.IMAGE, P.FLAVOR, P.NETWORK)}
+        properties[P.SECURITY_GROUPS] = get_param(P.SECURITY_GROUPS)
+        if anti:
+            properties[P.SERVER_GROUP] = get_param(P.SERVER_GROUP)
+        properties[MEMBER_USER_DATA] = self.member_user_data.to_hot()
+        properties[MEMBER_METERING] = STACK_ID
+        return MemberStack(
+            server=server,
+            properties=properties,
+            parameters=tuple(params),
+            timeout=join_timeout(s),
+            # what replaces the server besides its own definition: the values the stack
+            # settings give its image and flavor parameters, and its user-data
+            replaced_by={
+                "image": s.image,
+                "flavor": s.instance_type,
+                "user_data": self.member_user_data.to_hot(),
+            },
         )
 
     def proxy(self) -> Server:
@@ -490,12 +656,12 @@ class ClusterTemplate:
             bundle = (*bundle, SETTINGS)
         resources |= {
             GROUP: AutoScalingGroup(
-                member=self.member(),
+                member=self.member().to_hot(),
                 min_size=s.min_cluster,
                 max_size=s.max_cluster,
                 cooldown=s.scaleupcooldown,
                 max_batch_size=1,
-                min_in_service=s.max_cluster,
+                min_in_service=0,
                 pause_time=rolling_pause(s),
                 depends_on=bundle,
             ).to_hot(),
@@ -571,33 +737,12 @@ class ClusterTemplate:
         }
 
 
-def member_template(cluster: ClusterTemplate) -> Hot:
-    """The member server as a stack of its own: what one group member really is.
-
-    Heat builds each group member as a nested stack holding only this server; validating
-    it alone checks the member's properties the way Heat will when the group grows.
-    """
-    used = {
-        p.name: p
-        for p in cluster.parameters()
-        if p.name not in (P.ALARM_THRESHOLD, P.PROXY_FLAVOR, P.PROXY_SECURITY_GROUPS)
-        and p.name != "flavor_vcpus"
-    }
-    return {
-        "heat_template_version": HOT_VERSION,
-        "description": "autoscale-etcd: one member of the group, alone",
-        "parameters": {name: p.to_hot() for name, p in used.items()},
-        "resources": {
-            "member": cluster.member().to_hot(),
-            # the handle its user-data reads (in the group's nested stack: the values)
-            READY_HANDLE: cluster.agents_ready()[READY_HANDLE],
-        },
-        "outputs": {"address": {"value": get_attr("member", "first_address")}},
-    }
-
-
 class _HotDumper(yaml.SafeDumper):
-    """Block style; multi-line strings (the user-data) as literal blocks."""
+    """Block style; multi-line strings (the user-data) as literal blocks; a value used
+    twice written out twice (no YAML anchors)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

@@ -168,10 +168,11 @@ def plan(old: Render, new: Render) -> Plan:
         size = f"{new_group.get('min_size')}..{new_group.get('max_size')}"
         out.replaces_members = True
         out.lines.append(
-            f"members: every member replaced, one at a time, {pause} s apart (Heat's rolling"
-            " update: one new member first, then each old one replaced, the last original"
-            f" deleted; {size} members: about {int(new_group.get('max_size', 1)) * pause // 60}"
-            f" minutes at most), for {' and '.join(reasons)}"
+            f"members: every member's server replaced, one at a time (Heat's rolling update:"
+            " each member's new server joins and votes beside its old one, which Heat then"
+            f" deletes; {pause} s between members; {size} members: about"
+            f" {int(new_group.get('max_size', 1)) * pause // 60} minutes at most besides the"
+            f" joins), for {' and '.join(reasons)}"
         )
     for key in ("min_size", "max_size", "cooldown"):
         if old_group.get(key) != new_group.get(key):

@@ -6,6 +6,7 @@ official way to run a program without an engine) with the stack config of
 writes:
 
 - `heat-template.yaml`: the HOT the Heat stack gets;
+- `member-template.yaml`: the members' template the provider sends with it (its `files`);
 - `user-data.yaml`: an etcd member's cloud-config, as Heat receives it (tokens such
   as `@@CREDENTIAL_SECRET@@` are what Heat fills in at server creation);
 - `agent-settings.json`: the member's agent settings file as its fetcher writes it at
@@ -364,7 +365,7 @@ def bundle_of(template: Mapping[str, Any], sha256: str | None = None) -> bytes:
 
 
 def write_render(run: ProgramRun, out: Path) -> dict[str, Path]:
-    """Write the five files of `python -m infra render`; returns their paths."""
+    """Write the six files of `python -m infra render`; returns their paths."""
     from agent.settings import AgentSettings
     from infra.heat import GROUP
     from infra.userdata import AGENT_CONFIG
@@ -398,8 +399,11 @@ def write_render(run: ProgramRun, out: Path) -> dict[str, Path]:
             for name, value in sorted(run.exports.items())
         },
     }
+    # the member template the provider sends beside it (infra.heat.MemberStack)
+    member_url = str(member["type"])
     files = {
         "heat-template.yaml": template_text,
+        "member-template.yaml": Path(member_url.removeprefix("file://")).read_text("utf-8"),
         "user-data.yaml": user_data,
         "agent-settings.json": agent_doc,
         "resources.json": json.dumps(resources, indent=2, sort_keys=True) + "\n",

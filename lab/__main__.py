@@ -404,7 +404,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     lab's periods) through Heat's "Update stack" on the lab's cloud, after the plan."""
     from lab.operator import CloudCallError, Operator
     from lab.status import NoLab, read_state
-    from lab.timings import lab_parameters, planned_update
+    from lab.timings import lab_files, lab_parameters, planned_update
 
     try:
         state = read_state(args.root)
@@ -434,7 +434,10 @@ def cmd_update(args: argparse.Namespace) -> int:
     if not verdict.changed:
         return 0
     try:
-        Operator.from_state(state).update_stack(state["heat_stack"], after, lab_parameters(new))
+        files = lab_files(new, float(state["factor"]), cluster_name=state["cluster"])
+        Operator.from_state(state).update_stack(
+            state["heat_stack"], after, lab_parameters(new), files
+        )
     except CloudCallError as error:
         print(f"the lab's cloud refused: {error}", file=sys.stderr)
         return 1

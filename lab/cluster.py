@@ -45,7 +45,14 @@ from lab.netdata_stub import NETDATA_PORT, Mode
 from lab.netns import METADATA_IP, Cut, LabNetwork
 from lab.netns import unavailable as netns_unavailable
 from lab.nodes import Node, Nova
-from lab.timings import LabTimings, group_spec, lab_parameters, lab_template, planned_update
+from lab.timings import (
+    LabTimings,
+    group_spec,
+    lab_files,
+    lab_parameters,
+    lab_template,
+    planned_update,
+)
 from lab.tls import LabPki
 
 STATE_FILE = "lab.json"
@@ -94,6 +101,9 @@ class Sample:
     alarm: str
     acked: int
     nodes: list[NodeView] = field(default_factory=list)
+    group_busy: bool = False
+    """Heat is creating, resizing or updating the group (a member stack waits for its
+    agent's signal, a roll runs)."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -305,7 +315,11 @@ class Lab:
         if self.net is not None:
             where += f", each in a network namespace on bridge {self.net.bridge}"
         self.events.add("lab", "", f"cloud at {self.nova.cloud_url}, {where}")
-        self.cloud.load_template(self.template(), lab_parameters(self.stack))
+        self.cloud.load_template(
+            self.template(),
+            lab_parameters(self.stack),
+            lab_files(self.stack, self.timings.factor, cluster_name=self.cluster_name),
+        )
         self.cloud.update_listeners.append(self._stack_updated)
         self.cloud.create(self.spec.min_size)
         if self.spec.alarm:
@@ -377,7 +391,8 @@ class Lab:
         if verdict.refused:
             raise ValueError("; ".join(verdict.refused))
         self.events.add("update", "", "; ".join(verdict.lines) or "no change")
-        return self.cloud.stack_update(new, lab_parameters(stack))
+        files = lab_files(stack, self.timings.factor, cluster_name=self.cluster_name)
+        return self.cloud.stack_update(new, lab_parameters(stack), files)
 
     def _stack_updated(self, template: dict[str, Any]) -> None:
         """The lab's own view follows its stack: new servers get the new settings."""
@@ -544,9 +559,10 @@ class Lab:
         )
 
     def settled(self, sample: Sample, size: int | None = None) -> bool:
-        """`size` voters (default: the group's), all healthy, a leader, every server a member."""
+        """`size` voters (default: the group's), all healthy, a leader, every server a member,
+        and Heat done with the group (as `pulumi up` returns once the stack is)."""
         want = size if size is not None else self.stack.capacity
-        if sample.members is None or sample.leader is None:
+        if sample.members is None or sample.leader is None or sample.group_busy:
             return False
         live = [n for n in sample.nodes if not n.crashed and n.status != "FAILED"]
         return (
@@ -661,6 +677,7 @@ class Lab:
             alarm=self.cloud.alarm_state,
             acked=self.acked(),
             nodes=views,
+            group_busy=self.cloud.group.in_progress,
         )
 
     def _record_changes(self, sample: Sample) -> None:

@@ -80,14 +80,21 @@ class Operator:
         return answer.json() if answer.text.strip() else None
 
     def update_stack(
-        self, stack: str, template: dict[str, Any], parameters: dict[str, str] | None = None
+        self,
+        stack: str,
+        template: dict[str, Any],
+        parameters: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
     ) -> None:
         """Heat "Update stack (PATCH)": PATCH /stacks/{name}/{id} {"template": ...,
-        "parameters": ...} (parameters left out are kept)."""
+        "parameters": ..., "files": ...} (parameters left out are kept; `files` the
+        provider templates the template names, as the provider sends them)."""
         name, _, stack_id = stack.partition("/")
         body: dict[str, Any] = {"template": template}
         if parameters:
             body["parameters"] = parameters
+        if files:
+            body["files"] = files
         self.call("orchestration", "PATCH", f"/stacks/{name}/{stack_id}", body)
 
     def reboot(self, server_id: str, kind: str = "HARD") -> None:

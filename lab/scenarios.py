@@ -855,9 +855,8 @@ def rolling_update(run: Run, size: int | None = None, *, fault: bool = False) ->
     after = outside.look(lab.endpoints())
     batches = [e for e in lab.events.of("rolling-update") if e.t >= start and "batch" in e.detail]
     gaps = [b.t - a.t for a, b in itertools.pairwise(batches)]
-    # Heat's batches at min_in_service >= size: one new member first, each old one replaced
-    # after it, the last original deleted: (size + 1, 1) x size, then (size, 0)
-    planned = [f"{size + 1} members, 1 on"] * len(originals) + [f"{size} members, 0 on"]
+    # Heat's batches at min_in_service 0: each member updated in place, one at a time
+    planned = [f"{size} members, 1 on"] * len(originals)
     run.check(
         "every server replaced, one batch at a time, pause_time apart, the size kept",
         done

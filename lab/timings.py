@@ -284,10 +284,12 @@ def lab_template(stack: StackSettings, timings: LabTimings, *, cluster_name: str
 
     template = cluster_template(stack, cluster_name).to_hot()
     resources = template["resources"]
+    resources[GROUP]["properties"]["resource"] = lab_member(stack, timings, cluster_name).to_hot()
     resources[GROUP]["properties"]["cooldown"] = timings.scaleupcooldown
     updates = resources[GROUP]["properties"].get("rolling_updates")
     if updates and "pause_time" in updates:
-        updates["pause_time"] = float(updates["pause_time"]) * timings.factor
+        # infra.heat.rolling_pause with the lab's periods (its dead-member window has a floor)
+        updates["pause_time"] = (timings.dead_member_periods + 2) * timings.lockattemptperiod
     for name in (SCALE_UP, SCALE_DOWN):
         cooldown = float(resources[name]["properties"]["cooldown"])
         resources[name]["properties"]["cooldown"] = cooldown * timings.factor
@@ -295,6 +297,24 @@ def lab_template(stack: StackSettings, timings: LabTimings, *, cluster_name: str
     resources[SETTINGS]["metadata"] = document
     resources[SETTINGS]["properties"]["salt"] = document["sha256"]
     return template
+
+
+def lab_member(stack: StackSettings, timings: LabTimings, cluster_name: str) -> Any:
+    """The program's member template (infra.heat.MemberStack) with the lab's join_timeout
+    as its wait condition's timeout."""
+    import dataclasses
+
+    from infra.cluster import cluster_template
+
+    member = cluster_template(stack, cluster_name).member()
+    return dataclasses.replace(member, timeout=math.ceil(timings.join_timeout))
+
+
+def lab_files(stack: StackSettings, factor: float, *, cluster_name: str) -> dict[str, str]:
+    """The `files` a `pulumi up` sends with the lab's template: the member template, by the
+    URL the template names it (what the provider reads from disk and sends)."""
+    member = lab_member(stack, LabTimings.scaled(stack, factor), cluster_name)
+    return {member.url: member.text()}
 
 
 def planned_update(

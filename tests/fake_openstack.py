@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.settings import OpenStackCloud
-from infra.heat import READY, READY_HANDLE
+from infra.heat import GROUP, READY, READY_HANDLE
 from lab.cloud.api import StackResource
 from lab.cloud.heat import Member, Policy
 from lab.cloud.keystone import AccessRule, Endpoint
@@ -58,7 +58,15 @@ class Machines:
 
 
 class FakeOpenStack:
-    def __init__(self, *, access_rules: list[AccessRule] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        access_rules: list[AccessRule] | None = None,
+        member_files: dict[str, str] | None = None,
+    ) -> None:
+        """`member_files`: the members are stacks of this provider template (its URL and
+        text, infra.heat.MemberStack), each waiting for its agent's signal."""
+        self.member_files = member_files
         self.machines = Machines()
         self.events = EventLog()
         self.cloud = LabCloud(
@@ -121,7 +129,14 @@ class FakeOpenStack:
         self.ready_url, self.ready_token = self.cloud.add_wait_handle(
             READY_HANDLE, condition=READY, count=1, timeout=600
         )
+        if self.member_files:
+            (url,) = self.member_files
+            resource = {"type": url, "properties": {}}
+            template = {"resources": {GROUP: {"properties": {"resource": resource}}}}
+            self.cloud.load_template(template, {}, self.member_files)
+            self.cloud.background = True  # the create waits for the members' signals
         self.cloud.create(len(MEMBERS))
+        self.cloud.background = False
         self.cloud.start_waits()
         for member, (name, ip) in zip(self.cloud.members(), MEMBERS, strict=True):
             member.name, member.ip = name, ip

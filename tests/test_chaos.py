@@ -395,7 +395,14 @@ def test_a_replacement_heat_refused_is_asked_again(etcd_bin, tmp_path):
         assert first is not None and first.members
         a, b = sorted(n for n in first.members if n != first.leader)[:2]
         lab.crash(a)
-        assert lab.wait_for(lambda s: lab.settled(s, 4) and a not in (s.members or []), 30)
+        # the resize that replaced A ends when A's replacement votes (its member stack's wait
+        # condition): the group's cooldown runs from then
+        assert lab.wait_for(
+            lambda s: (
+                lab.settled(s, 4) and a not in (s.members or []) and not lab.cloud.group.in_progress
+            ),
+            30,
+        )
         left = (lab.cloud.group.cooldown_end or 0) - lab.cloud.clock()
         # B's +1 must come inside the cooldown: B is convicted within dead_member_periods
         # periods of its kill, then marked and its +1 sent within a cycle

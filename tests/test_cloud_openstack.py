@@ -275,7 +275,7 @@ def test_mark_unhealthy_patches_the_member_resource_of_the_nested_stack(cloud, g
     target = cloud.members[1]
     group.mark_unhealthy(target.server_id, "etcd member etcd-prod-node-b removed itself")
     listing = cloud.calls("GET", nested_path(cloud) + "/resources")[-1]
-    assert listing.query == {"physical_resource_id": [target.server_id]}
+    assert listing.query == {"nested_depth": ["1"]}
     (patch,) = cloud.calls("PATCH")
     assert patch.path == f"{nested_path(cloud)}/resources/{target.slot}"
     assert patch.body == {
@@ -481,3 +481,84 @@ def test_the_cloud_tells_callers_apart_by_address_and_the_judge_finds_a_cut_node
         f"POST {HEAT}/stacks/etcd-prod/s1/resources/scale_down/signal",
     ]
     assert heat_writes_from(cloud.api.requests[since:], {"127.0.0.253"}) == []
+
+
+# ---- members that are stacks of their own (infra.heat.MemberStack) ------------------------
+
+
+@pytest.fixture
+def member_stack():
+    """The program's member template, its wait condition's timeout shortened."""
+    import dataclasses
+
+    from infra.cluster import cluster_template
+    from tests.test_infra_heat import settings_of
+
+    member = cluster_template(settings_of("dev"), "etcd-prod").member()
+    return dataclasses.replace(member, timeout=30)
+
+
+@pytest.fixture
+def stacked(member_stack):
+    fake = FakeOpenStack(member_files={member_stack.url: member_stack.text()})
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def test_member_stacks_list_their_servers_with_the_member_s_name_and_time(stacked, member_stack):
+    # Heat "List resources" with nested_depth=1: the member resources of the group's stack
+    # (type: the template's URL, physical id: the member's stack) and, with
+    # `parent_resource`, each member stack's own (its server)
+    group = OpenStackGroup(stacked.settings(), timeout=2)
+    nodes = {n.id: n for n in group.group_members()}
+    members = stacked.cloud.members()
+    assert set(nodes) == {m.server_id for m in members}
+    for member in members:
+        node = nodes[member.server_id]
+        assert member.stack_id and member.type == member_stack.url
+        assert node.resource == member.slot and node.name == member.name
+        assert node.created_at == int(member.created_at)
+        # waiting for its agent's signal: the member is in progress, its server ACTIVE
+        assert member.resource_status == "CREATE_IN_PROGRESS"
+        assert node.status == "ACTIVE"
+    listing = stacked.calls("GET", nested_path(stacked) + "/resources")[-1]
+    assert listing.query == {"nested_depth": ["1"]}
+
+
+def test_member_ready_signals_the_handle_of_its_own_member_stack(stacked, member_stack):
+    # Heat "Send a signal to a resource" on the member stack's OS::Heat::WaitConditionHandle:
+    # a body of exactly status, reason, data, id (HeatWaitConditionHandle's format)
+    group = OpenStackGroup(stacked.settings(), timeout=2)
+    target, other = stacked.cloud.members()[:2]
+    assert group.member_ready(target.server_id, "votes") is True
+    (post,) = stacked.calls("POST", "/signal")
+    assert post.path == (
+        f"{HEAT}/stacks/{target.stack_name}/{target.stack_id}/resources/"
+        f"{member_stack.handle}/signal"
+    )
+    assert post.body == {"status": "SUCCESS", "reason": "votes", "data": "", "id": target.server_id}
+    deadline = time.monotonic() + 5
+    while target.resource_status != "CREATE_COMPLETE" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert target.resource_status == "CREATE_COMPLETE"
+    assert other.resource_status == "CREATE_IN_PROGRESS"  # its own wait goes on
+    # again (an agent restarted): the same id, counted once
+    assert group.member_ready(target.server_id, "votes") is True
+    assert len(target.ready.metadata) == 1
+
+
+def test_member_ready_of_a_plain_server_member_sends_nothing(cloud, group):
+    target = cloud.members[0]
+    assert group.member_ready(target.server_id, "votes") is False
+    assert not cloud.calls("POST", "/signal")
+
+
+def test_mark_unhealthy_of_a_member_stack_patches_the_member_resource(stacked):
+    group = OpenStackGroup(stacked.settings(), timeout=2)
+    target = stacked.cloud.members()[1]
+    group.mark_unhealthy(target.server_id, "gone")
+    (patch,) = stacked.calls("PATCH")
+    assert patch.path == f"{nested_path(stacked)}/resources/{target.slot}"
+    statuses = {n.id: n.status for n in group.group_members()}
+    assert statuses[target.server_id] == "FAILED"

@@ -150,6 +150,17 @@ def test_only_the_server_heat_would_delete_leaves():
     assert blind.kind == "wait" and "could not be listed" in blind.reason
 
 
+def test_nobody_leaves_while_the_group_is_being_updated():
+    """Heat's adjust() drops every signal while the group resource is not COMPLETE (a
+    `pulumi up`'s rolling update, its pauses included): the leave's scale-down would be
+    lost, and a member stack updated in place holds its new server in the oldest member."""
+    nodes = group(5, oldest_first=2)
+    assert act(snap(5, me=2, metric=IDLE, cloud_nodes=nodes)).kind == "leave"  # control
+    updating = tuple(replace(n, group_updating=True) for n in nodes)
+    action = act(snap(5, me=2, metric=IDLE, cloud_nodes=updating))
+    assert action.kind == "wait" and "being updated" in action.reason
+
+
 @pytest.mark.parametrize(
     ("snapshot", "why"),
     [

@@ -20,6 +20,7 @@ import hashlib
 import io
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -102,10 +103,10 @@ def heat_validate():
     for patch in patches:
         patch.start()
 
-    def validate(text: str) -> None:
+    def validate(text: str, files: dict[str, str] | None = None) -> None:
         parsed = template_format.parse(text)
         env = environment.Environment(parameters_for(parsed))
-        tmpl = template.Template(parsed, env=env)
+        tmpl = template.Template(parsed, files=files, env=env)
         stack.Stack(ctx, "autoscale-etcd-test", tmpl).validate()
 
     yield validate
@@ -113,16 +114,31 @@ def heat_validate():
         patch.stop()
 
 
+def files_of(template: heat.ClusterTemplate) -> dict[str, str]:
+    """The request's `files`, as the provider sends them: the member template by its URL."""
+    member = template.member()
+    return {member.url: member.text()}
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_cluster_template_passes_heat_validation(stack, heat_validate):
     template = cluster_template(settings_of(stack), f"autoscale-etcd-{stack}")
-    heat_validate(heat.to_yaml(template.to_hot()))
+    heat_validate(heat.to_yaml(template.to_hot()), files_of(template))
+
+
+def test_without_the_member_file_heat_refuses_the_stack(heat_validate):
+    """Heat itself fetches no `file://` URL: the member template must come in `files`."""
+    from heat.common import exception
+
+    template = cluster_template(settings_of("dev"), "autoscale-etcd-dev")
+    with pytest.raises(exception.StackValidationFailed, match="Invalid URL scheme file"):
+        heat_validate(heat.to_yaml(template.to_hot()))
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_member_server_alone_passes_heat_validation(stack, heat_validate):
+def test_member_stack_alone_passes_heat_validation(stack, heat_validate):
     template = cluster_template(settings_of(stack), f"autoscale-etcd-{stack}")
-    heat_validate(heat.to_yaml(heat.member_template(template)))
+    heat_validate(template.member().text())
 
 
 def test_the_program_s_rendered_template_passes_heat_validation(heat_validate, tmp_path):
@@ -135,39 +151,56 @@ def test_the_program_s_rendered_template_passes_heat_validation(heat_validate, t
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    heat_validate((tmp_path / "heat-template.yaml").read_text())
+    text = (tmp_path / "heat-template.yaml").read_text()
+    url = yaml.safe_load(text)["resources"][heat.GROUP]["properties"]["resource"]["type"]
+    # the very file the provider would read, and the render's copy of it
+    member = (tmp_path / "member-template.yaml").read_text()
+    assert Path(url.removeprefix("file://")).read_text() == member
+    heat_validate(text, {url: member})
 
 
-def _broken(mutate) -> str:
-    document = cluster_template(settings_of("metrics"), "autoscale-etcd-metrics").to_hot()
-    document = copy.deepcopy(document)
-    mutate(document)
-    return heat.to_yaml(document)
+def _broken(mutate) -> tuple[str, dict[str, str]]:
+    template = cluster_template(settings_of("metrics"), "autoscale-etcd-metrics")
+    document = copy.deepcopy(template.to_hot())
+    member = copy.deepcopy(template.member().template())
+    mutate(document, member)
+    url = document["resources"][heat.GROUP]["properties"]["resource"]["type"]
+    return heat.to_yaml(document), {url: heat.to_yaml(member)}
 
 
-def _rename_min_size(doc: dict) -> None:
+def _rename_min_size(doc: dict, member: dict) -> None:
     props = doc["resources"][heat.GROUP]["properties"]
     props["min_sise"] = props.pop("min_size")
 
 
-def _unknown_type(doc: dict) -> None:
+def _unknown_type(doc: dict, member: dict) -> None:
     doc["resources"][heat.SCALE_UP]["type"] = "OS::Heat::ScalingPolicyy"
 
 
-def _bad_get_attr(doc: dict) -> None:
+def _bad_get_attr(doc: dict, member: dict) -> None:
     doc["outputs"]["scale_up_url"]["value"] = {"get_attr": [heat.SCALE_UP, "signal_ur1"]}
 
 
-def _member_typo(doc: dict) -> None:
-    member = doc["resources"][heat.GROUP]["properties"]["resource"]["properties"]
-    member["user_data_fromat"] = member.pop("user_data_format")
+def _member_typo(doc: dict, member: dict) -> None:
+    server = member["resources"][heat.MEMBER_SERVER]["properties"]
+    server["user_data_fromat"] = server.pop("user_data_format")
 
 
-def _undeclared_param(doc: dict) -> None:
+def _member_property_typo(doc: dict, member: dict) -> None:
+    props = doc["resources"][heat.GROUP]["properties"]["resource"]["properties"]
+    props["user_dta"] = props.pop("user_data")
+
+
+def _member_handle_typo(doc: dict, member: dict) -> None:
+    ready = member["resources"][heat.MEMBER_READY]["properties"]
+    ready["handle"] = {"get_resource": "ready_handle"}
+
+
+def _undeclared_param(doc: dict, member: dict) -> None:
     del doc["parameters"][heat.P.SERVER_GROUP]
 
 
-def _bundle_typo(doc: dict) -> None:
+def _bundle_typo(doc: dict, member: dict) -> None:
     props = doc["resources"][heat.AGENT_BUNDLE]["properties"]
     props["sallt"] = props.pop("salt")
 
@@ -179,6 +212,8 @@ def _bundle_typo(doc: dict) -> None:
         (_unknown_type, "ScalingPolicyy"),
         (_bad_get_attr, "signal_ur1"),
         (_member_typo, "user_data_fromat"),
+        (_member_property_typo, "user_dta"),
+        (_member_handle_typo, "ready_handle"),
         (_undeclared_param, "server_group"),
         (_bundle_typo, "sallt"),
     ],
@@ -189,7 +224,7 @@ def test_a_typo_is_caught_by_the_same_validation(mutate, message, heat_validate)
     with pytest.raises(
         (exception.StackValidationFailed, exception.InvalidTemplateReference, ValueError)
     ) as caught:
-        heat_validate(_broken(mutate))
+        heat_validate(*_broken(mutate))
     assert message in str(caught.value)
 
 
@@ -198,9 +233,7 @@ def test_validation_really_refuses_a_cloud_call(heat_validate):
     with mock.patch("heat.engine.clients.os.nova.NovaClientPlugin.absolute_limits", _refuse):
         with pytest.raises(Exception, match="reach a cloud"):
             heat_validate(
-                heat.to_yaml(
-                    heat.member_template(cluster_template(settings_of("dev"), "autoscale-etcd-dev"))
-                )
+                cluster_template(settings_of("dev"), "autoscale-etcd-dev").member().text()
             )
 
 
@@ -395,3 +428,44 @@ def test_after_a_stack_update_heat_answers_the_new_bundle(heat_engine):
     # why not OS::Heat::None: Heat keeps a resource's metadata through updates in place
     stale = heat_engine({**first, "type": "OS::Heat::None"}, {**second, "type": "OS::Heat::None"})
     assert stale == first["metadata"]
+
+
+# --- the member template's file, for the provider to send -------------------------------
+
+
+def test_the_member_file_is_written_where_its_url_says(tmp_path, monkeypatch):
+    monkeypatch.setattr(heat, "MEMBER_TEMPLATE_DIR", str(tmp_path / "heat"))
+    member = cluster_template(settings_of("dev"), "autoscale-etcd-dev").member()
+    path = heat.write_member_file(member)
+    assert member.url == f"file://{path}" and path.read_text() == member.text()
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    # content-addressed: another text is another name (a new roll), the same text the same
+    other = cluster_template(settings_of("metrics"), "autoscale-etcd-metrics").member()
+    assert other.url != member.url
+    assert heat.write_member_file(member) == path
+
+
+def test_a_member_file_directory_others_may_write_is_refused(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setattr(heat, "MEMBER_TEMPLATE_DIR", str(shared))
+    member = cluster_template(settings_of("dev"), "autoscale-etcd-dev").member()
+    with pytest.raises(ValueError, match="writable by others") as refused:
+        heat.write_member_file(member)
+    assert str(shared) in str(refused.value) and "0o777" in str(refused.value)
+    assert not list(shared.iterdir())  # nothing written
+
+
+def test_a_new_image_or_user_data_renames_the_member_s_handle():
+    """The wait condition waits for a new signal only when its handle is new: every change
+    that replaces the server must rename it (tests/test_infra_member_gate.py shows why)."""
+    dev = settings_of("dev")
+    base = cluster_template(dev, "autoscale-etcd-dev").member()
+    image = cluster_template(dev.model_copy(update={"image": "other"}), "autoscale-etcd-dev")
+    flavor = cluster_template(dev.model_copy(update={"instance_type": "m2"}), "autoscale-etcd-dev")
+    hooks = cluster_template(dev, "autoscale-etcd-other").member()  # another user-data
+    for changed in (image.member(), flavor.member(), hooks):
+        assert changed.handle != base.handle and changed.url != base.url
+    again = cluster_template(dev, "autoscale-etcd-dev").member()
+    assert (again.handle, again.url) == (base.handle, base.url)

@@ -68,7 +68,8 @@ def test_a_new_image_replaces_every_member_one_at_a_time():
     assert result.replaces_members
     (line,) = [x for x in result.lines if x.startswith("members:")]
     pause = heat.rolling_pause(stack())
-    assert f"one at a time, {pause} s apart" in line and "the parameters image" in line
+    assert "replaced, one at a time" in line and f"{pause} s between members" in line
+    assert "the parameters image" in line
     # the alarm's threshold is the alarm's: in place
     other = plan(render(), render({**PARAMETERS, "alarm_threshold": "43"}))
     assert not other.replaces_members

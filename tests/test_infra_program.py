@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -68,7 +69,23 @@ class Rendered:
 
     @property
     def member(self) -> dict:
-        return self.template["resources"][heat.GROUP]["properties"]["resource"]["properties"]
+        """The members' server properties, the member template's parameters filled in
+        with the group's values (as Heat does for each member)."""
+        group_values = self.template["resources"][heat.GROUP]["properties"]["resource"]
+        member = yaml.safe_load((self.out / "member-template.yaml").read_text())
+        server = member["resources"][heat.MEMBER_SERVER]["properties"]
+        return _filled(server, group_values["properties"])
+
+
+def _filled(node: Any, values: dict) -> Any:
+    """`node` with each `{get_param: name}` of `values` replaced by its value."""
+    if isinstance(node, dict):
+        if list(node) == ["get_param"] and node["get_param"] in values:
+            return values[node["get_param"]]
+        return {key: _filled(value, values) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_filled(value, values) for value in node]
+    return node
 
 
 def render(stack: str, out: Path) -> Rendered:
@@ -201,9 +218,15 @@ def test_dev_group_sizes_cooldowns_and_policies_follow_the_settings(dev):
     # a new group to `capacity`)
     assert "desired_capacity" not in group
     rolling = group["rolling_updates"]
-    # a roll grows the group by one first, whatever its size (min_in_service >= max_size)
-    assert (rolling["max_batch_size"], rolling["min_in_service"]) == (1, group["max_size"])
-    assert rolling["pause_time"] == heat.rolling_pause(s) >= 900 + 6 * 10
+    # a roll updates one member in place at a time (its new server joins beside the old
+    # one); min_in_service above 0 would end by deleting an updated member (infra.heat)
+    assert (rolling["max_batch_size"], rolling["min_in_service"]) == (1, 0)
+    # a batch ends once its new member votes (the member's wait condition, join_timeout);
+    # the pause then covers the agents' removal of the server Heat deleted
+    window = (s.dead_member_periods + 2) * s.lockattemptperiod
+    assert rolling["pause_time"] == heat.rolling_pause(s) == window
+    ready = yaml.safe_load((dev.out / "member-template.yaml").read_text())["resources"]
+    assert ready[heat.MEMBER_READY]["properties"]["timeout"] == 900
     assert group["cooldown"] == s.scaleupcooldown
     up = dev.template["resources"][heat.SCALE_UP]["properties"]
     down = dev.template["resources"][heat.SCALE_DOWN]["properties"]

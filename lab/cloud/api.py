@@ -92,6 +92,7 @@ class Orchestrator(Protocol):
     nested_name: str
     nested_id: str
     group_resource: str
+    clock: Callable[[], float]
 
     def resources(self) -> list[StackResource]: ...
 
@@ -111,7 +112,14 @@ class Orchestrator(Protocol):
 
     def wait_signal(self, handle: str, details: Any) -> None: ...
 
-    def stack_update(self, template: dict[str, Any]) -> list[str]: ...
+    def member_ready(self, stack_id: str, handle: str, details: Any) -> bool: ...
+
+    def stack_update(
+        self,
+        template: dict[str, Any],
+        parameters: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
+    ) -> list[str]: ...
 
     def reboot(self, server_id: str, kind: str) -> None: ...
 
@@ -387,12 +395,17 @@ class OpenStackApi:
 
     # --- Heat ----------------------------------------------------------------------------
 
-    def _stacks(self) -> dict[tuple[str, str], bool]:
+    def _stacks(self) -> dict[tuple[str, str], str]:
+        """(name, id) -> "parent", "group", or the slot of a member with a stack of its own."""
         cloud = self.cloud
-        return {
-            (cloud.stack_name, cloud.stack_id): False,
-            (cloud.nested_name, cloud.nested_id): True,
+        stacks = {
+            (cloud.stack_name, cloud.stack_id): "parent",
+            (cloud.nested_name, cloud.nested_id): "group",
         }
+        for member in cloud.members():
+            if member.stack_id:
+                stacks[(member.stack_name, member.stack_id)] = member.slot
+        return stacks
 
     def _heat(
         self,
@@ -413,7 +426,10 @@ class OpenStackApi:
             return NOT_FOUND
         if len(parts) < 3 or (parts[1], parts[2]) not in stacks:
             return NOT_FOUND
-        nested = stacks[(parts[1], parts[2])]
+        kind = stacks[(parts[1], parts[2])]
+        if kind not in ("parent", "group"):
+            return self._member_stack(method, kind, parts, body, endpoint)
+        nested = kind == "group"
         rest = parts[3:]
         base = f"{endpoint.url}/stacks/{quote(parts[1])}/{parts[2]}"
         if not rest and method == "GET":
@@ -421,7 +437,13 @@ class OpenStackApi:
         if not rest and method in ("PATCH", "PUT") and not nested:
             return self._update_stack(body)
         if rest == ["resources"] and method == "GET":
+            try:
+                depth = int((query.get("nested_depth") or ["0"])[0])
+            except ValueError:
+                return 400, {}, {"error": {"message": "nested_depth must be an integer"}}
             resources = self._resources(nested, base)
+            if nested and depth > 0:
+                resources += self._member_resources(endpoint)
             wanted = query.get("physical_resource_id")
             return (
                 200,
@@ -470,8 +492,13 @@ class OpenStackApi:
         if not isinstance(template, dict):
             return 400, {}, {"error": {"message": "an update needs a template"}}
         parameters = body.get("parameters") if isinstance(body, dict) else None
+        files = body.get("files") if isinstance(body, dict) else None
         try:
-            self.cloud.stack_update(template, parameters if isinstance(parameters, dict) else None)
+            self.cloud.stack_update(
+                template,
+                parameters if isinstance(parameters, dict) else None,
+                files if isinstance(files, dict) else None,
+            )
         except ValueError as error:
             return 400, {}, {"error": {"type": "NotSupported", "message": str(error)}}
         return 202, {}, ""
@@ -498,22 +525,37 @@ class OpenStackApi:
         }
 
     def _resources(self, nested: bool, base: str) -> list[dict[str, Any]]:
-        def links(name: str) -> list[dict[str, str]]:
-            return [{"href": f"{base}/resources/{quote(name)}", "rel": "self"}]
+        """A stack's resources as Heat's "List resources" shows them (heat/api/openstack/
+        v1/resources.py `format_resource`: `links` self and stack, and nested for a
+        resource with a stack of its own; `parent_resource` in a nested stack)."""
+
+        def links(name: str, nested_stack: str = "") -> list[dict[str, str]]:
+            out = [
+                {"href": f"{base}/resources/{quote(name)}", "rel": "self"},
+                {"href": base, "rel": "stack"},
+            ]
+            if nested_stack:
+                out.append({"href": nested_stack, "rel": "nested"})
+            return out
 
         if nested:
+            stacks = base.rsplit("/stacks/", 1)[0] + "/stacks"
             return [
                 {
                     "resource_name": m.slot,
                     "logical_resource_id": m.slot,
-                    "resource_type": "OS::Nova::Server",
-                    "physical_resource_id": m.server_id,
+                    "resource_type": m.type,
+                    "physical_resource_id": m.stack_id or m.server_id,
                     "resource_status": m.resource_status,
                     "resource_status_reason": m.reason or "state changed",
                     "creation_time": _iso(m.created_at),
-                    "updated_time": _iso(m.created_at),
+                    "updated_time": _iso(m.server_created_at or m.created_at),
                     "required_by": [],
-                    "links": links(m.slot),
+                    "parent_resource": self.cloud.group_resource,
+                    "links": links(
+                        m.slot,
+                        f"{stacks}/{quote(m.stack_name)}/{m.stack_id}" if m.stack_id else "",
+                    ),
                 }
                 for m in self.cloud.members()
             ]
@@ -532,6 +574,101 @@ class OpenStackApi:
             }
             for r in self.cloud.resources()
         ]
+
+    def _member_resources(self, endpoint: Endpoint) -> list[dict[str, Any]]:
+        """The resources inside each member stack (`nested_depth` 1 of the group's)."""
+        rows: list[dict[str, Any]] = []
+        for member in self.cloud.members():
+            if member.stack_id:
+                rows += self._inside(member, f"{endpoint.url}/stacks")
+        return rows
+
+    def _inside(self, member: Member, stacks: str) -> list[dict[str, Any]]:
+        """A member stack's resources: its server, its wait condition handle and condition
+        (infra.heat.MemberStack), as Heat lists them."""
+        base = f"{stacks}/{quote(member.stack_name)}/{member.stack_id}"
+        if member.nova_status == "ERROR":
+            server_status = "CREATE_FAILED"
+        elif member.status == "BUILD":
+            server_status = "CREATE_IN_PROGRESS"
+        else:  # a member marked unhealthy or whose wait failed: the member, not its server
+            server_status = "CREATE_COMPLETE"
+        rows = [("server", "OS::Nova::Server", member.server_id, server_status, "state changed")]
+        if member.handle:
+            rows.append(
+                (
+                    member.handle,
+                    "OS::Heat::WaitConditionHandle",
+                    f"{member.stack_id}-{member.handle}",
+                    "CREATE_COMPLETE",
+                    "state changed",
+                )
+            )
+            if member.ready is not None:
+                status, reason = member.ready.outcome(self.cloud.clock())
+                shown = "INIT_COMPLETE" if status == "INIT" else f"CREATE_{status}"
+                rows.append(("ready", "OS::Heat::WaitCondition", "", shown, reason or ""))
+        created = _iso(member.server_created_at or member.created_at)
+        return [
+            {
+                "resource_name": name,
+                "logical_resource_id": name,
+                "resource_type": rtype,
+                "physical_resource_id": physical,
+                "resource_status": status,
+                "resource_status_reason": reason,
+                "creation_time": created,
+                "updated_time": created,
+                "required_by": [],
+                "parent_resource": member.slot,
+                "links": [
+                    {"href": f"{base}/resources/{quote(name)}", "rel": "self"},
+                    {"href": base, "rel": "stack"},
+                ],
+            }
+            for name, rtype, physical, status, reason in rows
+        ]
+
+    def _member_stack(
+        self, method: str, slot: str, parts: list[str], body: Any, endpoint: Endpoint
+    ) -> Answer:
+        """A member stack's own API: show it, list its resources, signal its handle."""
+        member = self.cloud.member_by_slot(slot)
+        if member is None:
+            return NOT_FOUND
+        rest = parts[3:]
+        stacks = f"{endpoint.url}/stacks"
+        if not rest and method == "GET":
+            return (
+                200,
+                {},
+                {
+                    "stack": {
+                        "id": member.stack_id,
+                        "stack_name": member.stack_name,
+                        "stack_status": member.resource_status,
+                        "creation_time": _iso(member.created_at),
+                        "updated_time": _iso(member.server_created_at),
+                        "parent": self.cloud.nested_id,
+                    }
+                },
+            )
+        rows = self._inside(member, stacks)
+        if rest == ["resources"] and method == "GET":
+            return 200, {}, {"resources": rows}
+        if len(rest) >= 2 and rest[0] == "resources":
+            found = next((r for r in rows if r["resource_name"] == rest[1]), None)
+            if found is None:
+                return NOT_FOUND
+            if len(rest) == 2 and method == "GET":
+                return 200, {}, {"resource": found}
+            if rest[2:] == ["signal"] and method == "POST":
+                if found["resource_type"] != "OS::Heat::WaitConditionHandle":
+                    message = f"signal is not supported for resource {rest[1]}."
+                    return 400, {}, {"error": {"message": message}}
+                self.cloud.member_ready(member.stack_id, rest[1], body)
+                return 200, {}, ""
+        return NOT_FOUND
 
     def _metadata_of(self, nested: bool, name: str) -> dict[str, Any]:
         if nested:

@@ -83,6 +83,18 @@ class Member:
     """Heat's resource status: CREATE_IN_PROGRESS, CREATE_COMPLETE, CHECK_FAILED, ..."""
     nova_status: str | None = "BUILD"
     """Nova's server status: BUILD, ACTIVE, HARD_REBOOT, ERROR; None once Nova forgot it."""
+    stack_id: str = ""
+    """The member's own stack (a provider template: infra.heat.MemberStack); "" for a
+    member that is a server only. Kept when the member is updated in place."""
+    stack_name: str = ""
+    type: str = "OS::Nova::Server"
+    """The member resource's type: the provider template's URL for a member stack."""
+    handle: str = ""
+    """The member stack's wait condition handle."""
+    ready: WaitHandle | None = None
+    """The member stack's wait condition, on `handle` (made when its server is ACTIVE)."""
+    server_created_at: float = 0.0
+    """The server resource's creation time (a member updated in place keeps `created_at`)."""
 
     def sort_key(self) -> tuple[bool, int, str]:
         """grouputils.get_members: FAILED first, then by created_time, then by name.
@@ -339,6 +351,11 @@ class ScalingGroup:
             elif member.status == "FAILED" or member.definition != definition:
                 fresh = self._new_server(slot)
                 fresh.definition = definition
+                if member.stack_id and member.status != "FAILED":
+                    # a member stack is updated in place (a TemplateResource keeps its
+                    # class): the same resource and stack, a new server inside it
+                    fresh.created_at = member.created_at
+                    fresh.stack_id, fresh.stack_name = member.stack_id, member.stack_name
                 plan.replaced.append((member, fresh))
                 members.append(fresh)
             else:

@@ -41,6 +41,50 @@ class UnsupportedUpdate(ValueError):
     """A stack update the lab's Heat does not carry out (it says why)."""
 
 
+@dataclass(frozen=True)
+class MemberKind:
+    """What a group member is, by its definition: a server, or a provider template (a
+    stack of its own, infra.heat.MemberStack) whose wait condition (`handle`, `timeout`)
+    holds the member unfinished until its agent signals."""
+
+    type: str = "OS::Nova::Server"
+    handle: str = ""
+    timeout: float = 0.0
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.handle)
+
+
+def member_kind(resource: dict[str, Any] | None, files: dict[str, str]) -> MemberKind:
+    """The kind of the group's `resource` definition. A `type` ending in .yaml is a
+    provider template Heat reads from the request's `files` (it fetches no file:// URL
+    itself: heat/engine/resources/template_resource.py `template_data`); a wait
+    condition in it gates the member."""
+    import yaml
+
+    kind = str((resource or {}).get("type") or "OS::Nova::Server")
+    if not kind.endswith((".yaml", ".template")):
+        return MemberKind(kind)
+    text = files.get(kind)
+    if text is None:
+        raise UnsupportedUpdate(
+            f'Could not fetch remote template "{kind}": not in the request\'s files (Heat'
+            " fetches no file:// URL itself)"
+        )
+    resources = (yaml.safe_load(text) or {}).get("resources") or {}
+    condition = next(
+        (r for r in resources.values() if r.get("type") == "OS::Heat::WaitCondition"), None
+    )
+    if condition is None:
+        return MemberKind(kind)
+    handle = (condition.get("properties") or {}).get("handle") or {}
+    name = handle.get("get_resource") if isinstance(handle, dict) else None
+    if not name or (resources.get(name) or {}).get("type") != "OS::Heat::WaitConditionHandle":
+        raise UnsupportedUpdate(f"{kind}: the wait condition's handle is not a handle of it")
+    return MemberKind(kind, str(name), float((condition.get("properties") or {})["timeout"]))
+
+
 def _digest(value: Any) -> str:
     import hashlib
     import json
@@ -138,6 +182,16 @@ class LabCloud:
         """The stack's parameters as the lab knows them (lab.timings.lab_parameters)."""
         """A digest of the group's member definition in the template the stack was made
         from (None: not known); an update changing it is one the lab does not model."""
+        self.kinds: dict[str, MemberKind] = {"member": MemberKind()}
+        """What a member of each definition (Member.definition) is."""
+        self.files: dict[str, str] = {}
+        """The stack's `files` (the provider templates), old and new kept, as Heat merges
+        them for a rolling update (grouputils.get_child_template_files)."""
+        self.group_status = "CREATE_IN_PROGRESS"
+        """The group resource's own status in the stack: *_IN_PROGRESS while the stack is
+        created or updated (Heat's `adjust` drops every signal then)."""
+        self.lingering: list[Member] = []
+        """Old servers of members whose update failed: Heat keeps them (no clean-up ran)."""
         self.wait_handles: dict[str, WaitHandle] = {}
         """The stack's OS::Heat::WaitConditionHandle resources by name (agents_ready_handle)."""
         self.deleted: list[Member] = []
@@ -212,7 +266,9 @@ class LabCloud:
             StackResource(name, "OS::Heat::ScalingPolicy", f"policy-{name}")
             for name in self.group.policies
         ]
-        group = StackResource(GROUP, "OS::Heat::AutoScalingGroup", self.nested_id)
+        group = StackResource(
+            GROUP, "OS::Heat::AutoScalingGroup", self.nested_id, status=self.group_status
+        )
         handles: list[StackResource] = []
         for name, handle in self.wait_handles.items():
             handles.append(
@@ -244,21 +300,30 @@ class LabCloud:
     # --- Heat: a stack update ---------------------------------------------------------------
 
     def load_template(
-        self, template: dict[str, Any], parameters: dict[str, str] | None = None
+        self,
+        template: dict[str, Any],
+        parameters: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
     ) -> None:
         """What the stack was created from, as far as the lab keeps it: the settings
         document and the members' definition (the digest of its resource and the stack's
-        parameters: a new image is a new parameter value, not a new template)."""
+        parameters: a new image is a new parameter value, not a new template), and what a
+        member is (`member_kind`, from the request's `files`)."""
         resources = template.get("resources") or {}
         self.settings_document = dict((resources.get(SETTINGS) or {}).get("metadata") or {})
         group = (resources.get(GROUP) or {}).get("properties") or {}
         member = group.get("resource")
+        self.files = dict(files or {})
+        self.kinds[self.group.definition] = member_kind(member, self.files)
         self.parameters = dict(parameters or {})
         self.member_definition = _digest([member, self.parameters]) if member is not None else None
         self.group.group_cooldown = float(group.get("cooldown", self.group.group_cooldown))
 
     def stack_update(
-        self, template: dict[str, Any], parameters: dict[str, str] | None = None
+        self,
+        template: dict[str, Any],
+        parameters: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
     ) -> list[str]:
         """Heat's "Update stack" with a new template, for what the lab models: the settings
         document (its RandomString replaced: new metadata), the group's sizes and cooldown
@@ -279,6 +344,8 @@ class LabCloud:
         )
         if rolling and self.group.in_progress:
             raise UnsupportedUpdate("the group is being resized or updated: Heat refuses")
+        merged = {**self.files, **(files or {})}
+        kind = member_kind(member, merged) if rolling else None
         notes: list[str] = []
         document = (resources.get(SETTINGS) or {}).get("metadata")
         current = (self.settings_document or {}).get("sha256")
@@ -309,13 +376,17 @@ class LabCloud:
                 g.in_progress = True  # UPDATE_IN_PROGRESS: a policy's signal is dropped
                 self.member_definition = _digest([member, values])
                 self.parameters = values
+                self.files = merged
                 g.definition = self.member_definition[:12]
+                assert kind is not None
+                self.kinds[g.definition] = kind
                 batches = g.rolling_batches(batch, least)
             notes.append(
                 f"{GROUP} members' definition {g.definition}: a rolling update, batches"
                 f" {batches} (max_batch_size {batch}, min_in_service {least}, pause_time"
                 f" {pause:g} s)"
             )
+            self.group_status = "UPDATE_IN_PROGRESS"
             self._run(lambda: self._roll(batches, pause, cooldown), "rolling-update")
         elif bounds != (g.min_size, g.max_size) or cooldown != g.group_cooldown:
             with self._lock:
@@ -326,7 +397,11 @@ class LabCloud:
                 f"{GROUP} min {bounds[0]} max {bounds[1]} cooldown {cooldown:g} s:"
                 f" {plan.capacity_before} -> {plan.capacity_after} members"
             )
-            self._resize(plan, cooldown, True)
+            self.group_status = "UPDATE_IN_PROGRESS"
+            try:
+                self._resize(plan, cooldown, True)
+            finally:
+                self.group_status = "UPDATE_COMPLETE"
         for note in notes:
             self.events.add("stack-update", "", note)
         if not notes:
@@ -341,7 +416,10 @@ class LabCloud:
         get it; each a new server, the old one deleted once the new one is up), waited for;
         the group's cooldown restarts after each (`_finished_scaling`), then `pause_time`
         before the next. Then `handle_update`'s resize to the current size. The group stays
-        UPDATE_IN_PROGRESS throughout: a policy's signal is dropped (NoActionRequired)."""
+        UPDATE_IN_PROGRESS throughout: a policy's signal is dropped (NoActionRequired).
+        A batch whose new member's wait condition fails (its agent never said it votes)
+        fails the update: the roll stops there, the old servers kept."""
+        failed: list[Member] = []
         try:
             for number, (size, count) in enumerate(batches, 1):
                 with self._lock:
@@ -354,7 +432,15 @@ class LabCloud:
                     f"{' +' + ', '.join(m.name for m in plan.created) if plan.created else ''}"
                     f"{' -' + ', '.join(m.name for m in plan.deleted) if plan.deleted else ''}",
                 )
-                self._carry_out(plan)
+                failed = self._carry_out(plan)
+                if failed:
+                    self.events.add(
+                        "rolling-update",
+                        "",
+                        f"failed at batch {number}/{len(batches)}: "
+                        + "; ".join(f"{m.name}: {m.reason}" for m in failed),
+                    )
+                    return
                 with self._lock:
                     self.group.cooldown.finished(cooldown, "rolling update", self.clock(), True)
                 if number < len(batches) and pause > 0 and self._stopping.wait(pause):
@@ -366,6 +452,7 @@ class LabCloud:
         finally:
             with self._lock:
                 self.group.finished(self.clock(), cooldown, size_changed=True)
+                self.group_status = "UPDATE_FAILED" if failed else "UPDATE_COMPLETE"
 
     def add_wait_handle(
         self, name: str, *, condition: str, count: int, timeout: float
@@ -412,11 +499,22 @@ class LabCloud:
         with self._lock:
             plan = self.group.create(desired, self.clock())
         try:
-            self._carry_out(plan)
-        finally:
+            self._boot(plan)
+        except BaseException:
             with self._lock:
                 self.group.finished(self.clock(), 0.0, size_changed=False)
+            raise
         self.events.add("stack-create", "", f"{len(plan.created)} servers")
+
+        def done() -> None:  # Heat's create goes on behind the API's answer
+            try:
+                failed = self._finish(plan)
+            finally:
+                with self._lock:
+                    self.group.finished(self.clock(), 0.0, size_changed=False)
+            self.group_status = "CREATE_FAILED" if failed else "CREATE_COMPLETE"
+
+        self._run(done, "stack-create")
         return plan
 
     def mark_unhealthy(self, server_id: str, reason: str, caller: str = "") -> Member:
@@ -433,7 +531,13 @@ class LabCloud:
             raise KeyError(policy)
         by = self._name_of(caller) or caller or "an agent"
         with self._lock:
-            outcome = self.group.signal(policy, self.clock())
+            if not self.group_status.endswith("_COMPLETE"):
+                # adjust(): the group resource is not COMPLETE (its create or last update
+                # is running or failed): NoActionRequired until an update succeeds
+                status = self.group_status
+                outcome = SignalOutcome(policy, "no-action", f"group is not COMPLETE ({status})")
+            else:
+                outcome = self.group.signal(policy, self.clock())
             self.outcomes.append((self.events.now(), by, outcome))
         kind = "scale-up" if self.group.policies[policy].adjustment > 0 else "scale-down"
         if outcome.resize is None:
@@ -468,7 +572,11 @@ class LabCloud:
         return failed
 
     def update(self, desired: int | None) -> Resize:
-        """A stack update by the operator: resize to `desired` (or the current capacity)."""
+        """A stack update by the operator: resize to `desired` (or the current capacity).
+        Like `pulumi up`, it comes after the stack's create or last update is done: a
+        group whose members still wait for their agents' signals is waited for (at most
+        their wait conditions' timeout)."""
+        self.wait_idle()
         with self._lock:
             plan = self.group.update(desired, self.clock())
         self.events.add(
@@ -476,8 +584,22 @@ class LabCloud:
             "",
             f"desired_capacity {desired}: {plan.capacity_before} -> {plan.capacity_after}",
         )
-        self._resize(plan, 0.0, False)
+        self.group_status = "UPDATE_IN_PROGRESS"
+        try:
+            self._resize(plan, 0.0, False)
+        finally:
+            self.group_status = "UPDATE_COMPLETE"
         return plan
+
+    def wait_idle(self) -> bool:
+        """Wait while the group is being created, resized or updated, up to the members'
+        wait conditions' timeout and a few seconds; whether it is idle."""
+        timeout = max((k.timeout for k in self.kinds.values()), default=0.0) + 5.0
+        deadline = time.monotonic() + timeout
+        while self.group.in_progress and time.monotonic() < deadline:
+            if self._stopping.wait(0.1):
+                break
+        return not self.group.in_progress
 
     def _resize(self, plan: Resize | None, cooldown: float, size_changed: bool) -> None:
         try:
@@ -495,29 +617,67 @@ class LabCloud:
         self._engine = [t for t in self._engine if t.is_alive()] + [thread]
         thread.start()
 
-    def _carry_out(self, plan: Resize) -> None:
+    def _carry_out(self, plan: Resize) -> list[Member]:
         """The nested stack's update: new servers first, then the deletes (the replaced and
-        the cut), each a hard power-off as Nova's delete is."""
+        the cut), each a hard power-off as Nova's delete is. A member stack whose kind has
+        a wait condition is done only once its agent signals it (or its timeout fails it):
+        the deletes wait for that, and the old server of a member whose new one failed is
+        kept (Heat's clean-up of it never runs). The members whose wait failed."""
+        self._boot(plan)
+        return self._finish(plan)
+
+    def _boot(self, plan: Resize) -> None:
+        """The new servers of `plan`, booted; a member stack's wait condition begins."""
         for old, new in plan.replaced:
             self.events.add("replace", old.name, f"by {new.name} ({new.ip})")
+        # a member stack updated in place keeps its stack (lab.cloud.heat.ScalingGroup.resize)
+        in_place = {id(new) for old, new in plan.replaced if new.stack_id == old.stack_id != ""}
         for member in plan.boots:
+            kind = self.kinds.get(member.definition, MemberKind())
+            with self._lock:
+                member.type, member.handle = kind.type, kind.handle
+                if kind.type.endswith((".yaml", ".template")) and not member.stack_id:
+                    member.stack_id = str(uuid.UUID(int=self._rng.getrandbits(128)))
+                    member.stack_name = (
+                        f"{self.nested_name}-{member.slot}-{_short_id(self._rng, 12)}"
+                    )
+                action = "UPDATE" if id(member) in in_place else "CREATE"
+                member.resource_status = f"{action}_IN_PROGRESS"
+                if kind.gated:  # the handle exists before the server: signals are kept
+                    member.ready = WaitHandle("ready", 1, kind.timeout)
             try:
                 self.hypervisor.boot(member)
                 with self._lock:
                     member.status = "ACTIVE"
                     member.nova_status = "ACTIVE"
-                    member.resource_status = "CREATE_COMPLETE"
+                    member.server_created_at = self.clock()
+                    if member.ready is not None:  # the condition waits from the server's ACTIVE
+                        member.ready.started_at = self.clock()
+                    else:
+                        member.resource_status = f"{action}_COMPLETE"
             except Exception as error:  # a server that fails to boot is FAILED, as in Nova
                 with self._lock:
                     member.status = "FAILED"
                     member.nova_status = "ERROR"
-                    member.resource_status = "CREATE_FAILED"
+                    member.resource_status = f"{action}_FAILED"
                     member.reason = f"boot failed: {error}"
+                    member.ready = None
                 self.events.add("boot-failed", member.name, str(error))
+
+    def _finish(self, plan: Resize) -> list[Member]:
+        """The rest of `plan` once its new members are done: the deletes."""
+        failed = self._await_ready([m for m in plan.boots if m.ready is not None])
         replaced_by = {old.server_id: new for old, new in plan.replaced}
         for member in plan.deletes:
-            if member.server_id in replaced_by and member.status != "FAILED":
-                new = replaced_by[member.server_id]
+            new = replaced_by.get(member.server_id)
+            if new is not None and new in failed:
+                # the replacement never signalled: Heat's update failed before the clean-up
+                member.reason = f"kept: its replacement {new.name} failed ({new.reason})"
+                with self._lock:
+                    self.lingering.append(member)
+                self.events.add("kept", member.name, member.reason)
+                continue
+            if new is not None and member.status != "FAILED":
                 member.reason = f"replaced by {new.name}: a new member definition"
             elif member.status != "FAILED":
                 member.reason = "not FAILED: cut by the resize (Heat keeps the newest)"
@@ -525,6 +685,45 @@ class LabCloud:
             with self._lock:
                 member.nova_status = None
                 self.deleted.append(member)
+        return failed
+
+    def _await_ready(self, members: list[Member]) -> list[Member]:
+        """Wait until each member stack's wait condition completes or fails (Heat's
+        `HeatWaitCondition._wait`, in lab.cloud.heat.WaitHandle); the members it failed,
+        FAILED as Heat leaves them (`*_FAILED`, the condition's reason)."""
+        pending = list(members)
+        failed: list[Member] = []
+        while pending:
+            for member in list(pending):
+                assert member.ready is not None
+                status, reason = member.ready.outcome(self.clock())
+                if status == "IN_PROGRESS" or status == "INIT":
+                    continue
+                pending.remove(member)
+                with self._lock:
+                    action = member.resource_status.split("_", 1)[0]
+                    if status == "COMPLETE":
+                        member.resource_status = f"{action}_COMPLETE"
+                        self.events.add("member-ready", member.name, "its wait condition completed")
+                    else:
+                        member.status = "FAILED"
+                        member.resource_status = f"{action}_FAILED"
+                        member.reason = reason
+                        failed.append(member)
+                if status != "COMPLETE":
+                    self.events.add("member-failed", member.name, reason)
+            if pending and self._stopping.wait(0.1):
+                break
+        return failed
+
+    def member_ready(self, stack_id: str, handle: str, details: Any) -> bool:
+        """A signal to the handle `handle` of member stack `stack_id`; False: no such handle."""
+        with self._lock:
+            member = next((m for m in self.group.members if m.stack_id == stack_id), None)
+        if member is None or member.handle != handle or member.ready is None:
+            return False
+        member.ready.signal(details)
+        return True
 
     # --- Nova actions -------------------------------------------------------------------------
 
