@@ -184,7 +184,10 @@ class StackSettings(BaseModel):
     """When set, the program creates the keypair `key_name` from this public key."""
     prebuilt_image: ZeroOneBool = False
     """True for a Packer image: boot skips installing etcd, netdata and the venv."""
-    etcd_version: Annotated[str, Field(pattern=r"^3\.5\.\d+$")] = "3.5.17"
+    etcd_version: Annotated[str, Field(pattern=r"^3\.[45]\.\d+$")] = "3.5.17"
+    """etcd 3.5.x, or 3.4.x on a `prebuilt_image` that has it (no 3.4 checksums are
+    listed for a plain image): a 3.4 cluster moves to 3.5 by a `pulumi up` (infra.plan
+    allows one minor version up at a time, etcd's rule)."""
     proxy_instance_type: OptionalName = None
     metrics_instance_type: OptionalName = None
     volume_size: Annotated[int, Field(ge=0)] = 0

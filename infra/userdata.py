@@ -183,7 +183,11 @@ def settings_document(stack: StackSettings, *, cluster_name: str, bundle: Bundle
     if stack.proxies:
         proxy = node_agent_settings(stack, cluster_name=cluster_name, role="proxy")
         roles["proxy"] = role_settings(proxy)
-    document: dict[str, Any] = {"bundle_sha256": bundle.sha256, "roles": roles}
+    document: dict[str, Any] = {
+        "bundle_sha256": bundle.sha256,
+        "etcd_version": stack.etcd_version,
+        "roles": roles,
+    }
     document["sha256"] = document_sha256(document)
     return document
 
@@ -305,6 +309,18 @@ def _node_document(
         ]
         runcmd.append(
             ["sh", f"{NODE_DIR}/install.sh", stack.etcd_version, ETCD_SUMS, *agent_requirements()]
+        )
+    else:
+        # the image brings etcd (packer/): say so at boot when it is not the stack's
+        # `etcd_version`; and a new etcd_version is a new member definition (a roll)
+        runcmd.append(
+            [
+                "sh",
+                "-c",
+                'v=$(/usr/local/bin/etcd --version | sed -n "s/^etcd Version: *//p");'
+                f' [ "$v" = "{stack.etcd_version}" ] || echo "autoscale-etcd: the image\'s'
+                f" etcd is $v, the stack's etcd_version {stack.etcd_version}\" >&2",
+            ]
         )
     runcmd.append(["install", "-d", "-o", "etcd", "-g", "etcd", "-m", "0700", ETCD_DATA_DIR])
     if https:

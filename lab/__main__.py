@@ -69,6 +69,7 @@ SCENARIO_NAMES = [
     "rolling-update",
     "rolling-update-grown",
     "rolling-update-fault",
+    "rolling-update-etcd",
 ]
 """lab.scenarios.SCENARIOS, named here so that `--help` imports no lab."""
 

@@ -72,3 +72,20 @@ def all_etcd_binaries() -> dict[str, str]:
             major, minor, _ = etcd_version(candidate)
             found.setdefault(f"{major}.{minor}", candidate)
     return found
+
+
+def etcd_binary_for(version: str, default: str) -> str:
+    """The lab's etcd for a stack's `etcd_version`: `default` when its minor version is
+    that one (the lab runs the binaries this machine has, not the exact patch release),
+    else this machine's etcd of that minor (Debian's 3.4 for a 3.4 stack)."""
+    want = ".".join(version.split(".")[:2])
+    major, minor, _ = etcd_version(default)
+    if f"{major}.{minor}" == want:
+        return default
+    found = all_etcd_binaries().get(want)
+    if found is None:
+        raise ValueError(
+            f"etcd_version {version}: this machine has no etcd {want} (it has"
+            f" {', '.join(sorted(all_etcd_binaries())) or 'none'}); Debian's etcd-server is 3.4"
+        )
+    return found

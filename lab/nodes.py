@@ -39,6 +39,7 @@ from agent.settings import AgentSettings, OpenStackCloud
 from agent.state import AgentState
 from infra.settings import StackSettings
 from lab.cloud.heat import Member
+from lab.etcd_binaries import etcd_binary_for
 from lab.events import EventLog
 from lab.netdata_stub import NETDATA_PORT, Mode, NetdataStub, NodeMetrics
 from lab.netns import IP, METADATA_IP, LabNetwork, in_namespace
@@ -240,7 +241,7 @@ class Nova:
             cloud=self.cloud_for(member),
             node_dir=node_dir,
             netdata_url=stub.url,
-            etcd_binary=self.etcd_binary,
+            etcd_binary=etcd_binary_for(self.stack.etcd_version, self.etcd_binary),
         )
         if self.pki is not None and settings.etcd.tls is not None:
             # as the node's boot does: infra/node/issue-cert.sh for its own address

@@ -68,6 +68,9 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
 - rolling-update-fault: the same roll with an original member's node killed (kill -9; a
   follower if one is, not the next Heat replaces) once the first new member votes: quorum
   kept through the batches that follow.
+- rolling-update-etcd: etcd's rolling upgrade, 3.4 -> 3.5: a cluster of etcd 3.4 (Debian's)
+  rolled by a `pulumi up` of `etcd_version` to servers running 3.5 (the wheel's); etcdctl
+  and etcd's /version from outside: every member 3.5 and the cluster version 3.5.
 """
 
 from __future__ import annotations
@@ -763,6 +766,63 @@ def _restore_line(lab: Lab) -> tuple[Node, str] | None:
     return None
 
 
+ETCD_BEFORE, ETCD_AFTER = "3.4.23", "3.5.17"
+"""rolling-update-etcd's versions: Debian's etcd-server (3.4) and the wheel's line (3.5)."""
+
+
+def rolling_update_etcd(run: Run) -> None:
+    """etcd's rolling upgrade, one minor version: a cluster of etcd 3.4 (the lab's stack
+    at `etcd_version` 3.4.23 on a prebuilt image runs Debian's 3.4) gets `etcd_version`
+    3.5.17 by a `pulumi up`: every member's server replaced by one running 3.5 (the
+    wheel's), each joining the 3.4 cluster beside the old one. From outside, etcdctl and
+    etcd's /version: every member serves 3.5 at the end, and the cluster version is 3.5."""
+    lab = run.lab
+    outside = Etcdctl(tls=lab.client_tls)
+    first = _versions(outside, lab.endpoints())
+    run.check(
+        "etcdctl: the cluster runs etcd 3.4 before",
+        bool(first) and all(v.startswith("3.4.") for v in first.values()),
+        f"{first}",
+    )
+    rolling_update(run, changes={"etcd_version": ETCD_AFTER})
+    after = _versions(outside, lab.endpoints())
+    # the leader raises the cluster version once every member runs 3.5 (etcd's version
+    # monitor looks every few seconds)
+    lab.wait_for(
+        lambda _: {_cluster_version(url) for url in lab.endpoints()} == {"3.5.0"},
+        20.0,
+        "the cluster version 3.5",
+    )
+    clusters = {_cluster_version(url) for url in lab.endpoints()}
+    run.check(
+        "etcdctl: every member serves etcd 3.5, the cluster version is 3.5",
+        bool(after) and all(v.startswith("3.5.") for v in after.values()) and clusters == {"3.5.0"},
+        f"servers {after}; cluster version {sorted(str(c) for c in clusters)}",
+    )
+
+
+def _versions(outside: Etcdctl, endpoints: list[str]) -> dict[str, str]:
+    """Each endpoint's etcd server version, from `etcdctl endpoint status`."""
+    view = outside.look(endpoints)
+    return {
+        str(s.get("Endpoint")): str((s.get("Status") or {}).get("version"))
+        for s in view.statuses
+        if isinstance(s, dict)
+    }
+
+
+def _cluster_version(url: str) -> str | None:
+    """etcd's `GET /version`: the cluster version (`etcdcluster`) the member reports."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/version", timeout=5) as answer:
+            return str(json.loads(answer.read()).get("etcdcluster"))
+    except (OSError, ValueError):
+        return None
+
+
 def rolling_update_grown(run: Run) -> None:
     """The roll of a group grown past `capacity` to `max_cluster` (an operator's resize,
     the load kept high so that nobody leaves): every member replaced, and the group keeps
@@ -823,17 +883,24 @@ def _crash_during_roll(run: Run, start: float, originals: list[str]) -> None:
     run.check("the lost member was removed during the roll", removed, f"{victim}: {removed}")
 
 
-def rolling_update(run: Run, size: int | None = None, *, fault: bool = False) -> None:
+def rolling_update(
+    run: Run,
+    size: int | None = None,
+    *,
+    fault: bool = False,
+    changes: dict[str, Any] | None = None,
+) -> None:
     lab, t, stack = run.lab, run.timings, run.stack
     size = size or stack.capacity
     outside = Etcdctl(tls=lab.client_tls)
     before = outside.look(lab.endpoints())
     originals = sorted(m.name for m in lab.cloud.members())
-    image = f"{stack.image}-next"
-    run.phase(f"a `pulumi up` with a new image ({image}): Heat replaces every member")
+    changes = changes or {"image": f"{stack.image}-next"}
+    said = ", ".join(f"{k}={v}" for k, v in changes.items())
+    run.phase(f"a `pulumi up` with {said}: Heat replaces every member's server")
     start = run.now
     try:
-        notes = lab.update(image=image)
+        notes = lab.update(**changes)
     except ValueError as error:
         run.check("the update was accepted", False, str(error)[:300])
         return
@@ -1054,6 +1121,7 @@ def _agent_said(lab: Lab, text: str) -> str:
 SCENARIO_STACK: dict[str, dict[str, Any]] = {
     "nospace": {"quota_backend_bytes": NOSPACE_QUOTA},
     "disaster": {"backups": "swift", "backup_period": 60},
+    "rolling-update-etcd": {"etcd_version": ETCD_BEFORE, "prebuilt_image": True},
 }
 """What a scenario changes in the stack it is given: a number only where the stack's value is
 larger (the scenario needs it small), as nospace's quota and disaster's backup period; any
@@ -1158,6 +1226,7 @@ SCENARIOS: dict[str, Scenario] = {
     "rolling-update": rolling_update,
     "rolling-update-grown": rolling_update_grown,
     "rolling-update-fault": rolling_update_fault,
+    "rolling-update-etcd": rolling_update_etcd,
 }
 
 

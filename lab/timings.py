@@ -268,6 +268,7 @@ def lab_settings_document(
     )
     document: dict[str, Any] = {
         "bundle_sha256": "this checkout's source",
+        "etcd_version": stack.etcd_version,
         "roles": {"member": role_settings(settings)},
         "lab_stack": stack.model_dump(mode="json"),
     }

@@ -17,7 +17,7 @@ import yaml
 
 from infra import heat
 from infra.cluster import cluster_template
-from infra.plan import STACK_V1, Render, plan, render_at
+from infra.plan import STACK_V1, Render, etcd_change, plan, render_at
 from infra.render import find_stack_file, stack_config
 from infra.settings import PROJECT_DIR, parse_settings, strip_namespace
 
@@ -183,3 +183,32 @@ def test_the_command_renders_a_git_ref(tmp_path):
         f"group max_size: {size} -> {size + 4}: in place (the group keeps its size within the"
         " new bounds)"
     ], grown.stdout
+
+
+@pytest.mark.parametrize(
+    ("was", "now", "verdict"),
+    [
+        ("3.4.23", "3.5.17", "one minor version up"),
+        ("3.5.15", "3.5.17", "a patch release"),
+        ("3.5.17", "3.4.23", "REFUSED: etcd has no downgrade"),
+        ("3.4.23", "3.6.0", "REFUSED: etcd upgrades one minor version at a time"),
+    ],
+)
+def test_an_etcd_version_change_follows_etcd_s_upgrade_rule(was, now, verdict):
+    line = etcd_change(was, now)
+    assert line is not None and verdict in line and f"etcd {was} -> {now}" in line
+    assert etcd_change("3.5.17", "3.5.17") is None
+
+
+def test_a_refused_etcd_version_change_refuses_the_plan():
+    def rendered(version: str) -> Render:
+        raw = {**strip_namespace(stack_config(find_stack_file("dev"))), "etcd_version": version}
+        raw["prebuilt_image"] = True  # no 3.4 checksums: a prebuilt image
+        settings = parse_settings(raw)
+        return Render(cluster_template(settings, "autoscale-etcd-dev").to_hot(), dict(PARAMETERS))
+
+    up = plan(rendered("3.4.23"), rendered("3.5.17"))
+    assert not up.refused and up.replaces_members
+    assert any(x.startswith("etcd 3.4.23 -> 3.5.17: one minor") for x in up.lines)
+    down = plan(rendered("3.5.17"), rendered("3.4.23"))
+    assert down.refused == [x for x in down.lines if x.startswith("etcd 3.5.17 -> 3.4.23")]

@@ -522,3 +522,130 @@ def test_a_changed_member_definition_rolls_as_heats_replace_does(
     assert hypervisor.outcomes and all("not COMPLETE" in r for r in hypervisor.outcomes)
     assert not cloud.group.in_progress
     assert cloud.group.cooldown_end is not None and cloud.group.cooldown_end >= clock.now
+
+
+# --- members that are stacks of their own: the roll waits for each new server's vote -------
+
+
+def member_stack(image: str, timeout: int = 30):
+    """The program's member template (infra.heat.MemberStack) for the dev stack with `image`."""
+    import dataclasses
+
+    from infra.cluster import cluster_template
+    from infra.render import find_stack_file, stack_config
+    from infra.settings import parse_settings, strip_namespace
+
+    raw = {**strip_namespace(stack_config(find_stack_file("dev"))), "image": image}
+    member = cluster_template(parse_settings(raw), "autoscale-etcd-dev").member()
+    return dataclasses.replace(member, timeout=timeout)
+
+
+def stacked_template(member) -> tuple[dict, dict[str, str]]:
+    template = roll_template("unused", 0)
+    template["resources"]["etcd_group"]["properties"]["resource"] = member.to_hot()
+    return template, {member.url: member.text()}
+
+
+class Ticking(Clock):
+    """A clock a second further at each look: a wait condition's timeout comes in a test."""
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+class Voting(Machines):
+    """A hypervisor whose servers' agents signal their member stack a moment after the boot
+    (from another thread, as an agent does), except those whose name starts with
+    `silent` (names end in a random suffix); it records the order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cloud: LabCloud | None = None
+        self.silent = "-"
+        self.log: list[tuple[str, str]] = []
+
+    def boot(self, member: Member) -> None:
+        import threading
+
+        super().boot(member)
+        self.log.append(("boot", member.name))
+        if member.name.startswith(self.silent) or self.cloud is None:
+            return
+        body = {"status": "SUCCESS", "reason": "votes", "data": "", "id": member.server_id}
+
+        def vote() -> None:
+            self.log.append(("vote", member.name))
+            assert self.cloud is not None
+            self.cloud.member_ready(member.stack_id, member.handle, body)
+
+        threading.Timer(0.2, vote).start()
+
+    def delete(self, member: Member) -> None:
+        super().delete(member)
+        self.log.append(("delete", member.name))
+
+
+def stacked_cloud(clock: Clock) -> tuple[LabCloud, Voting, object]:
+    nova = Voting()
+    cloud = LabCloud(
+        min_size=3,
+        max_size=5,
+        policies=dict(POLICIES),
+        hypervisor=nova,
+        addresses=AddressPool(f"127.{random.randint(100, 254)}.{random.randint(0, 255)}"),
+        events=EventLog(clock=clock),
+        clock=clock,
+        seed=7,
+        background=False,
+    )
+    nova.cloud = cloud
+    old = member_stack("image-1")
+    cloud.load_template(*stacked_template(old)[:1], {}, stacked_template(old)[1])
+    cloud.create(3)
+    return cloud, nova, old
+
+
+def test_a_roll_of_member_stacks_deletes_each_old_server_after_its_new_one_votes():
+    cloud, nova, old = stacked_cloud(Clock())
+    assert cloud.group_status == "CREATE_COMPLETE"  # the three voted
+    before = {m.slot: m for m in cloud.group.ordered()}
+    new = member_stack("image-2")
+    assert new.url != old.url and new.handle != old.handle
+    template, files = stacked_template(new)
+    notes = cloud.stack_update(template, None, files)
+    assert "batches [(3, 1), (3, 1), (3, 1)]" in " ".join(notes)
+    after = {m.slot: m for m in cloud.group.ordered()}
+    # each member updated in place: the same resource, stack and creation time (Heat's
+    # order), a new server under the new template's handle
+    assert set(after) == set(before)
+    for slot, member in after.items():
+        was = before[slot]
+        assert (member.stack_id, member.created_at) == (was.stack_id, was.created_at)
+        assert member.server_id != was.server_id and member.type == new.url
+        assert member.handle == new.handle and member.resource_status == "UPDATE_COMPLETE"
+    # each old server deleted only after its replacement voted, one member at a time
+    for slot, member in after.items():
+        voted = nova.log.index(("vote", member.name))
+        assert nova.log.index(("delete", before[slot].name)) > voted
+    assert cloud.group_status == "UPDATE_COMPLETE" and not cloud.lingering
+
+
+def test_a_new_server_that_never_votes_stops_the_roll_and_keeps_the_old_one():
+    clock = Ticking()
+    cloud, nova, _ = stacked_cloud(clock)
+    first = cloud.group.ordered()[0]
+    template, files = stacked_template(member_stack("image-2"))
+    nova.silent = f"{cloud.name_prefix}-04"  # the first new server (the fourth made)
+    booted_before = len(nova.booted)
+    cloud.stack_update(template, None, files)
+    replacement = cloud.group.by_slot(first.slot)
+    assert replacement is not None and len(nova.booted) == booted_before + 1  # no next batch
+    assert replacement.resource_status == "UPDATE_FAILED"
+    assert "WaitConditionTimeout" in replacement.reason
+    # Heat's clean-up of the old server never ran: kept, running
+    assert first.name not in nova.deleted and first in cloud.lingering
+    assert cloud.group_status == "UPDATE_FAILED"
+    # and adjust() refuses every signal until an update succeeds
+    outcome = cloud.signal("scale_up")
+    assert outcome.action == "no-action" and "UPDATE_FAILED" in outcome.reason
