@@ -64,6 +64,7 @@ SCENARIO_NAMES = [
     "reboot",
     "skewed",
     "update",
+    "update-grown",
     "nospace",
     "disaster",
     "rolling-update",

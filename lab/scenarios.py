@@ -42,6 +42,7 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
   reset), etcdctl from outside sees the same member ids; an update changing the client
   port is refused before anything changes; then the load falls and the group shrinks
   back under the new threshold.
+- update-grown: the same on a group grown to `max_cluster`.
 - nospace: the backend's quota (8 MiB in this scenario) filled by history, four keys
   rewritten with 256 KiB values until etcd raises NOSPACE and refuses every put: the
   leader's agent compacts, defragments and disarms by itself, the writer's puts are taken
@@ -543,18 +544,18 @@ def reboot(run: Run) -> None:
     run.outside_writes = True
 
 
-def update(run: Run) -> None:
+def update(run: Run, grown: int | None = None) -> None:
     import json
 
     from agent.loop import SETTINGS_POLL_CYCLES
 
     lab, t, stack = run.lab, run.timings, run.stack
-    grown = stack.capacity + 1
-    run.phase("the group grows by one (an operator's resize), everyone busy")
+    grown = grown or stack.capacity + 1
+    run.phase(f"the group grows to {grown} (an operator's resize), everyone busy")
     lab.set_demand(40.0 * grown)
     lab.cloud.update(grown)
-    ok = run.settle(grown, 2 * run.timings.join_time, "one more member")
-    run.check("the group grew by one", ok, f"{grown} members: {ok}")
+    ok = run.settle(grown, (grown - stack.capacity + 1) * run.timings.join_time, "grown")
+    run.check(f"the group grew to {grown}", ok, f"{grown} members: {ok}")
     outside = Etcdctl(tls=lab.client_tls)
     before = outside.look(lab.endpoints())
     servers = sorted(n.member.server_id for n in lab.nova.live())
@@ -624,11 +625,18 @@ def update(run: Run) -> None:
     lab.set_demand(5.0 * stack.capacity)
     back = run.settle(
         stack.capacity,
-        t.downmetric_window + 1.6 * t.scaledownperiod + 2 * run.timings.join_time,
+        t.downmetric_window
+        + (grown - stack.capacity) * 1.6 * t.scaledownperiod
+        + 2 * run.timings.join_time,
         "back to capacity",
     )
     run.check("the group shrank back to capacity", back, f"{stack.capacity} members: {back}")
     run.outside_writes = True
+
+
+def update_grown(run: Run) -> None:
+    """`update` on a group grown to `max_cluster`."""
+    update(run, grown=run.stack.max_cluster)
 
 
 SKEWED_BUSY = 30.0
@@ -1221,6 +1229,7 @@ SCENARIOS: dict[str, Scenario] = {
     "reboot": reboot,
     "skewed": skewed,
     "update": update,
+    "update-grown": update_grown,
     "nospace": nospace,
     "disaster": disaster,
     "rolling-update": rolling_update,

@@ -93,8 +93,8 @@ def lab(make_agent_lab):
     return make_agent_lab()
 
 
-def start_on(lab: Lab, tmp_path: Path, bundle: Bundle) -> list[Node]:
-    nodes = lab.create(3)
+def start_on(lab: Lab, tmp_path: Path, bundle: Bundle, count: int = 3) -> list[Node]:
+    nodes = lab.create(count)
     for node in nodes:
         path = tmp_path / node.name / "agent.pyz"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,13 +102,17 @@ def start_on(lab: Lab, tmp_path: Path, bundle: Bundle) -> list[Node]:
         node.agent.bundle_path = path
         node.agent.bundle_sha256 = file_sha256(path)
         node.start()
-    assert wait_until(lambda: len(lab.voters()) == 3, timeout=30), lab.voters()
+    assert wait_until(lambda: len(lab.voters()) == count, timeout=30), lab.voters()
     assert wait_until(lambda: all(lab.state(n.name).phase == "member" for n in nodes), 30)
     return nodes
 
 
-def test_every_node_takes_the_new_bundle_one_at_a_time_and_the_cluster_stays_whole(lab, tmp_path):
-    start_on(lab, tmp_path, OLD)
+@pytest.mark.parametrize("count", [3, 5])
+def test_every_node_takes_the_new_bundle_one_at_a_time_and_the_cluster_stays_whole(
+    lab, tmp_path, count
+):
+    """On a cluster at capacity and on one grown to five (max_cluster)."""
+    start_on(lab, tmp_path, OLD, count)
     members = {m.name: m.id for m in lab.client().members(check_health=False)}
     systemd = Systemd(lab)
     systemd.thread.start()
@@ -131,7 +135,7 @@ def test_every_node_takes_the_new_bundle_one_at_a_time_and_the_cluster_stays_who
     # one node at a time: each installed holding the (exclusive) lock, which it frees only
     # once it is a healthy member again; and nobody lost its membership
     assert systemd.holder_at_exit == {name: name for name in lab.nodes}
-    assert min(voters_seen) == 3, voters_seen
+    assert min(voters_seen) == count, voters_seen
     assert {m.name: m.id for m in lab.client().members(check_health=False)} == members
     assert not lab.record.deleted and not lab.record.calls_of("mark_unhealthy")
 

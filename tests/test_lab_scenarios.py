@@ -54,6 +54,7 @@ def namespaces_left(root: Path) -> list[str]:
 LEFT_OUT = (
     "freeze",
     "split",
+    "update-grown",
     "rolling-update",
     "rolling-update-grown",
     "rolling-update-fault",
@@ -69,7 +70,8 @@ checks; the long chaos run in README has split rounds). Nor is `skewed` with
 tests/test_decide.py's, and `python -m lab scenario skewed --set downmetric_scope=node` runs
 it end to end. Nor are `rolling-update` (half a minute even at the suite's time factor: a
 join and a `pause_time` per member), `rolling-update-grown` (five of them),
-`rolling-update-fault` and `rolling-update-etcd`; their roll is Heat's `_replace`, which
+`rolling-update-fault` and `rolling-update-etcd`, nor `update-grown` (`update` on a group
+of five: two joins and two leaves more than the suite's); their roll is Heat's `_replace`, which
 tests/test_lab_group.py checks batch by batch against Heat's own functions,
 tests/test_infra_member_gate.py the member's wait with Heat's engine, and README "Day two"
 shows runs."""
