@@ -165,6 +165,8 @@ class OpenStackGroup:
                     created_at=_unix_time(member.created),
                     initial=initial,
                     resource=member.name,
+                    booted_at=_unix_time(member.booted) if member.booted else None,
+                    waiting=member.waiting,
                     group_updating=updating,
                 )
             )
@@ -187,18 +189,38 @@ class OpenStackGroup:
         """Heat "Send a signal to a resource": SUCCESS to the wait condition handle in the
         member stack of server `node_id` (its id is the server's, so a repeated signal
         counts once). False when the member has no handle (a server of an older
-        template): nothing waits for it."""
-        _, members = self._members()
-        match = [m for m in members if m.server_id == node_id]
-        if not match:
+        template): nothing waits for it.
+
+        The server is found by its id (`physical_resource_id`, filtered in Heat's
+        database: while a member stack is updated in place its old and new servers share
+        the resource name, and a plain listing shows one of them), then the handle among
+        the member stack's own resources (its current template's)."""
+        nested = self._nested_stack()
+        rows = self._nested_resources(nested, nested_depth="1", physical_resource_id=node_id)
+        mine = [r for r in rows if r.get("physical_resource_id") == node_id]
+        if not mine:
             raise CloudError(f"member ready: server {node_id} is not a member of the group")
-        member = match[0]
-        if member.handle is None or member.stack_path is None:
+        stack_path, stack_id = _stack_link(mine[0])
+        if stack_id is None or stack_id == str(nested["id"]) or stack_path is None:
+            return False  # a server of an older template: the member is the server
+        answer = _body(
+            self._call("heat", "GET", f"{stack_path}/resources", what="list member stack"),
+            "heat list member stack",
+        )
+        handles = [
+            r
+            for r in answer.get("resources") or []
+            if isinstance(r, dict)
+            and r.get("resource_type") == "OS::Heat::WaitConditionHandle"
+            and not str(r.get("resource_status", "")).startswith("DELETE_")
+        ]
+        if not handles:
             return False
-        path = f"{member.stack_path}/resources/{quote(member.handle, safe='')}/signal"
+        handle = str(max(handles, key=lambda r: str(r.get("creation_time") or ""))["resource_name"])
+        path = f"{stack_path}/resources/{quote(handle, safe='')}/signal"
         body = {"status": "SUCCESS", "reason": reason, "data": "", "id": node_id}
         self._call("heat", "POST", path, json=body, what="member ready signal")
-        log.info("signalled %s of group member %s: %s", member.handle, member.name, reason)
+        log.info("signalled %s of the member stack of server %s: %s", handle, node_id, reason)
         return True
 
     def scale_down(self) -> None:
@@ -332,12 +354,7 @@ class OpenStackGroup:
                 if row.get("physical_resource_id"):
                     members.append(
                         _GroupMember(
-                            name,
-                            str(row["physical_resource_id"]),
-                            status,
-                            row.get("creation_time"),
-                            None,
-                            None,
+                            name, str(row["physical_resource_id"]), status, row.get("creation_time")
                         )
                     )
                 continue
@@ -345,9 +362,11 @@ class OpenStackGroup:
             server = next((r for r in own if r.get("resource_type") == "OS::Nova::Server"), None)
             if server is None or not server.get("physical_resource_id"):
                 continue
-            handle = next(
-                (r for r in own if r.get("resource_type") == "OS::Heat::WaitConditionHandle"),
-                None,
+            ready = [r for r in own if r.get("resource_type") == "OS::Heat::WaitCondition"]
+            waiting = any(
+                str(r.get("resource_status", "")) == "INIT_COMPLETE"
+                or str(r.get("resource_status", "")).endswith("_IN_PROGRESS")
+                for r in ready
             )
             if not status.endswith("_FAILED") and not status.startswith("DELETE_"):
                 status = str(server.get("resource_status", ""))
@@ -357,8 +376,8 @@ class OpenStackGroup:
                     str(server["physical_resource_id"]),
                     status,
                     row.get("creation_time"),
-                    str(handle["resource_name"]) if handle else None,
-                    _stack_link(server)[0],
+                    server.get("creation_time"),
+                    waiting,
                 )
             )
         return nested, members
@@ -571,10 +590,10 @@ class _GroupMember:
     """Heat's status of the member, or of its server while the member stack is not failed."""
     created: object
     """The member resource's `creation_time`."""
-    handle: str | None
-    """The member stack's wait condition handle (None: a server of an older template)."""
-    stack_path: str | None
-    """`/stacks/{name}/{id}` of the member stack."""
+    booted: object = None
+    """The server resource's `creation_time` (a member stack's server); None: the member's."""
+    waiting: bool = False
+    """The member stack's wait condition waits (`INIT_COMPLETE`, `*_IN_PROGRESS`)."""
 
 
 def _stack_link(row: dict[str, Any]) -> tuple[str | None, str | None]:

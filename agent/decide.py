@@ -267,7 +267,13 @@ def _pending_servers(snapshot: Snapshot, settings: AgentSettings) -> int:
     """Servers that are not members yet but may still join (within `join_timeout` of their
     creation): joins to come. One past it is replaced (`_stray_servers`), not waited for."""
     bound = settings.scaling.join_timeout
-    return sum(1 for node in _not_joined(snapshot) if snapshot.now - node.created_at <= bound)
+    return sum(1 for node in _not_joined(snapshot) if snapshot.now - _booted(node) <= bound)
+
+
+def _booted(node: CloudNode) -> float:
+    """When the node's server was made (join_timeout counts from it): the server's own
+    creation time when a member stack holds it, else the member's."""
+    return node.booted_at if node.booted_at is not None else node.created_at
 
 
 def _stray_servers(snapshot: Snapshot, settings: AgentSettings) -> Action | None:
@@ -279,7 +285,7 @@ def _stray_servers(snapshot: Snapshot, settings: AgentSettings) -> Action | None
         return None
     bound = settings.scaling.join_timeout
     for node in _not_joined(snapshot):
-        age = snapshot.now - node.created_at
+        age = snapshot.now - _booted(node)
         if age <= bound or node.name == snapshot.join_lock_holder:
             continue
         return Action(
@@ -467,9 +473,11 @@ def last_to_go(snapshot: Snapshot, names: Iterable[str]) -> str | None:
 
 def heats_next(snapshot: Snapshot) -> CloudNode | None:
     """The running server Heat deletes next: the oldest ACTIVE one, unless a member is
-    FAILED (that one goes first). A scale-down removes it; a rolling update replaces it
-    next (every member not yet replaced is older than every replaced one), deleting its
-    server as soon as the replacement is ACTIVE."""
+    FAILED (that one goes first). A scale-down removes it. In a rolling update of member
+    stacks (updated in place, each keeping its creation time) it may be a member already
+    on its new server: the server a roll deletes is the old one of the member being
+    updated, which the group no longer lists (`Agent._off_heats_next` moves leadership off
+    it)."""
     if any(n.status == "FAILED" for n in snapshot.cloud_nodes or ()):
         return None
     active = running_in_heat_order(snapshot)

@@ -365,7 +365,9 @@ class Agent:
                     if self._leads(snapshot)
                     else ""
                 )
-                if not done and not self._ready_said:
+                # said once per agent life; looked at again once a minute, for a member
+                # whose wait condition waits anew (a `pulumi up` that replaced only it)
+                if not done and (not self._ready_said or self._cycles % SETTINGS_POLL_CYCLES == 1):
                     done = self._say_ready(snapshot)
                 backing_up = self._backup_thread is not None and self._backup_thread.is_alive()
                 if not done and not backing_up and self._upgrade_due(snapshot):
@@ -738,7 +740,11 @@ class Agent:
         Not while the leader is on a server the group no longer lists (the old server of
         a member being replaced, this signal's to delete): its agent moves leadership off
         first (`_off_heats_next`); after READY_LEADER_WAITS cycles the signal goes anyway
-        (an election then, not a roll stopped by a timeout)."""
+        (an election then, not a roll stopped by a timeout).
+
+        Once said, it is said again only when the member's wait condition waits anew: a
+        `pulumi up` that replaced the condition and not the server (a new `join_timeout`,
+        its `timeout`: Heat empties the handle when the old condition goes)."""
         me = snapshot.my_member
         if me is None or me.is_learner or not me.healthy:
             return ""
@@ -756,14 +762,22 @@ class Agent:
         except CloudError as error:
             log.info("member ready not said yet: the group is unreadable (%s)", error)
             return ""
+        mine = next((n for n in nodes if n.id == self.me.id), None)
+        if self._ready_said and (mine is None or not mine.waiting):
+            return ""
         leader = snapshot.leader
         seen = replace(snapshot, cloud_nodes=nodes)
         if leader is not None and leader.id != me.id and seen.server_of(leader) is None:
             self._ready_waits += 1
             if self._ready_waits <= READY_LEADER_WAITS:
                 return f"member ready not said yet: the leader {leader.name} is on a server going"
-        said = self.cloud.member_ready(self.me.id, f"{self.me.name} votes in a whole cluster")
+        try:
+            said = self.cloud.member_ready(self.me.id, f"{self.me.name} votes in a whole cluster")
+        except CloudError as error:
+            log.info("member ready not said yet: %s", error)
+            return ""
         self._ready_said = True
+        self._ready_waits = 0
         return "member ready: signalled" if said else ""
 
     def _ask_group_to_delete_me(self) -> str:

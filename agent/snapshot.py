@@ -99,6 +99,12 @@ class CloudNode:
     """True for the servers made by the group's first creation (they may bootstrap)."""
     resource: str = ""
     """Heat's member resource name: the tie-break of Heat's order (`heat_order`)."""
+    booted_at: float | None = None
+    """The server's own creation time (a member stack's server resource), when it differs
+    from the member's: what `join_timeout` counts from. A member stack updated in place
+    keeps its `created_at` (Heat's order) while its new server is minutes old."""
+    waiting: bool = False
+    """The member stack's wait condition waits for its agent's signal."""
     group_updating: bool = False
     """The group resource itself is being created or updated (a `pulumi up`'s rolling
     update): Heat drops every scaling signal until it is done (the same for every node of

@@ -135,6 +135,8 @@ def etcd_change(was: object, now: object) -> str | None:
     if not isinstance(was, str) or not isinstance(now, str) or was == now:
         return None
     old_minor, new_minor = (tuple(int(p) for p in v.split(".")[:2]) for v in (was, now))
+    if was.count(".") < 2 and old_minor == new_minor:
+        return None  # only the minor version known before: no change to tell
     line = f"etcd {was} -> {now}"
     if new_minor < old_minor:
         return f"{line}: REFUSED: etcd has no downgrade of a running cluster"
@@ -173,7 +175,9 @@ def plan(old: Render, new: Render) -> Plan:
             out.lines.append(line)
             if kind == "refused":
                 out.refused.append(line)
-    etcd = etcd_change(old_doc.get("etcd_version"), new_doc.get("etcd_version"))
+    # a document made before it named the version: 3.5, the only one its settings allowed
+    was = old_doc.get("etcd_version") or ("3.5" if old_doc else None)
+    etcd = etcd_change(was, new_doc.get("etcd_version"))
     if etcd is not None:
         out.lines.append(etcd)
         if "REFUSED" in etcd:

@@ -90,3 +90,15 @@ def test_a_member_without_a_wait_condition_is_done_at_once(tmp_path):
     a = agent(tmp_path, cloud)
     assert a._say_ready(new_server_view()) == ""
     assert a._ready_said and cloud.signals == ["srv4"]
+
+
+def test_said_again_only_when_the_member_s_wait_condition_waits_anew(tmp_path):
+    """A `pulumi up` that replaces the wait condition and not the server (a new
+    join_timeout): Heat empties the handle, and the condition waits for a signal."""
+    cloud = Cloud(group(4))
+    a = agent(tmp_path, cloud)
+    assert a._say_ready(new_server_view()) == "member ready: signalled"
+    assert a._say_ready(new_server_view()) == ""  # said, nothing waits
+    waits = tuple(replace(n, waiting=n.id == "srv4") for n in new_server_view().cloud_nodes)
+    assert a._say_ready(replace(new_server_view(), cloud_nodes=waits)) == "member ready: signalled"
+    assert cloud.signals == ["srv4", "srv4"]

@@ -457,6 +457,19 @@ def test_no_server_replaced(changes, why):
     assert act(snap(3, **{"me": 1, "leader": 1, **changes})).kind != "replace_server", why
 
 
+def test_a_member_stack_s_new_server_counts_from_its_own_boot():
+    """A member stack updated in place keeps the member's creation time (Heat's order) for
+    a server booted a minute ago: join_timeout counts from the server's own."""
+    old_member = stray(5000)
+    fresh = replace(old_member, booted_at=10_000.0 - 60)
+    assert act(snap(3, me=1, leader=1, cloud_nodes=(*group(3), old_member))).kind == (
+        "replace_server"
+    )  # the control: the member's time alone would make it a stray
+    assert act(snap(3, me=1, leader=1, cloud_nodes=(*group(3), fresh))).kind != "replace_server"
+    late = replace(old_member, booted_at=10_000.0 - 901)
+    assert act(snap(3, me=1, leader=1, cloud_nodes=(*group(3), late))).kind == "replace_server"
+
+
 def test_a_server_past_join_timeout_is_not_counted_as_coming():
     """Below capacity, a server that may still join holds back a scale-up; one past its
     join_timeout does not (it is replaced)."""

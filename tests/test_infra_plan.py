@@ -212,3 +212,20 @@ def test_a_refused_etcd_version_change_refuses_the_plan():
     assert any(x.startswith("etcd 3.4.23 -> 3.5.17: one minor") for x in up.lines)
     down = plan(rendered("3.5.17"), rendered("3.4.23"))
     assert down.refused == [x for x in down.lines if x.startswith("etcd 3.5.17 -> 3.4.23")]
+
+
+def test_a_stack_made_before_the_document_named_etcd_s_version_is_taken_as_3_5():
+    """Such a stack's settings allowed 3.5.x only: a 3.4 now is a step down."""
+
+    def rendered(version: str, named: bool = True) -> Render:
+        raw = {**strip_namespace(stack_config(find_stack_file("dev"))), "etcd_version": version}
+        raw["prebuilt_image"] = True
+        template = cluster_template(parse_settings(raw), "autoscale-etcd-dev").to_hot()
+        if not named:
+            del template["resources"][heat.SETTINGS]["metadata"]["etcd_version"]
+        return Render(template, dict(PARAMETERS))
+
+    old = rendered("3.5.17", named=False)
+    assert not [x for x in plan(old, rendered("3.5.17")).lines if x.startswith("etcd ")]
+    down = plan(old, rendered("3.4.23"))
+    assert down.refused and "no downgrade" in down.refused[0]

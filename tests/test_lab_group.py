@@ -649,3 +649,17 @@ def test_a_new_server_that_never_votes_stops_the_roll_and_keeps_the_old_one():
     # and adjust() refuses every signal until an update succeeds
     outcome = cloud.signal("scale_up")
     assert outcome.action == "no-action" and "UPDATE_FAILED" in outcome.reason
+
+
+def test_a_member_stack_waiting_for_its_signal_cannot_be_marked_unhealthy():
+    """Heat's engine holds a resource's lock through its create or update: a mark-unhealthy
+    then is refused (the API's 409 ActionInProgress); once it is done, it is taken."""
+    cloud, _, _ = stacked_cloud(Ticking())
+    target = cloud.group.ordered()[0]
+    target.resource_status = "UPDATE_IN_PROGRESS"  # as while its new server's wait runs
+    with pytest.raises(RuntimeError, match="is locked"):
+        cloud.mark_unhealthy(target.server_id, "never joined")
+    assert target.status != "FAILED"
+    target.resource_status = "UPDATE_COMPLETE"
+    cloud.mark_unhealthy(target.server_id, "never joined")
+    assert (target.status, target.resource_status) == ("FAILED", "CHECK_FAILED")

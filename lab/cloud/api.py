@@ -604,8 +604,9 @@ class OpenStackApi:
                     "state changed",
                 )
             )
-            if member.ready is not None:
-                status, reason = member.ready.outcome(self.cloud.clock())
+            ready = member.ready
+            if ready is not None:
+                status, reason = ready.outcome(self.cloud.clock())
                 shown = "INIT_COMPLETE" if status == "INIT" else f"CREATE_{status}"
                 rows.append(("ready", "OS::Heat::WaitCondition", "", shown, reason or ""))
         created = _iso(member.server_created_at or member.created_at)

@@ -390,6 +390,7 @@ class WaitHandle:
         None: not yet (Heat's INIT_COMPLETE; signals to the handle are kept meanwhile)."""
         self.metadata: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._settle = threading.Lock()
         self._final: tuple[str, str] | None = None
 
     @staticmethod
@@ -412,12 +413,13 @@ class WaitHandle:
     def outcome(self, now: float) -> tuple[str, str]:
         """("INIT" | "IN_PROGRESS" | "COMPLETE" | "FAILED", Heat's reason); the first
         COMPLETE or FAILED stays (a finished resource does not time out afterwards)."""
-        if self._final is not None:
-            return self._final
-        found = self._outcome(now)
-        if found[0] in ("COMPLETE", "FAILED"):
-            self._final = found
-        return found
+        with self._settle:  # one outcome settles, whoever looks first at the boundary
+            if self._final is not None:
+                return self._final
+            found = self._outcome(now)
+            if found[0] in ("COMPLETE", "FAILED"):
+                self._final = found
+            return found
 
     def _outcome(self, now: float) -> tuple[str, str]:
         with warnings.catch_warnings():

@@ -364,6 +364,9 @@ class LabCloud:
             int(group_props.get("max_size", g.max_size)),
         )
         cooldown = float(group_props.get("cooldown", g.group_cooldown))
+        # the lab's own view follows the new document before any server boots from it
+        for listener in self.update_listeners:
+            listener(template)
         if rolling:
             assert member is not None
             updates = group_props.get("rolling_updates") or {}
@@ -398,16 +401,15 @@ class LabCloud:
                 f" {plan.capacity_before} -> {plan.capacity_after} members"
             )
             self.group_status = "UPDATE_IN_PROGRESS"
+            failed: list[Member] | None = None
             try:
-                self._resize(plan, cooldown, True)
+                failed = self._resize(plan, cooldown, True)
             finally:
-                self.group_status = "UPDATE_COMPLETE"
+                self.group_status = "UPDATE_COMPLETE" if failed == [] else "UPDATE_FAILED"
         for note in notes:
             self.events.add("stack-update", "", note)
         if not notes:
             self.events.add("stack-update", "", "no change")
-        for listener in self.update_listeners:
-            listener(template)
         return notes
 
     def _roll(self, batches: list[tuple[int, int]], pause: float, cooldown: float) -> None:
@@ -420,6 +422,7 @@ class LabCloud:
         A batch whose new member's wait condition fails (its agent never said it votes)
         fails the update: the roll stops there, the old servers kept."""
         failed: list[Member] = []
+        ended = False  # every batch done and nothing failed (an exception is a failure too)
         try:
             for number, (size, count) in enumerate(batches, 1):
                 with self._lock:
@@ -447,12 +450,13 @@ class LabCloud:
                     return
             with self._lock:
                 plan = self.group.resize(self.group.clamp(self.group.capacity()), self.clock())
-            self._carry_out(plan)
-            self.events.add("rolling-update", "", "done")
+            failed = self._carry_out(plan)
+            self.events.add("rolling-update", "", "done" if not failed else "failed at the end")
+            ended = not failed
         finally:
             with self._lock:
                 self.group.finished(self.clock(), cooldown, size_changed=True)
-                self.group_status = "UPDATE_FAILED" if failed else "UPDATE_COMPLETE"
+                self.group_status = "UPDATE_COMPLETE" if ended else "UPDATE_FAILED"
 
     def add_wait_handle(
         self, name: str, *, condition: str, count: int, timeout: float
@@ -518,7 +522,19 @@ class LabCloud:
         return plan
 
     def mark_unhealthy(self, server_id: str, reason: str, caller: str = "") -> Member:
+        """Heat's mark-unhealthy; refused (the API's 409) while a member stack's create or
+        update runs: Heat's engine holds the resource's lock for the whole action."""
         with self._lock:
+            found = self.group.find(server_id)
+            if (
+                found is not None
+                and found.stack_id
+                and found.resource_status.endswith("_IN_PROGRESS")
+            ):
+                raise RuntimeError(
+                    f"resource {found.slot} is locked: {found.resource_status} (its wait"
+                    " condition waits)"
+                )
             member = self.group.mark_unhealthy(server_id, reason)
         by = self._name_of(caller)
         self.events.add("mark-unhealthy", member.name, f"by {by}: {reason}" if by else reason)
@@ -585,26 +601,27 @@ class LabCloud:
             f"desired_capacity {desired}: {plan.capacity_before} -> {plan.capacity_after}",
         )
         self.group_status = "UPDATE_IN_PROGRESS"
+        failed: list[Member] | None = None
         try:
-            self._resize(plan, 0.0, False)
+            failed = self._resize(plan, 0.0, False)
         finally:
-            self.group_status = "UPDATE_COMPLETE"
+            self.group_status = "UPDATE_COMPLETE" if failed == [] else "UPDATE_FAILED"
         return plan
 
-    def wait_idle(self) -> bool:
-        """Wait while the group is being created, resized or updated, up to the members'
-        wait conditions' timeout and a few seconds; whether it is idle."""
-        timeout = max((k.timeout for k in self.kinds.values()), default=0.0) + 5.0
+    def wait_idle(self, timeout: float = 900.0) -> None:
+        """Wait while the group is being created, resized or updated (a roll takes a join
+        and a pause per member); RuntimeError if it still is after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while self.group.in_progress and time.monotonic() < deadline:
             if self._stopping.wait(0.1):
                 break
-        return not self.group.in_progress
+        if self.group.in_progress:
+            raise RuntimeError(f"the group is still being created or updated after {timeout:g}s")
 
-    def _resize(self, plan: Resize | None, cooldown: float, size_changed: bool) -> None:
+    def _resize(self, plan: Resize | None, cooldown: float, size_changed: bool) -> list[Member]:
+        """Carry out `plan`; the members whose wait condition failed."""
         try:
-            if plan is not None:
-                self._carry_out(plan)
+            return self._carry_out(plan) if plan is not None else []
         finally:
             with self._lock:
                 self.group.finished(self.clock(), cooldown, size_changed=size_changed)
@@ -695,8 +712,9 @@ class LabCloud:
         failed: list[Member] = []
         while pending:
             for member in list(pending):
-                assert member.ready is not None
-                status, reason = member.ready.outcome(self.clock())
+                ready = member.ready
+                assert ready is not None
+                status, reason = ready.outcome(self.clock())
                 if status == "IN_PROGRESS" or status == "INIT":
                     continue
                 pending.remove(member)
@@ -720,9 +738,10 @@ class LabCloud:
         """A signal to the handle `handle` of member stack `stack_id`; False: no such handle."""
         with self._lock:
             member = next((m for m in self.group.members if m.stack_id == stack_id), None)
-        if member is None or member.handle != handle or member.ready is None:
+        ready = member.ready if member is not None else None
+        if member is None or member.handle != handle or ready is None:
             return False
-        member.ready.signal(details)
+        ready.signal(details)
         return True
 
     # --- Nova actions -------------------------------------------------------------------------
