@@ -53,6 +53,25 @@ def parameters_for(template: dict) -> dict[str, str]:
     return {name: values[p["type"]] for name, p in template.get("parameters", {}).items()}
 
 
+def heat_context(**extra: object):
+    """A request context as Heat's own unit tests make one (heat/tests/utils.py), offline."""
+    from heat.common import context
+
+    return context.RequestContext.from_dict(
+        {
+            "tenant_id": "test_tenant_id",
+            "tenant": "test_tenant",
+            "username": "test_username",
+            "user_id": "test_user",
+            "password": "",
+            "roles": ["member"],
+            "is_admin": False,
+            "auth_url": "http://127.0.0.1:9/v3",
+            **extra,
+        }
+    )
+
+
 class NoCloud(RuntimeError):
     pass
 
@@ -66,26 +85,14 @@ def heat_validate():
     """validate(template_text) -> None, or raises Heat's StackValidationFailed."""
     need_module("heat")
     import keystoneauth1.session
-    from heat.common import context, messaging, policy, template_format
+    from heat.common import messaging, policy, template_format
     from heat.engine import environment, resources, stack, template
     from heat.engine.clients.os import glance, nova
     from heat.engine.clients.os.neutron import neutron_constraints
 
     messaging.setup("fake://", optional=True)
     resources.initialise()
-    ctx = context.RequestContext.from_dict(
-        {
-            "tenant_id": "test_tenant_id",
-            "tenant": "test_tenant",
-            "username": "test_username",
-            "user_id": "test_user",
-            "password": "",
-            "roles": ["member"],
-            "is_admin": False,
-            "auth_url": "http://127.0.0.1:9/v3",
-            "auth_token": "abcd1234",
-        }
-    )
+    ctx = heat_context(auth_token="abcd1234")
     image = mock.Mock(status="active", min_ram=0, min_disk=0)
     flavor = mock.Mock(ram=4096, disk=20)
     limits = {"maxServerMeta": 128, "maxPersonality": 5, "maxPersonalitySize": 10240}
@@ -373,7 +380,7 @@ def heat_engine():
     (heat/engine/service.py describe_stack_resource -> api.format_stack_resource).
     """
     need_module("heat")
-    from heat.common import context, messaging
+    from heat.common import messaging
     from heat.db import api as db_api
     from heat.db import models
     from heat.engine import api, resources, template
@@ -387,18 +394,7 @@ def heat_engine():
     cfg.CONF.set_override("deferred_auth_method", "password")  # no Keystone trust
     engine = db_api.get_engine()
     models.BASE.metadata.create_all(engine)
-    ctx = context.RequestContext.from_dict(
-        {
-            "tenant_id": "test_tenant_id",
-            "tenant": "test_tenant",
-            "username": "test_username",
-            "user_id": "test_user",
-            "password": "",
-            "roles": ["member"],
-            "is_admin": False,
-            "auth_url": "http://127.0.0.1:9/v3",
-        }
-    )
+    ctx = heat_context()
 
     def stack_of(resource: dict) -> template.Template:
         return template.Template(

@@ -50,7 +50,7 @@ import pytest
 from infra import heat
 from infra.cluster import cluster_template
 from infra.heat import MemberStack
-from tests.test_infra_heat import settings_of
+from tests.test_infra_heat import heat_context, settings_of
 from tests.tools import need_module
 
 NEW_IMAGE = "Ubuntu 24.04 (rebuilt)"
@@ -225,7 +225,7 @@ class World:
 def world() -> Iterator[World]:
     need_module("heat")
     import keystoneauth1.session
-    from heat.common import context, messaging
+    from heat.common import messaging
     from heat.db import api as db_api
     from heat.db import models
     from heat.engine import resource, resources, scheduler
@@ -243,18 +243,7 @@ def world() -> Iterator[World]:
     cfg.CONF.set_override("deferred_auth_method", "password")  # no Keystone trust
     cfg.CONF.set_override("convergence_engine", True)
     models.BASE.metadata.create_all(db_api.get_engine())
-    ctx = context.RequestContext.from_dict(
-        {
-            "tenant_id": "test_tenant_id",
-            "tenant": "test_tenant",
-            "username": "test_username",
-            "user_id": "test_user",
-            "password": "",
-            "roles": ["member"],
-            "is_admin": False,
-            "auth_url": "http://127.0.0.1:9/v3",
-        }
-    )
+    ctx = heat_context()
     w = World(ctx)
     users = itertools.count(1)
     keystone = mock.Mock(name="keystone", stack_domain_id="heat-domain")

@@ -42,12 +42,8 @@ class Clock:
         return self.now
 
 
-def make_cloud(
-    capacity: int = 3, *, min_size: int = 3, max_size: int = 5
-) -> tuple[LabCloud, Machines, Clock]:
-    clock = Clock()
-    nova = Machines()
-    cloud = LabCloud(
+def lab_cloud(nova: Machines, clock: Clock, *, min_size: int = 3, max_size: int = 5) -> LabCloud:
+    return LabCloud(
         min_size=min_size,
         max_size=max_size,
         policies=dict(POLICIES),
@@ -58,6 +54,14 @@ def make_cloud(
         seed=7,
         background=False,
     )
+
+
+def make_cloud(
+    capacity: int = 3, *, min_size: int = 3, max_size: int = 5
+) -> tuple[LabCloud, Machines, Clock]:
+    clock = Clock()
+    nova = Machines()
+    cloud = lab_cloud(nova, clock, min_size=min_size, max_size=max_size)
     cloud.create(capacity)
     clock.now += 1
     return cloud, nova, clock
@@ -588,20 +592,11 @@ class Voting(Machines):
 
 def stacked_cloud(clock: Clock) -> tuple[LabCloud, Voting, object]:
     nova = Voting()
-    cloud = LabCloud(
-        min_size=3,
-        max_size=5,
-        policies=dict(POLICIES),
-        hypervisor=nova,
-        addresses=AddressPool(f"127.{random.randint(100, 254)}.{random.randint(0, 255)}"),
-        events=EventLog(clock=clock),
-        clock=clock,
-        seed=7,
-        background=False,
-    )
+    cloud = lab_cloud(nova, clock)
     nova.cloud = cloud
     old = member_stack("image-1")
-    cloud.load_template(*stacked_template(old)[:1], {}, stacked_template(old)[1])
+    template, files = stacked_template(old)
+    cloud.load_template(template, {}, files)
     cloud.create(3)
     return cloud, nova, old
 
