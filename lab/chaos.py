@@ -43,6 +43,10 @@ every server a member, no FAILED server. The kinds:
   a follower or the oldest), of a majority (the leader among them) or of every server:
   a power-off keeping the disk, then the boot; the same members (names and ids) must come
   back by themselves, none removed, marked or replaced.
+- roll-kill: a `pulumi up` with a new image (a rolling update of the member stacks);
+  once its first batch is done, kill -9 of an original member's node the roll has not
+  reached (the leader, or a follower): removed and replaced (Heat's next batch takes its
+  FAILED member first), and the roll ends with every member on the new definition.
 
 After each round the scenarios' common invariants (lab/report.py) are checked over the
 round (removal spacing and dead members over the whole run so far), with the round's own
@@ -102,8 +106,9 @@ KINDS: tuple[str, ...] = (
     "reboot-one",
     "reboot-majority",
     "reboot-all",
+    "roll-kill",
 )
-VICTIM_KINDS = ("kill-node", "kill-etcd", "freeze", "partition", "peer-cut", "split")
+VICTIM_KINDS = ("kill-node", "kill-etcd", "freeze", "partition", "peer-cut", "split", "roll-kill")
 """Faults whose node must be removed and replaced."""
 NETWORK_KINDS = ("partition", "peer-cut", "cloud-cut", "split", "net-blip")
 """Faults that cut a network (they need the lab's namespaces, lab.netns)."""
@@ -264,6 +269,8 @@ def _planned(rng: random.Random, n: int, kind: str, max_grow: int) -> PlannedFau
         )
     if kind == "reboot-one":
         return PlannedFault(n, kind, rng.choice(["leader", "follower", "oldest"]))
+    if kind == "roll-kill":
+        return PlannedFault(n, kind, rng.choice(["leader", "follower"]))
     if kind in ("reboot-majority", "reboot-all"):
         return PlannedFault(n, kind, kind.removeprefix("reboot-"))
     assert kind == "restart-leaving"
@@ -586,9 +593,13 @@ class Chaos:
         else:
             checks.append(self._leaving_round(planned, result))
         self.lab.set_demand(0)
-        result.settled = self.settle(
-            self.stack.capacity, self.settle_timeout(planned.grow), "the round's end"
-        )
+        timeout = self.settle_timeout(planned.grow)
+        if planned.kind == "roll-kill":  # the rest of the roll: a join and a pause a member
+            timeout += self.stack.max_cluster * (
+                2 * self.timings.join_time
+                + (self.timings.dead_member_periods + 2) * self.timings.lockattemptperiod
+            )
+        result.settled = self.settle(self.stack.capacity, timeout, "the round's end")
         result.end = self.now
         final = self.lab.latest()
         events = self.lab.events.all()
@@ -629,6 +640,16 @@ class Chaos:
             checks.append(Invariant("the fault was injected", False, "; ".join(result.notes)))
         if planned.kind == "restart-leaving":
             checks[0] = check_left(events, final, result.victim, result.start, result.stage)
+        if planned.kind == "roll-kill":
+            cloud = self.lab.cloud
+            old = [m.name for m in cloud.members() if m.definition != cloud.group.definition]
+            checks.append(
+                Invariant(
+                    "the roll ended: every member on the new definition",
+                    cloud.group_status == "UPDATE_COMPLETE" and not old,
+                    f"the group {cloud.group_status}; on the old definition: {old or 'none'}",
+                )
+            )
         result.invariants = checks + self._common(result)
         self.results.append(result)
         return result
@@ -643,6 +664,10 @@ class Chaos:
             result.notes.append(f"the group did not grow by {planned.grow}")
         if planned.kind == "split":
             victims = self._minority(planned.target, rng)
+        elif planned.kind == "roll-kill":
+            victims = self._during_a_roll(planned, result, rng)
+            if not victims:
+                return Invariant("the victim was removed and replaced", False, "no roll")
         else:
             victims = [self.resolve(planned.target, rng)]
             self.lab.set_demand(0)  # a grown group may shrink meanwhile
@@ -652,7 +677,7 @@ class Chaos:
         node = self.node(victims[0])
         cut = None
         keeps_cloud = planned.kind == "peer-cut" or planned.mode == "cloud"
-        if planned.kind == "kill-node":
+        if planned.kind in ("kill-node", "roll-kill"):
             self.lab.crash(node.name)
             result.injected = not node.agent_alive() and not node.etcd_pids()
         elif planned.kind == "kill-etcd":
@@ -684,6 +709,47 @@ class Chaos:
         if result.injected:
             self.faults.append(Fault(planned.kind, start, end, tuple(victims)))
         return Invariant("the victim was removed and replaced", False, "not checked yet")
+
+    def _during_a_roll(
+        self, planned: PlannedFault, result: RoundResult, rng: random.Random
+    ) -> list[str]:
+        """A `pulumi up` with a new image (a rolling update of member stacks); once its
+        first batch is done (a new server voted, Heat deleted its old one and the agents
+        removed that member), the victim: an original member the roll has not reached
+        yet, the leader if it is one (`target` leader), else a follower. Its agents remove
+        it and mark it unhealthy; Heat's next batch replaces it first (FAILED members go
+        first). Not inside the dead-member window that follows each batch's delete: the
+        cluster has one dead member then, and a second loss stops a cluster of three
+        (README "Day two", the roll's one window)."""
+        image = f"{self.lab.stack.image.split('-roll')[0]}-roll{planned.round}"
+        start = self.now
+        try:
+            self.lab.update(image=image)
+        except ValueError as error:
+            result.notes.append(f"the roll was refused: {error}")
+            return []
+        t = self.timings
+
+        def first_batch_done(_: Sample) -> bool:
+            deleted = [e.node for e in self.lab.events.of("delete") if e.t >= start]
+            removed = {e.node for e in self.lab.events.of("removed") if e.t >= start}
+            return bool(deleted) and deleted[0] in removed
+
+        window = (t.dead_member_periods + 4) * t.lockattemptperiod
+        first = self.lab.wait_for(
+            first_batch_done, 2 * t.join_time + window + 30.0, "the first batch done"
+        )
+        new = self.lab.cloud.group.definition
+        originals = [m.name for m in self.lab.cloud.members() if m.definition != new]
+        sample = self.lab.latest()
+        leader = sample.leader if sample is not None else None
+        if not first or not originals:
+            result.notes.append(f"no original member to kill (first batch done: {first})")
+            return []
+        if planned.target == "leader" and leader in originals:
+            return [str(leader)]
+        followers = sorted(n for n in originals if n != leader)
+        return [rng.choice(followers)] if followers else [originals[0]]
 
     def _minority(self, target: str, rng: random.Random) -> list[str]:
         """Two of the members: the leader and a follower, or two followers."""

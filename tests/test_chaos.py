@@ -66,6 +66,8 @@ def test_every_kind_comes_once_first_then_any(seed):
             assert f.stage in ("leaving", "lock") and f.grow >= 1 and f.target == "oldest"
         if f.kind == "reboot-one":
             assert f.target in ("leader", "follower", "oldest") and f.grow == 0
+        if f.kind == "roll-kill":
+            assert f.target in ("leader", "follower") and f.grow == 0
         if f.kind in ("reboot-majority", "reboot-all"):
             assert f.target == f.kind.removeprefix("reboot-") and f.grow == 0
 
