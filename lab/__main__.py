@@ -71,6 +71,7 @@ SCENARIO_NAMES = [
     "rolling-update-grown",
     "rolling-update-fault",
     "rolling-update-etcd",
+    "rolling-update-etcd-grown",
 ]
 """lab.scenarios.SCENARIOS, named here so that `--help` imports no lab."""
 

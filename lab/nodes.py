@@ -358,14 +358,32 @@ class Nova:
             node = self.nodes.pop(member.server_id, None)
         if node is None:
             return
+        led = self._leads(node)  # asked of its etcd at the power-off, not from a sample
         # the event as the server leaves the list: a watcher that no longer sees the server
         # finds its deletion recorded (the power-off and the files take a moment more)
         self.events.add("delete", member.name, member.reason or "")
+        if led:
+            self.events.add("leader-deleted", member.name, "it led the cluster at its power-off")
         self._power_off(node)
         self._unplug(node)
         self._keep_logs(node)
         shutil.rmtree(node.dir, ignore_errors=True)
         self.gone.append(node)
+
+    def _leads(self, node: Node) -> bool:
+        """Whether the node's etcd is the cluster's leader (its own status: `leader` is its
+        member id); False when it does not answer."""
+        from agent.etcd import EtcdClient, EtcdError
+
+        try:
+            with EtcdClient(
+                [node.client_url], timeout=1.0, tls=self.pki.client if self.pki else None
+            ) as client:
+                status = client.status(node.client_url)
+        except (EtcdError, OSError):
+            return False
+        header = status.get("header") or {}
+        return str(status.get("leader")) == str(header.get("member_id")) != "None"
 
     def _unplug(self, node: Node) -> None:
         """The server is gone: its metadata service and its namespace go."""

@@ -72,6 +72,7 @@ periods times the factor), so a stuck cluster fails the scenario instead of hang
 - rolling-update-etcd: etcd's rolling upgrade, 3.4 -> 3.5: a cluster of etcd 3.4 (Debian's)
   rolled by a `pulumi up` of `etcd_version` to servers running 3.5 (the wheel's); etcdctl
   and etcd's /version from outside: every member 3.5 and the cluster version 3.5.
+- rolling-update-etcd-grown: the same on a group grown to `max_cluster`.
 """
 
 from __future__ import annotations
@@ -778,12 +779,13 @@ ETCD_BEFORE, ETCD_AFTER = "3.4.23", "3.5.17"
 """rolling-update-etcd's versions: Debian's etcd-server (3.4) and the wheel's line (3.5)."""
 
 
-def rolling_update_etcd(run: Run) -> None:
+def rolling_update_etcd(run: Run, *, grown: bool = False) -> None:
     """etcd's rolling upgrade, one minor version: a cluster of etcd 3.4 (the lab's stack
     at `etcd_version` 3.4.23 on a prebuilt image runs Debian's 3.4) gets `etcd_version`
     3.5.17 by a `pulumi up`: every member's server replaced by one running 3.5 (the
     wheel's), each joining the 3.4 cluster beside the old one. From outside, etcdctl and
-    etcd's /version: every member serves 3.5 at the end, and the cluster version is 3.5."""
+    etcd's /version: every member serves 3.5 at the end, and the cluster version is 3.5.
+    `grown`: on a group grown to `max_cluster` first (rolling_update_grown)."""
     lab = run.lab
     outside = Etcdctl(tls=lab.client_tls)
     first = _versions(outside, lab.endpoints())
@@ -792,21 +794,31 @@ def rolling_update_etcd(run: Run) -> None:
         bool(first) and all(v.startswith("3.4.") for v in first.values()),
         f"{first}",
     )
-    rolling_update(run, changes={"etcd_version": ETCD_AFTER})
-    after = _versions(outside, lab.endpoints())
-    # the leader raises the cluster version once every member runs 3.5 (etcd's version
-    # monitor looks every few seconds)
-    lab.wait_for(
-        lambda _: {_cluster_version(url) for url in lab.endpoints()} == {"3.5.0"},
-        20.0,
-        "the cluster version 3.5",
-    )
-    clusters = {_cluster_version(url) for url in lab.endpoints()}
-    run.check(
-        "etcdctl: every member serves etcd 3.5, the cluster version is 3.5",
-        bool(after) and all(v.startswith("3.5.") for v in after.values()) and clusters == {"3.5.0"},
-        f"servers {after}; cluster version {sorted(str(c) for c in clusters)}",
-    )
+
+    def upgraded() -> None:
+        after = _versions(outside, lab.endpoints())
+        # the leader raises the cluster version once every member runs 3.5 (etcd's version
+        # monitor looks every few seconds)
+        lab.wait_for(
+            lambda _: {_cluster_version(url) for url in lab.endpoints()} == {"3.5.0"},
+            20.0,
+            "the cluster version 3.5",
+        )
+        clusters = {_cluster_version(url) for url in lab.endpoints()}
+        run.check(
+            "etcdctl: every member serves etcd 3.5, the cluster version is 3.5",
+            bool(after)
+            and all(v.startswith("3.5.") for v in after.values())
+            and clusters == {"3.5.0"},
+            f"servers {after}; cluster version {sorted(str(c) for c in clusters)}",
+        )
+
+    changes = {"etcd_version": ETCD_AFTER}
+    if grown:
+        rolling_update_grown(run, changes, then=upgraded)
+    else:
+        rolling_update(run, changes=changes)
+        upgraded()
 
 
 def _versions(outside: Etcdctl, endpoints: list[str]) -> dict[str, str]:
@@ -831,10 +843,13 @@ def _cluster_version(url: str) -> str | None:
         return None
 
 
-def rolling_update_grown(run: Run) -> None:
+def rolling_update_grown(
+    run: Run, changes: dict[str, Any] | None = None, *, then: Callable[[], None] | None = None
+) -> None:
     """The roll of a group grown past `capacity` to `max_cluster` (an operator's resize,
     the load kept high so that nobody leaves): every member replaced, and the group keeps
-    its grown size (no `desired_capacity` to reset it to), then shrinks back."""
+    its grown size (no `desired_capacity` to reset it to), then shrinks back. `changes`:
+    what the `pulumi up` changes (default: the image); `then`: checks after the roll."""
     grown = run.stack.max_cluster
     run.phase(f"the group grows to {grown} (max_cluster), everyone busy")
     run.lab.set_demand(40.0 * grown)
@@ -843,7 +858,9 @@ def rolling_update_grown(run: Run) -> None:
     run.check("the group grew to max_cluster", ok, f"{grown} members: {ok}")
     if not ok:
         return
-    rolling_update(run, size=grown)
+    rolling_update(run, size=grown, changes=changes)
+    if then is not None:
+        then()
     t = run.timings
     run.phase("the load falls: back to capacity")
     run.lab.set_demand(5.0 * run.stack.capacity)
@@ -955,13 +972,9 @@ def rolling_update(
     run.checks.append(one_healthy_cluster(after, size))
     run.outside_writes = True
     # Heat's deletes are hard power-offs: the leader's agent moved leadership off each of
-    # those servers first (the last sample before each delete names another leader)
+    # those servers first (the lab's Nova asks each server's etcd at its power-off)
     deletes = [e for e in lab.events.of("delete") if e.t >= start]
-    led = []
-    for event in deletes:
-        seen = [s for s in lab.samples if s.t < event.t and s.leader]
-        if seen and seen[-1].leader == event.node:
-            led.append(event.node)
+    led = [e.node for e in lab.events.of("leader-deleted") if e.t >= start]
     run.check(
         "no server Heat deleted led the cluster",
         bool(deletes) and not led,
@@ -1019,6 +1032,10 @@ def disaster(run: Run) -> None:
     names = sorted(m.name for m in lab.cloud.members())
     for member in lab.cloud.members():
         lab.cloud.delete_server(member.server_id)
+    # the judge of the rolls ("no server Heat deleted led the cluster") says yes here: the
+    # leader's server went with the others, and its etcd said it led at its power-off
+    led = [e.node for e in lab.events.of("leader-deleted") if e.t >= start]
+    run.check("the lab's Nova saw the leader's server deleted", len(led) == 1, f"{led}")
     last_n = max(writer.acked, default=0)
     snapshots = _snapshots(lab)
     newest, revision = snapshots[-1] if snapshots else ("none", 0)
@@ -1130,6 +1147,7 @@ SCENARIO_STACK: dict[str, dict[str, Any]] = {
     "nospace": {"quota_backend_bytes": NOSPACE_QUOTA},
     "disaster": {"backups": "swift", "backup_period": 60},
     "rolling-update-etcd": {"etcd_version": ETCD_BEFORE, "prebuilt_image": True},
+    "rolling-update-etcd-grown": {"etcd_version": ETCD_BEFORE, "prebuilt_image": True},
 }
 """What a scenario changes in the stack it is given: a number only where the stack's value is
 larger (the scenario needs it small), as nospace's quota and disaster's backup period; any
@@ -1236,6 +1254,7 @@ SCENARIOS: dict[str, Scenario] = {
     "rolling-update-grown": rolling_update_grown,
     "rolling-update-fault": rolling_update_fault,
     "rolling-update-etcd": rolling_update_etcd,
+    "rolling-update-etcd-grown": lambda run: rolling_update_etcd(run, grown=True),
 }
 
 
