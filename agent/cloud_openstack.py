@@ -341,10 +341,12 @@ class OpenStackGroup:
         nested = self._nested_stack()
         rows = self._nested_resources(nested, nested_depth="1")
         group_id = str(nested["id"])
-        top = [r for r in rows if _stack_link(r)[1] in (None, group_id)]
+        top: list[dict[str, Any]] = []
         inner: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
-            if _stack_link(row)[1] not in (None, group_id) and row.get("parent_resource"):
+            if _stack_link(row)[1] in (None, group_id):
+                top.append(row)
+            elif row.get("parent_resource"):
                 inner.setdefault(str(row["parent_resource"]), []).append(row)
         members = []
         for row in top:
@@ -582,7 +584,7 @@ def _body(response: Response, name: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _GroupMember:
-    """A member of the group as Heat lists it: its resource, its server, its handle."""
+    """A member of the group as Heat lists it: its resource and its server."""
 
     name: str
     server_id: str

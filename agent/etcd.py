@@ -312,6 +312,18 @@ class EtcdClient:
             return False
         return True
 
+    def versions(self, client_url: str) -> tuple[str, str] | None:
+        """etcd's `GET /version` of one member: (its server version, the cluster version
+        it reports); None when it does not answer."""
+        try:
+            answer = self._http.get(client_url.rstrip("/") + "/version", timeout=self.timeout)
+            body = answer.json() if answer.status_code == 200 else None
+        except (HttpError, ValueError):
+            return None
+        if not isinstance(body, dict):
+            return None
+        return str(body.get("etcdserver")), str(body.get("etcdcluster"))
+
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """POST /v3/maintenance/status (of one endpoint, or the first that answers)."""
         if endpoint is not None:

@@ -36,13 +36,13 @@ STACK_TIMEOUT_MINUTES = 30
 def stack_timeout_minutes(stack: StackSettings) -> int:
     """The stack's timeout, for its create and every update: the members' boot (Nova, up to
     about 10 minutes on a busy cloud) plus the agents_ready wait (`join_timeout`), and a
-    rolling replacement of a whole grown group (`max_cluster` + 1 batches, each a new
-    member's join, up to `join_timeout`, and one `pause_time`); never under
+    rolling replacement of a whole grown group (`max_cluster` batches, one member each:
+    its new server's join, up to `join_timeout`, and one `pause_time`); never under
     STACK_TIMEOUT_MINUTES. A stack timing out first would fail with Heat's "Timed out"
     instead of the nodes' reason, or in the middle of a roll."""
     create = join_timeout(stack) + 15 * 60
     batch = join_timeout(stack) + heat.rolling_pause(stack)
-    roll = (stack.max_cluster + 1) * batch + 15 * 60
+    roll = stack.max_cluster * batch + 15 * 60
     return max(STACK_TIMEOUT_MINUTES, -(-max(create, roll) // 60))
 
 

@@ -25,6 +25,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,13 +225,18 @@ class AgentBundle:
         }
 
 
-def rolling_pause(s: StackSettings) -> int:
+def pause_for(dead_member_periods: int, period: float) -> float:
     """s Heat waits after one batch of a rolling update before the next (`pause_time`).
     A batch ends once its new member votes (`MemberStack`'s wait condition) and Heat has
     deleted the old server; the pause covers the agents' removal of that deleted member
     (the dead-member window and two periods), so the next batch starts on a cluster of
     voters only."""
-    return int((s.dead_member_periods + 2) * s.lockattemptperiod)
+    return (dead_member_periods + 2) * period
+
+
+def rolling_pause(s: StackSettings) -> int:
+    """The stack's `pause_time` (`pause_for` its periods), in whole seconds."""
+    return int(pause_for(s.dead_member_periods, s.lockattemptperiod))
 
 
 @dataclass(frozen=True)
@@ -297,7 +303,7 @@ class MemberStack:
     replaced_by: Hot
     """Everything whose change replaces the server (for the handle's digest)."""
 
-    @property
+    @cached_property
     def handle(self) -> str:
         text = yaml.safe_dump([self.server.to_hot(), self.replaced_by], sort_keys=True)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -338,7 +344,7 @@ class MemberStack:
     def text(self) -> str:
         return to_yaml(self.template())
 
-    @property
+    @cached_property
     def url(self) -> str:
         digest = hashlib.sha256(self.text().encode("utf-8")).hexdigest()[:16]
         return f"file://{MEMBER_TEMPLATE_DIR}/member-{digest}.yaml"

@@ -126,12 +126,13 @@ def _replaced(old: Render, new: Render, group: str, key: str) -> tuple[list[str]
     return reasons, read
 
 
-def etcd_change(was: object, now: object) -> str | None:
-    """What a change of `etcd_version` does: etcd upgrades a running cluster one minor
-    version at a time and has no downgrade of it (3.4 and 3.5: the cluster version only
-    rises, and a member of an older minor cannot join a cluster at a newer one), so a
-    3.4 cluster reaches 3.5 by new servers, one at a time (the members' roll), and a skip
-    or a step down is refused. None: no change (or a render that does not say)."""
+def etcd_change(was: object, now: object) -> tuple[str, bool] | None:
+    """What a change of `etcd_version` does, and whether it is refused: etcd upgrades a
+    running cluster one minor version at a time and has no downgrade of it (3.4 and 3.5:
+    the cluster version only rises, and a member of an older minor cannot join a cluster at
+    a newer one), so a 3.4 cluster reaches 3.5 by new servers, one at a time (the members'
+    roll), and a skip or a step down is refused. None: no change (or a render that does
+    not say)."""
     if not isinstance(was, str) or not isinstance(now, str) or was == now:
         return None
     old_minor, new_minor = (tuple(int(p) for p in v.split(".")[:2]) for v in (was, now))
@@ -139,15 +140,16 @@ def etcd_change(was: object, now: object) -> str | None:
         return None  # only the minor version known before: no change to tell
     line = f"etcd {was} -> {now}"
     if new_minor < old_minor:
-        return f"{line}: REFUSED: etcd has no downgrade of a running cluster"
+        return f"{line}: REFUSED: etcd has no downgrade of a running cluster", True
     if new_minor[0] != old_minor[0] or new_minor[1] - old_minor[1] > 1:
-        return f"{line}: REFUSED: etcd upgrades one minor version at a time"
+        return f"{line}: REFUSED: etcd upgrades one minor version at a time", True
     if new_minor == old_minor:
-        return f"{line}: a patch release: every member's server replaced (the roll below)"
+        return f"{line}: a patch release: every member's server replaced (the roll below)", False
     return (
         f"{line}: one minor version up (etcd's rolling upgrade): every member's server"
         " replaced by one running the new version (the roll below); the cluster version"
-        " rises once every member runs it"
+        " rises once every member runs it",
+        False,
     )
 
 
@@ -179,9 +181,10 @@ def plan(old: Render, new: Render) -> Plan:
     was = old_doc.get("etcd_version") or ("3.5" if old_doc else None)
     etcd = etcd_change(was, new_doc.get("etcd_version"))
     if etcd is not None:
-        out.lines.append(etcd)
-        if "REFUSED" in etcd:
-            out.refused.append(etcd)
+        line, refused = etcd
+        out.lines.append(line)
+        if refused:
+            out.refused.append(line)
     if old_doc.get("bundle_sha256") != new_doc.get("bundle_sha256"):
         out.lines.append(
             f"agent bundle {str(old_doc.get('bundle_sha256'))[:12]} ->"

@@ -70,6 +70,7 @@ from typing import Any, TextIO
 
 from agent.decide import KILL_LOCK
 from agent.etcd import EtcdError
+from infra.heat import pause_for
 from infra.settings import PROJECT_DIR, StackSettings
 from lab.cloud.heat import Member
 from lab.cluster import Lab, Sample, network_for
@@ -595,10 +596,9 @@ class Chaos:
         self.lab.set_demand(0)
         timeout = self.settle_timeout(planned.grow)
         if planned.kind == "roll-kill":  # the rest of the roll: a join and a pause a member
-            timeout += self.stack.max_cluster * (
-                2 * self.timings.join_time
-                + (self.timings.dead_member_periods + 2) * self.timings.lockattemptperiod
-            )
+            t = self.timings
+            pause = pause_for(t.dead_member_periods, t.lockattemptperiod)
+            timeout += self.stack.max_cluster * (2 * t.join_time + pause)
         result.settled = self.settle(self.stack.capacity, timeout, "the round's end")
         result.end = self.now
         final = self.lab.latest()

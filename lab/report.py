@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,30 +73,28 @@ class RunFacts:
 
     def rolls(self) -> list[tuple[float, float]]:
         """The rolling updates, each from its first batch until it is done and the agents
-        have removed the members whose servers its last batch deleted (at `done` if those
-        had left already). A member's new server joins beside its old one (infra.heat.
-        MemberStack), so the cluster may hold `max_cluster` + 1 voters then, by Heat's
-        doing, not the agents'."""
+        have removed every server Heat deleted during it (at `done` if those had left
+        already). A member's new server joins beside its old one (infra.heat.MemberStack),
+        so the cluster may hold `max_cluster` + 1 voters then, by Heat's doing, not the
+        agents'."""
         rolls: list[tuple[float, float]] = []
         start: float | None = None
-        last_deleted: list[str] = []
         for event in self.events:
             if event.kind != "rolling-update":
                 continue
             if event.detail.startswith("batch 1/"):
                 start = event.t
-            if event.detail.startswith("batch "):
-                # "...definition: OLD by NEW, ... +CREATED -CUT"
-                body = event.detail.split("definition:", 1)[-1]
-                cut = body.split(" -", 1)[1].split(",") if " -" in body else []
-                replaced = re.findall(r"(\S+) by ", body.split(" +", 1)[0].split(" -", 1)[0])
-                last_deleted = [n.strip() for n in [*replaced, *cut]]
-            if event.detail == "done" and start is not None:
+            elif event.detail == "done" and start is not None:
+                deleted = {
+                    e.node for e in self.events if e.kind == "delete" and start <= e.t <= event.t
+                }
                 removed = [
-                    e.t for e in self.events if e.kind == "removed" and e.node in last_deleted
+                    e.t
+                    for e in self.events
+                    if e.kind == "removed" and e.node in deleted and e.t >= start
                 ]
-                rolls.append((start, max([event.t, *(r for r in removed if r >= start)])))
-                start, last_deleted = None, []
+                rolls.append((start, max([event.t, *removed])))
+                start = None
         if start is not None:
             rolls.append((start, float("inf")))
         return rolls

@@ -799,12 +799,8 @@ def rolling_update_etcd(run: Run, *, grown: bool = False) -> None:
         after = _versions(outside, lab.endpoints())
         # the leader raises the cluster version once every member runs 3.5 (etcd's version
         # monitor looks every few seconds)
-        lab.wait_for(
-            lambda _: {_cluster_version(url) for url in lab.endpoints()} == {"3.5.0"},
-            20.0,
-            "the cluster version 3.5",
-        )
-        clusters = {_cluster_version(url) for url in lab.endpoints()}
+        lab.wait_for(lambda _: _cluster_versions(lab) == {"3.5.0"}, 20.0, "the cluster version 3.5")
+        clusters = _cluster_versions(lab)
         run.check(
             "etcdctl: every member serves etcd 3.5, the cluster version is 3.5",
             bool(after)
@@ -831,16 +827,11 @@ def _versions(outside: Etcdctl, endpoints: list[str]) -> dict[str, str]:
     }
 
 
-def _cluster_version(url: str) -> str | None:
-    """etcd's `GET /version`: the cluster version (`etcdcluster`) the member reports."""
-    import json
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}/version", timeout=5) as answer:
-            return str(json.loads(answer.read()).get("etcdcluster"))
-    except (OSError, ValueError):
-        return None
+def _cluster_versions(lab: Lab) -> set[str | None]:
+    """The cluster version each member reports (etcd's `GET /version`, `etcdcluster`)."""
+    with EtcdClient(lab.endpoints(), timeout=5.0, tls=lab.client_tls) as client:
+        found = [client.versions(url) for url in lab.endpoints()]
+    return {v[1] if v else None for v in found}
 
 
 def rolling_update_grown(

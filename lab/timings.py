@@ -10,6 +10,7 @@ from the Heat template the infra builds (`infra.heat.ClusterTemplate`), then sca
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from dataclasses import dataclass
@@ -17,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from agent.settings import AgentSettings, EtcdSettings, MetricSettings, OpenStackCloud
-from infra.heat import ALARM, GROUP, SCALE_DOWN, SCALE_UP, ClusterTemplate, UserData
+from infra.heat import (
+    ALARM,
+    GROUP,
+    SCALE_DOWN,
+    SCALE_UP,
+    ClusterTemplate,
+    MemberStack,
+    UserData,
+    pause_for,
+)
 from infra.settings import StackSettings, agent_settings, join_timeout, script_path
 
 DEFAULT_FACTOR = 0.1
@@ -283,14 +293,15 @@ def lab_template(stack: StackSettings, timings: LabTimings, *, cluster_name: str
     from infra.cluster import cluster_template
     from infra.heat import SETTINGS
 
-    template = cluster_template(stack, cluster_name).to_hot()
+    cluster = cluster_template(stack, cluster_name)
+    template = cluster.to_hot()
     resources = template["resources"]
-    resources[GROUP]["properties"]["resource"] = lab_member(stack, timings, cluster_name).to_hot()
+    resources[GROUP]["properties"]["resource"] = lab_member(cluster, timings).to_hot()
     resources[GROUP]["properties"]["cooldown"] = timings.scaleupcooldown
     updates = resources[GROUP]["properties"].get("rolling_updates")
     if updates and "pause_time" in updates:
-        # infra.heat.rolling_pause with the lab's periods (its dead-member window has a floor)
-        updates["pause_time"] = (timings.dead_member_periods + 2) * timings.lockattemptperiod
+        # the lab's periods (its dead-member window has a floor: not the stack's, scaled)
+        updates["pause_time"] = pause_for(timings.dead_member_periods, timings.lockattemptperiod)
     for name in (SCALE_UP, SCALE_DOWN):
         cooldown = float(resources[name]["properties"]["cooldown"])
         resources[name]["properties"]["cooldown"] = cooldown * timings.factor
@@ -300,21 +311,19 @@ def lab_template(stack: StackSettings, timings: LabTimings, *, cluster_name: str
     return template
 
 
-def lab_member(stack: StackSettings, timings: LabTimings, cluster_name: str) -> Any:
+def lab_member(cluster: ClusterTemplate, timings: LabTimings) -> MemberStack:
     """The program's member template (infra.heat.MemberStack) with the lab's join_timeout
     as its wait condition's timeout."""
-    import dataclasses
-
-    from infra.cluster import cluster_template
-
-    member = cluster_template(stack, cluster_name).member()
-    return dataclasses.replace(member, timeout=math.ceil(timings.join_timeout))
+    return dataclasses.replace(cluster.member(), timeout=math.ceil(timings.join_timeout))
 
 
 def lab_files(stack: StackSettings, factor: float, *, cluster_name: str) -> dict[str, str]:
     """The `files` a `pulumi up` sends with the lab's template: the member template, by the
     URL the template names it (what the provider reads from disk and sends)."""
-    member = lab_member(stack, LabTimings.scaled(stack, factor), cluster_name)
+    from infra.cluster import cluster_template
+
+    cluster = cluster_template(stack, cluster_name)
+    member = lab_member(cluster, LabTimings.scaled(stack, factor))
     return {member.url: member.text()}
 
 

@@ -328,6 +328,12 @@ def test_keys_and_failures_name_the_call(etcd_cluster, etcd_version_bin):
     nobody = _client([f"http://{ip}:{port}"], timeout=0.5)
     with pytest.raises(EtcdError, match=r"etcd kv/range at http://127\.0\.0\.\d+:\d+"):
         nobody.get("/p/b")
+    # etcd's /version: the server's own and the cluster's (the lab's etcd upgrade reads it)
+    found = client.versions(cluster.endpoints[0])
+    assert found is not None, "no /version answer"
+    server, cluster_version = found
+    assert server.split(".")[:2] == cluster_version.split(".")[:2], found  # one member
+    assert nobody.versions(f"http://{ip}:{port}") is None
 
 
 # -- TLS ------------------------------------------------------------------------------------

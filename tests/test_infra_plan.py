@@ -195,8 +195,11 @@ def test_the_command_renders_a_git_ref(tmp_path):
     ],
 )
 def test_an_etcd_version_change_follows_etcd_s_upgrade_rule(was, now, verdict):
-    line = etcd_change(was, now)
-    assert line is not None and verdict in line and f"etcd {was} -> {now}" in line
+    found = etcd_change(was, now)
+    assert found is not None
+    line, refused = found
+    assert verdict in line and f"etcd {was} -> {now}" in line
+    assert refused == ("REFUSED" in verdict)
     assert etcd_change("3.5.17", "3.5.17") is None
 
 

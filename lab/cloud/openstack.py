@@ -55,6 +55,11 @@ class MemberKind:
     def gated(self) -> bool:
         return bool(self.handle)
 
+    @property
+    def stacked(self) -> bool:
+        """A provider template: the member is a stack of its own."""
+        return self.type.endswith((".yaml", ".template"))
+
 
 def member_kind(resource: dict[str, Any] | None, files: dict[str, str]) -> MemberKind:
     """The kind of the group's `resource` definition. A `type` ending in .yaml is a
@@ -64,7 +69,7 @@ def member_kind(resource: dict[str, Any] | None, files: dict[str, str]) -> Membe
     import yaml
 
     kind = str((resource or {}).get("type") or "OS::Nova::Server")
-    if not kind.endswith((".yaml", ".template")):
+    if not MemberKind(kind).stacked:
         return MemberKind(kind)
     text = files.get(kind)
     if text is None:
@@ -400,12 +405,7 @@ class LabCloud:
                 f"{GROUP} min {bounds[0]} max {bounds[1]} cooldown {cooldown:g} s:"
                 f" {plan.capacity_before} -> {plan.capacity_after} members"
             )
-            self.group_status = "UPDATE_IN_PROGRESS"
-            failed: list[Member] | None = None
-            try:
-                failed = self._resize(plan, cooldown, True)
-            finally:
-                self.group_status = "UPDATE_COMPLETE" if failed == [] else "UPDATE_FAILED"
+            self._resize_in_update(plan, cooldown, size_changed=True)
         for note in notes:
             self.events.add("stack-update", "", note)
         if not notes:
@@ -600,12 +600,7 @@ class LabCloud:
             "",
             f"desired_capacity {desired}: {plan.capacity_before} -> {plan.capacity_after}",
         )
-        self.group_status = "UPDATE_IN_PROGRESS"
-        failed: list[Member] | None = None
-        try:
-            failed = self._resize(plan, 0.0, False)
-        finally:
-            self.group_status = "UPDATE_COMPLETE" if failed == [] else "UPDATE_FAILED"
+        self._resize_in_update(plan, 0.0, size_changed=False)
         return plan
 
     def wait_idle(self, timeout: float = 900.0) -> None:
@@ -617,6 +612,16 @@ class LabCloud:
                 break
         if self.group.in_progress:
             raise RuntimeError(f"the group is still being created or updated after {timeout:g}s")
+
+    def _resize_in_update(self, plan: Resize, cooldown: float, *, size_changed: bool) -> None:
+        """A stack update's resize: the group resource UPDATE_IN_PROGRESS meanwhile, then
+        UPDATE_COMPLETE, or UPDATE_FAILED when a member's wait failed (or anything did)."""
+        self.group_status = "UPDATE_IN_PROGRESS"
+        failed: list[Member] | None = None
+        try:
+            failed = self._resize(plan, cooldown, size_changed)
+        finally:
+            self.group_status = "UPDATE_COMPLETE" if failed == [] else "UPDATE_FAILED"
 
     def _resize(self, plan: Resize | None, cooldown: float, size_changed: bool) -> list[Member]:
         """Carry out `plan`; the members whose wait condition failed."""
@@ -653,7 +658,7 @@ class LabCloud:
             kind = self.kinds.get(member.definition, MemberKind())
             with self._lock:
                 member.type, member.handle = kind.type, kind.handle
-                if kind.type.endswith((".yaml", ".template")) and not member.stack_id:
+                if kind.stacked and not member.stack_id:
                     member.stack_id = str(uuid.UUID(int=self._rng.getrandbits(128)))
                     member.stack_name = (
                         f"{self.nested_name}-{member.slot}-{_short_id(self._rng, 12)}"
